@@ -1,0 +1,246 @@
+"""The `atomizer-hq` command line: argument parsing, then one call into the core per command.
+
+Exit codes: 0 success, 1 the operation failed (agent down, refused), 2 bad input or config.
+Command output goes to stdout (`--json`: one JSON document); diagnostics go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from bot import __version__
+from bot.config import ClusterConfig, load_cluster_config
+from bot.config_check import check, require_secrets
+from bot.errors import AtomizerError, ConfigError, InvalidInput
+from bot.logsetup import configure_logging
+from bot.settings import Settings, load_settings
+from bot.status_view import print_fleet_status
+
+log = logging.getLogger("atomizer-hq")
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+# --- shared set-up ----------------------------------------------------------------------------
+
+
+def load_context(args: argparse.Namespace) -> tuple[Settings, ClusterConfig]:
+    """Settings from the environment and .env, the cluster file, and the global options on top."""
+    settings = load_settings(args.env_file)
+    if args.config is not None:
+        settings = settings.model_copy(update={"config_path": args.config})
+    if args.db is not None:
+        settings = settings.model_copy(update={"db_path": args.db})
+    configure_logging(args.log_level or settings.log_level, args.log_format, settings.secret_values())
+    return settings, load_cluster_config(settings.config_path)
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+async def cmd_check_config(args: argparse.Namespace) -> int:
+    settings, config = load_context(args)
+    report = check(settings, config, args.for_command)
+    for line in report.problems:
+        print(line, file=sys.stderr)
+    if report.problems:
+        return 2
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
+    print(
+        f"{settings.config_path}: valid: {len(config.agents)} agents "
+        f"({', '.join(config.agent_names)}), {len(config.channels)} channels, "
+        f"{sum(len(v) for v in config.roles.values())} roles"
+    )
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    require_secrets(settings, config, "status")
+    async with open_services(settings, config) as services:
+        fleet = await services.cluster.probe_all(timeout=args.timeout)
+    print_fleet_status(fleet, as_json=args.json)
+    return 0
+
+
+async def cmd_simulate(args: argparse.Namespace) -> int:
+    from bot import simulator
+
+    settings, config = load_context(args)
+    token = args.token or (settings.hooks_token.get_secret_value() if settings.hooks_token else None)
+    if not token:
+        raise InvalidInput(
+            "simulate needs the hooks token its gateways accept: set ATOMIZER_HOOKS_TOKEN or pass --token"
+        )
+    specs = simulated_specs(config, args)
+    fleet = simulator.SimulatedFleet(specs, token, record_path=args.record, seed=args.seed)
+
+    def ready() -> None:
+        for spec in specs:
+            flags = [spec.release] + [f for f in ("down", "hang") if getattr(spec, f)]
+            print(f"{spec.name:<16} http://{spec.host}:{spec.port}  {' '.join(flags)}", flush=True)
+        print("simulated fleet running; Ctrl-C to stop", file=sys.stderr, flush=True)
+
+    await _until_signalled(simulator.serve_forever(fleet, on_ready=ready))
+    return 0
+
+
+def simulated_specs(config: ClusterConfig, args: argparse.Namespace) -> list[Any]:
+    """One simulated gateway per agent of the config (or N generated ones), with the CLI's faults."""
+    from bot import simulator
+
+    count = args.agents if args.agents is not None else len(config.agents)
+    if count < 1:
+        raise InvalidInput("--agents must be at least 1")
+    names = config.agent_names[:count] + [f"agent-{i:03d}" for i in range(len(config.agents) + 1, count + 1)]
+    if args.base_port is not None:
+        ports = [args.base_port + i * args.spacing for i in range(count)]
+    else:
+        ports = [a.port for a in config.agents[:count]]
+        ports += [(ports[-1] if ports else 18800) + i * args.spacing for i in range(1, count - len(ports) + 1)]
+    if ports[-1] > 65535:
+        raise InvalidInput(f"{count} agents from port {ports[0]} spaced by {args.spacing} run past port 65535")
+    try:
+        releases = simulator.parse_release_option(args.release or [], names)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    for option, values in (("--down", args.down), ("--hang", args.hang)):
+        unknown = [n for n in values if n not in names]
+        if unknown:
+            raise InvalidInput(f"{option}: unknown agent {unknown[0]!r}; valid: {', '.join(names)}")
+    if not 0.0 <= args.fail_rate <= 1.0:
+        raise InvalidInput(f"--fail-rate must be between 0 and 1, not {args.fail_rate}")
+    return [
+        simulator.SimAgentSpec(
+            name=name,
+            port=port,
+            release=releases.get(name, simulator.RELEASE_CURRENT),
+            down=name in args.down,
+            hang=name in args.hang,
+            latency_ms=args.latency_ms,
+            fail_rate=args.fail_rate,
+            startup=args.startup_s,
+        )
+        for name, port in zip(names, ports, strict=True)
+    ]
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from bot.demo import run_demo
+
+    return await run_demo(args)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from bot.runner import run_service
+
+    settings, config = load_context(args)
+    require_secrets(settings, config, "run")
+    await _until_signalled(run_service(settings, config))
+    return 0
+
+
+async def _until_signalled(main: Awaitable[None]) -> None:
+    """Run until done or until SIGINT/SIGTERM, then let `main` clean up after itself."""
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, task.cancel)
+                stack.callback(loop.remove_signal_handler, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
+            print("stopped", file=sys.stderr)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="atomizer-hq",
+        description="Control plane of the Atomizer-HQ fleet of OpenClaw agents.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration.",
+    )
+    parser.add_argument("--version", action="version", version=f"atomizer-hq {__version__}")
+    parser.add_argument("--config", type=Path, help="cluster file (default: $ATOMIZER_CONFIG or config/cluster.toml)")
+    parser.add_argument("--env-file", type=Path, help="file of environment variables (default: ./.env if present)")
+    parser.add_argument("--db", type=Path, help="SQLite database (default: $ATOMIZER_DB or data/atomizer.db)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: $ATOMIZER_LOG_LEVEL or INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", cmd_run, "the Discord bot + loopback API + scheduler (needs DISCORD_TOKEN)")
+    add("demo", cmd_demo, "a simulated fleet and a tour of atomizer-hq, no Discord needed")
+
+    sim = add("simulate", cmd_simulate, "run simulated OpenClaw gateways on 127.0.0.1")
+    sim.add_argument("--agents", type=int, help="how many (default: one per agent of the config)")
+    sim.add_argument("--base-port", type=int, help="first port (default: the config's ports)")
+    sim.add_argument("--spacing", type=int, default=4, help="ports between gateways (default 4)")
+    sim.add_argument("--down", type=_csv, default=[], metavar="A,B", help="agents whose port is closed")
+    sim.add_argument("--hang", type=_csv, default=[], metavar="A,B", help="agents that never answer")
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="time to admit a hook")
+    sim.add_argument("--fail-rate", type=float, default=0.0, help="fraction of hooks answered 500")
+    sim.add_argument(
+        "--release", action="append", metavar="[AGENT=]RELEASE",
+        help="2026.9.6 (default) or 2026.2.12, for all agents or one; repeatable",
+    )  # fmt: skip
+    sim.add_argument("--startup-s", type=float, default=0.0, help="seconds each gateway takes to start")
+    sim.add_argument("--token", help="hooks token to accept (default: $ATOMIZER_HOOKS_TOKEN)")
+    sim.add_argument("--record", type=Path, help="append every accepted hook to this JSON-lines file")
+    sim.add_argument("--seed", type=int, default=0, help="seed for --fail-rate")
+
+    chk = add("check-config", cmd_check_config, "validate the cluster file and the environment")
+    chk.add_argument(
+        "--for", dest="for_command", choices=("run", "status", "delegate", "heartbeat", "standup", "simulate"),
+        help="also require every secret this command needs",
+    )  # fmt: skip
+
+    status = add("status", cmd_status, "probe every agent at once and show the fleet")
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    status.add_argument("--timeout", type=float, help="probe timeout in seconds (default: the config's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.handler(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return exc.exit_code
+    except AtomizerError as exc:
+        print(f"atomizer-hq: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

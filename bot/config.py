@@ -1,0 +1,336 @@
+"""The fleet's configuration: `config/cluster.toml`, validated by pydantic models.
+
+Loading never stops at the first problem: every problem becomes one line of the form
+`file: key: what is wrong; what would be valid`, so `atomizer-hq check-config` can list them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from bot.errors import ConfigError, UnknownAgent
+
+SNOWFLAKE_RE = re.compile(r"^\d{17,20}$")
+AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+CHANNEL_ROLES = ("technical", "task_board", "daily_standup", "it_ops", "agent_logs")
+ACCESS_LEVELS = ("viewer", "operator", "admin")
+HOOK_BODY_LIMIT = 262_144  # bytes; the gateway's own cap (openclaw-hooks.md)
+
+
+def check_snowflake(value: Any) -> str:
+    """Discord ids are 17-20 digit numbers; accept them as TOML strings or integers."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PydanticCustomError("snowflake", "expected a Discord id (17 to 20 digits, as a string)")
+    text = str(value).strip()
+    if not text.isdigit():
+        raise PydanticCustomError(
+            "snowflake", "{value} is not numeric; a Discord id is 17 to 20 digits", {"value": repr(text)}
+        )
+    if not SNOWFLAKE_RE.match(text):
+        raise PydanticCustomError(
+            "snowflake",
+            "{value} has {n} digits; a Discord id has 17 to 20",
+            {"value": repr(text), "n": len(text)},
+        )
+    return text
+
+
+Snowflake = Annotated[str, BeforeValidator(check_snowflake)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentConfig(_Strict):
+    """One OpenClaw gateway of the fleet."""
+
+    name: str
+    port: int = Field(ge=1, le=65535)
+    host: str = "127.0.0.1"
+    model: str = ""
+    own_heartbeat: bool = True
+    discord_user_id: Snowflake | None = None
+    delegates_to: list[str] = Field(default_factory=list)
+    hooks_path: str = "/hooks"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not AGENT_NAME_RE.match(value):
+            raise PydanticCustomError(
+                "agent_name",
+                "{value} is not a valid agent name; use lowercase letters, digits and '-', "
+                "starting with a letter (e.g. 'nx-expert')",
+                {"value": repr(value)},
+            )
+        return value
+
+    @field_validator("delegates_to", mode="before")
+    @classmethod
+    def _delegates(cls, value: Any) -> Any:
+        # `delegates_to = "*"` is shorthand for ["*"].
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("hooks_path")
+    @classmethod
+    def _hooks_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise PydanticCustomError("hooks_path", "must start with '/', e.g. '/hooks'")
+        return value.rstrip("/") or "/"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ApiConfig(_Strict):
+    """The loopback HTTP API the agents call."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=18790, ge=1, le=65535)
+    max_body_bytes: int = Field(default=HOOK_BODY_LIMIT + 16_384, ge=1024)
+
+
+class GatewayConfig(_Strict):
+    """How we talk to gateways: timeouts in seconds."""
+
+    connect_timeout: float = Field(default=2.0, gt=0)
+    read_timeout: float = Field(default=20.0, gt=0)
+    probe_timeout: float = Field(default=2.0, gt=0)
+
+
+class ClusterConfig(_Strict):
+    """Everything in `config/cluster.toml`."""
+
+    agents: list[AgentConfig]
+    side_ports: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=lambda: [2, 3])
+    channels: dict[str, Snowflake] = Field(default_factory=dict)
+    roles: dict[Literal["viewer", "operator", "admin"], list[Snowflake]] = Field(default_factory=dict)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    heartbeat: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: Any) -> Any:
+        # One role id or a list of them per level.
+        if isinstance(value, dict):
+            return {key: ids if isinstance(ids, list) else [ids] for key, ids in value.items()}
+        return value
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    @property
+    def agent_names(self) -> list[str]:
+        return [agent.name for agent in self.agents]
+
+    def agent(self, name: str) -> AgentConfig | None:
+        return next((agent for agent in self.agents if agent.name == name), None)
+
+    def require_agent(self, name: str) -> AgentConfig:
+        """The named agent, or UnknownAgent listing the valid names and the closest match."""
+        agent = self.agent(name.strip().lower())
+        if agent is not None:
+            return agent
+        close = difflib.get_close_matches(name.strip().lower(), self.agent_names, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownAgent(f"no agent called {name!r}.{hint} Valid agents: {', '.join(self.agent_names)}")
+
+    def delegation_targets(self, name: str) -> list[str]:
+        """The agents `name` may delegate to, from its `delegates_to` ("*", names, "!name"); never itself."""
+        agent = self.agent(name)
+        if agent is None:
+            return []
+        allowed: set[str] = set()
+        for entry in agent.delegates_to:
+            if entry == "*":
+                allowed.update(self.agent_names)
+            elif not entry.startswith("!"):
+                allowed.add(entry)
+        for entry in agent.delegates_to:
+            if entry.startswith("!"):
+                allowed.discard(entry[1:])
+        allowed.discard(name)
+        return [n for n in self.agent_names if n in allowed]
+
+    def relocated(self, base_port: int, spacing: int = 4) -> ClusterConfig:
+        """The same fleet on other ports (the demo and tests run beside a real fleet)."""
+        agents = [a.model_copy(update={"port": base_port + i * spacing}) for i, a in enumerate(self.agents)]
+        return self.model_copy(update={"agents": agents})
+
+    def ports_of(self, agent: AgentConfig) -> dict[int, str]:
+        """Every port a gateway takes, with what it is for."""
+        ports = {agent.port: "hooks port"}
+        for offset in self.side_ports:
+            ports.setdefault(agent.port + offset, f"side port {agent.port}+{offset}")
+        return ports
+
+
+# --- loading and checking ---------------------------------------------------------------------
+
+
+def load_cluster_config(path: Path) -> ClusterConfig:
+    """Read and validate the cluster file; raise ConfigError listing every problem."""
+    shown = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{shown}: (file): not found; set ATOMIZER_CONFIG or --config to the cluster file"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{shown}: (file): cannot be read ({exc}); it must be a UTF-8 TOML file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{shown}: (syntax): {exc}; the file must be valid TOML"]) from None
+    return parse_cluster_config(raw, shown)
+
+
+def parse_cluster_config(raw: dict[str, Any], shown: str = "cluster.toml") -> ClusterConfig:
+    try:
+        config = ClusterConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([f"{shown}: {line}" for line in _describe_errors(exc, raw)]) from None
+    problems = [f"{shown}: {line}" for line in semantic_problems(config)]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def semantic_problems(config: ClusterConfig) -> list[str]:
+    """Cross-field checks pydantic cannot express: duplicates, collisions, dangling names."""
+    problems: list[str] = []
+    if not config.agents:
+        problems.append("agents: no agents configured; add at least one [[agents]] table")
+    seen_names: dict[str, int] = {}
+    for index, agent in enumerate(config.agents):
+        if agent.name in seen_names:
+            problems.append(
+                f"agents[{index}].name: duplicate agent name {agent.name!r} (also agents[{seen_names[agent.name]}]); "
+                "every agent needs its own name"
+            )
+        seen_names.setdefault(agent.name, index)
+
+    # Ports: each gateway takes its own port plus side ports above it (openclaw-hooks.md).
+    owners: dict[tuple[str, int], tuple[str, str]] = {}
+    reported: set[tuple[str, str, int]] = set()
+    for agent in config.agents:
+        for port, role in config.ports_of(agent).items():
+            key = (agent.host, port)
+            if key in owners and owners[key][0] != agent.name:
+                other, other_role = owners[key]
+                pair = (other, agent.name, port)
+                if pair in reported:
+                    continue
+                reported.add(pair)
+                if role == "hooks port" and other_role == "hooks port":
+                    what = f"duplicate port {port}: agents {other!r} and {agent.name!r} both listen on it"
+                else:
+                    what = (
+                        f"port collision on {port}: {other!r} uses it as its {other_role}, {agent.name!r} as its {role}"
+                    )
+                problems.append(
+                    f"agents.{agent.name}.port: {what}; space gateways at least "
+                    f"{max(config.side_ports, default=0) + 1} ports apart"
+                )
+            else:
+                owners.setdefault(key, (agent.name, role))
+    api_key = (config.api.host, config.api.port)
+    if api_key in owners:
+        problems.append(
+            f"api.port: {config.api.port} is taken by agent {owners[api_key][0]!r} ({owners[api_key][1]}); "
+            "pick a port no gateway uses (default 18790)"
+        )
+
+    names = set(config.agent_names)
+    for agent in config.agents:
+        for entry in agent.delegates_to:
+            target = entry[1:] if entry.startswith("!") else entry
+            if entry == "*":
+                continue
+            if target not in names:
+                problems.append(
+                    f"agents.{agent.name}.delegates_to: unknown agent {target!r}; "
+                    f"valid: '*', {_names(names)}, or '!name' to exclude one"
+                )
+            elif target == agent.name and not entry.startswith("!"):
+                problems.append(
+                    f"agents.{agent.name}.delegates_to: an agent never delegates to itself; remove {target!r}"
+                )
+
+    for role in config.channels:
+        if role not in CHANNEL_ROLES:
+            problems.append(f"channels.{role}: unknown channel role; valid: {', '.join(CHANNEL_ROLES)}")
+    for agent_name in config.heartbeat:
+        if agent_name not in names:
+            problems.append(f"heartbeat.{agent_name}: unknown agent; valid: {_names(names)}")
+    return problems
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def _describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part != "[key]"]  # pydantic marks dict-key errors so
+        key = _key_path(loc, raw)
+        lines.append(f"{key}: {_explain(error, loc)}")
+    return lines
+
+
+def _key_path(loc: list[Any], raw: dict[str, Any]) -> str:
+    """agents[3].port reads better as agents.webster.port when the agent has a name."""
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        if isinstance(part, int) and index > 0 and loc[index - 1] == "agents":
+            agents = raw.get("agents")
+            name = agents[part].get("name") if isinstance(agents, list) and isinstance(agents[part], dict) else None
+            parts.append(str(name) if isinstance(name, str) and name else f"[{part}]")
+        elif isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(str(part))
+    text = ".".join(parts).replace(".[", "[")
+    return text or "(top level)"
+
+
+_EXPLANATIONS = {
+    "int_parsing": ("a whole number", "write e.g. 18800"),
+    "int_type": ("a whole number", "write e.g. 18800"),
+    "int_from_float": ("a whole number", "write e.g. 18800"),
+    "float_parsing": ("a number", "write e.g. 2.5"),
+    "float_type": ("a number", "write e.g. 2.5"),
+    "bool_parsing": ("true or false", "write true or false, without quotes"),
+    "bool_type": ("true or false", "write true or false, without quotes"),
+    "string_type": ("a string", 'write text in quotes, e.g. "Opus 4.6"'),
+    "list_type": ("a list", 'write e.g. ["a", "b"]'),
+    "dict_type": ("a table", "write a [section] or {key = value}"),
+    "model_type": ("a table", "write a [section] or {key = value}"),
+}
+
+
+def _explain(error: Any, loc: list[Any]) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "missing":
+        return "missing; this key is required"
+    if kind == "extra_forbidden":
+        return f"unknown key {loc[-1]!r}; check its spelling against the comments in config/cluster.toml"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return f"{value!r} is out of range; {error['msg'].lower()}"
+    if kind == "literal_error":
+        return f"unknown key {loc[-1]!r}; valid: {', '.join(ACCESS_LEVELS)}"
+    if kind in _EXPLANATIONS:
+        what, fix = _EXPLANATIONS[kind]
+        return f"{value!r} is not {what}; {fix}"
+    return error["msg"]

@@ -1,0 +1,372 @@
+"""The client for the agents' OpenClaw gateways: hooks and readiness, for both live releases.
+
+Every answer in openclaw-hooks.md maps to a typed result or a typed error here, and nowhere else:
+callers never see an httpx exception or a raw status code. Tokens go into request headers only;
+they never appear in an error, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from bot.config import HOOK_BODY_LIMIT, AgentConfig, GatewayConfig
+from bot.errors import (
+    AgentUnavailable,
+    GatewayProtocolError,
+    HookRateLimited,
+    HookRejected,
+    HookUnauthorized,
+    MissingSecret,
+    PayloadTooLarge,
+    env_suffix,
+)
+
+TokenLookup = Callable[[str], SecretStr | None]
+ReadinessState = Literal["ready", "starting", "degraded", "down", "foreign"]
+STARTING_TEXT = "Plugin runtime is starting"
+_SNIPPET = 160
+
+
+@dataclass(frozen=True)
+class AgentHook:
+    """The body of `POST /hooks/agent`. `channel` and `to` go together or not at all."""
+
+    message: str
+    name: str = "atomizer-hq"
+    deliver: bool = True
+    channel: str | None = None
+    to: str | None = None
+    wake_mode: Literal["now", "next-heartbeat"] | None = None
+    wait_for_completion: bool = False
+    timeout_seconds: int | None = None
+    model: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message, "name": self.name, "deliver": self.deliver}
+        if (self.channel is None) != (self.to is None):
+            # The current release refuses this and the old one silently loses the answer.
+            raise ValueError("channel and to must be set together")
+        if self.channel is not None:
+            body["channel"] = self.channel
+            body["to"] = self.to
+        if self.wake_mode is not None:
+            body["wakeMode"] = self.wake_mode
+        if self.wait_for_completion:
+            body["waitForCompletion"] = True
+        if self.timeout_seconds is not None:
+            body["timeoutSeconds"] = self.timeout_seconds
+        if self.model is not None:
+            body["model"] = self.model
+        return body
+
+
+@dataclass(frozen=True)
+class HookAccepted:
+    """The gateway admitted the run (any 2xx with ok and a runId)."""
+
+    agent: str
+    run_id: str
+    status_code: int
+    latency_s: float
+    completion: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WakeAccepted:
+    agent: str
+    mode: str
+    outcome: str | None
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What one probe learned about a gateway."""
+
+    agent: str
+    state: ReadinessState
+    latency_s: float
+    detail: str = ""
+    release: str | None = None  # reported by /startupz; None where the gateway has no health routes
+    health_routes: bool = False
+    failing: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def honours_idempotency(self) -> bool:
+        """Only releases with health routes (2026.9+) replay a runId for a repeated Idempotency-Key."""
+        return self.health_routes
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class GatewayClient:
+    """Talks to every gateway of the fleet through one shared `httpx.AsyncClient`."""
+
+    def __init__(self, http: httpx.AsyncClient, tokens: TokenLookup, config: GatewayConfig) -> None:
+        self._http = http
+        self._tokens = tokens
+        self._config = config
+
+    @staticmethod
+    def make_http_client(config: GatewayConfig) -> httpx.AsyncClient:
+        """The process's one HTTP client for gateways (no environment proxies: loopback only)."""
+        return httpx.AsyncClient(
+            timeout=_timeout(config.connect_timeout, config.read_timeout),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            trust_env=False,
+        )
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    async def send_agent_hook(
+        self,
+        agent: AgentConfig,
+        hook: AgentHook,
+        *,
+        idempotency_key: str | None = None,
+        read_timeout: float | None = None,
+    ) -> HookAccepted:
+        """Start a run on the agent. Raises a GatewayError subclass for every kind of failure."""
+        data = await self._post(agent, "/agent", hook.body(), idempotency_key, read_timeout)
+        run_id = data.body.get("runId")
+        if data.body.get("ok") is not True or not isinstance(run_id, str) or not run_id:
+            raise GatewayProtocolError(
+                agent.name, f"answered HTTP {data.status} without ok and a runId: {data.snippet}"
+            )
+        completion = data.body.get("completion")
+        return HookAccepted(
+            agent=agent.name,
+            run_id=run_id,
+            status_code=data.status,
+            latency_s=data.latency_s,
+            completion=completion if isinstance(completion, dict) else None,
+        )
+
+    async def wake(self, agent: AgentConfig, text: str, mode: Literal["now", "next-heartbeat"] = "now") -> WakeAccepted:
+        """Queue a system event for the agent's main session (a heartbeat-like nudge)."""
+        data = await self._post(agent, "/wake", {"text": text, "mode": mode}, None, None)
+        if data.body.get("ok") is not True:
+            raise GatewayProtocolError(agent.name, f"answered HTTP {data.status} without ok: {data.snippet}")
+        outcome = data.body.get("eventOutcome")
+        return WakeAccepted(
+            agent=agent.name,
+            mode=str(data.body.get("mode", mode)),
+            outcome=outcome if isinstance(outcome, str) else None,
+            latency_s=data.latency_s,
+        )
+
+    def _headers(self, agent: AgentConfig) -> dict[str, str]:
+        token = self._tokens(agent.name)
+        if token is None or not token.get_secret_value():
+            raise MissingSecret(
+                f"no hooks token for {agent.name}: set ATOMIZER_HOOKS_TOKEN "
+                f"(or ATOMIZER_HOOKS_TOKEN_{env_suffix(agent.name)}) to the gateway's hooks.token"
+            )
+        return {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
+
+    async def _post(
+        self,
+        agent: AgentConfig,
+        route: str,
+        body: dict[str, Any],
+        idempotency_key: str | None,
+        read_timeout: float | None,
+    ) -> _Answer:
+        payload = encode_body(body)
+        if len(payload) > HOOK_BODY_LIMIT:
+            # The old release drops the connection instead of answering 413: never send it.
+            raise PayloadTooLarge(
+                f"the request to {agent.name} would be {len(payload):,} bytes; the gateway takes at most "
+                f"{HOOK_BODY_LIMIT:,} bytes: shorten the instruction by at least "
+                f"{len(payload) - HOOK_BODY_LIMIT:,} bytes"
+            )
+        headers = self._headers(agent)
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        url = f"{agent.base_url}{agent.hooks_path}{route}"
+        timeout = _timeout(self._config.connect_timeout, read_timeout or self._config.read_timeout)
+        started = time.perf_counter()
+        try:
+            response = await self._http.post(url, content=payload, headers=headers, timeout=timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise AgentUnavailable(agent.name, _connect_failure(agent, exc), sent=False) from None
+        except httpx.TimeoutException:
+            raise AgentUnavailable(
+                agent.name, "no answer before the read timeout; the request may have arrived", sent=True
+            ) from None
+        except httpx.TransportError:
+            raise AgentUnavailable(
+                agent.name, "the connection dropped before an answer; the request may have arrived", sent=True
+            ) from None
+        return _interpret(agent.name, response, time.perf_counter() - started)
+
+    # --- readiness ----------------------------------------------------------------------------
+
+    async def readiness(self, agent: AgentConfig, timeout: float | None = None) -> Readiness:
+        """Is the gateway ready to take hooks? Works on both releases; bounded by `timeout`."""
+        limit = timeout if timeout is not None else self._config.probe_timeout
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(limit):
+                return await self._readiness(agent, started)
+        except TimeoutError:
+            return Readiness(agent.name, "down", time.perf_counter() - started, f"no answer within {limit:g} s")
+
+    async def _readiness(self, agent: AgentConfig, started: float) -> Readiness:
+        try:
+            ready = await self._http.get(f"{agent.base_url}/readyz")
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))
+        except httpx.TimeoutException:
+            return Readiness(agent.name, "down", time.perf_counter() - started, "no answer")
+        except httpx.TransportError as exc:
+            return Readiness(agent.name, "down", time.perf_counter() - started, f"connection failed ({exc})")
+        report = _json_object(ready)
+        if report is not None and "ready" in report:
+            return await self._from_health_routes(agent, report, started)
+        # No JSON health routes: the 2026.2.12 release (or not a gateway at all).
+        return await self._from_hook_check(agent, started)
+
+    async def _from_health_routes(self, agent: AgentConfig, report: dict[str, Any], started: float) -> Readiness:
+        release = None
+        try:
+            startup = _json_object(await self._http.get(f"{agent.base_url}/startupz"))
+            if startup is not None and isinstance(startup.get("version"), str):
+                release = startup["version"]
+        except httpx.HTTPError:
+            pass
+        failing = tuple(str(item) for item in report.get("failing") or [] if isinstance(item, str))
+        latency = time.perf_counter() - started
+        if report.get("ready") is True:
+            return Readiness(agent.name, "ready", latency, "", release, True, failing)
+        if not failing or set(failing) <= {"startup-sidecars"}:
+            return Readiness(agent.name, "starting", latency, "starting up", release, True, failing)
+        return Readiness(agent.name, "degraded", latency, "failing: " + ", ".join(failing), release, True, failing)
+
+    async def _from_hook_check(self, agent: AgentConfig, started: float) -> Readiness:
+        # An authenticated POST {} answers 400 "message required" without starting anything.
+        # Never probe without the token: unauthenticated probes count toward the 429 limit.
+        token = self._tokens(agent.name)
+        if token is None or not token.get_secret_value():
+            return Readiness(
+                agent.name, "degraded", time.perf_counter() - started,
+                "no health routes and no hooks token to check hooks with", failing=("no-hooks-token",),
+            )  # fmt: skip
+        headers = {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
+        try:
+            answer = await self._http.post(f"{agent.base_url}{agent.hooks_path}/agent", content=b"{}", headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))
+        except httpx.HTTPError as exc:
+            return Readiness(
+                agent.name, "down", time.perf_counter() - started, f"hook check failed ({type(exc).__name__})"
+            )
+        latency = time.perf_counter() - started
+        body = _json_object(answer)
+        if answer.status_code == 400 and body is not None and body.get("error") == "message required":
+            return Readiness(agent.name, "ready", latency, "hooks answer (no health routes: release 2026.2.x)")
+        if answer.status_code == 401:
+            return Readiness(
+                agent.name,
+                "degraded",
+                latency,
+                "the gateway refuses our hooks token",
+                failing=("hooks-token",),
+            )
+        if answer.status_code == 429:
+            return Readiness(
+                agent.name,
+                "degraded",
+                latency,
+                "the gateway is rate limiting bad tokens",
+                failing=("rate-limited",),
+            )
+        if answer.status_code == 404:
+            return Readiness(
+                agent.name,
+                "degraded",
+                latency,
+                "hooks are disabled on the gateway",
+                failing=("hooks-disabled",),
+            )
+        if answer.status_code == 503:
+            return Readiness(agent.name, "starting", latency, "starting up")
+        return Readiness(
+            agent.name, "foreign", latency,
+            f"port {agent.port} answers HTTP, but not as an OpenClaw gateway (HTTP {answer.status_code})",
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    snippet: str
+    latency_s: float
+
+
+def _interpret(agent: str, response: httpx.Response, latency: float) -> _Answer:
+    """Map one hooks answer onto a result or a typed error (the tables in openclaw-hooks.md)."""
+    status = response.status_code
+    text = response.text
+    snippet = _snippet(text)
+    body = _json_object(response)
+    if 200 <= status < 300:
+        if body is None:
+            raise GatewayProtocolError(agent, f"answered HTTP {status} with something that is not JSON: {snippet}")
+        return _Answer(status, body, snippet, latency)
+    gateway_error = str(body.get("error")) if body is not None and "error" in body else snippet
+    if status == 401:
+        raise HookUnauthorized(agent)
+    if status == 429:
+        raise HookRateLimited(agent, _retry_after(response))
+    if status == 503:
+        # "Plugin runtime is starting" surely started nothing; another 503 (15 s admission limit) may have.
+        starting = STARTING_TEXT in text
+        reason = "the gateway is starting (HTTP 503)" if starting else f"the gateway answered HTTP 503: {snippet}"
+        raise AgentUnavailable(agent, reason, sent=not starting)
+    if status >= 500:
+        raise AgentUnavailable(agent, f"the gateway failed (HTTP {status}): {snippet}", sent=True)
+    if status == 404:
+        raise HookRejected(agent, status, "hooks are disabled on this gateway (hooks.enabled) or hooks.path differs")
+    raise HookRejected(agent, status, gateway_error)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        value = response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "60")))
+    except ValueError:
+        return 60.0
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _SNIPPET else flat[: _SNIPPET - 1] + "…"
+
+
+def _connect_failure(agent: AgentConfig, exc: Exception) -> str:
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return f"could not connect to {agent.host}:{agent.port} in time"
+    return f"connection refused on {agent.host}:{agent.port} (the gateway is not listening)"
+
+
+def _timeout(connect: float, read: float) -> httpx.Timeout:
+    return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)

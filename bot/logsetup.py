@@ -1,0 +1,76 @@
+"""Logging for every front end: text or JSON lines, with secrets redacted from everything written.
+
+Redaction happens in the formatter, after the message, its arguments and any traceback have been
+rendered, so a token cannot slip through an f-string, an exception's text or a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Literal
+
+REDACTED = "***"
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
+_HOOK_QUERY = re.compile(r"(?i)([?&](?:token|hook_token|access_token)=)[^&\s\"']+")
+
+
+class Redactor:
+    """Replaces known secret values, and anything that looks like a bearer credential."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        text = _BEARER.sub(rf"\1{REDACTED}", text)
+        return _HOOK_QUERY.sub(rf"\1{REDACTED}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    def __init__(self, redactor: Redactor, fmt: str | None = None) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redactor(super().format(record))
+
+
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line, for journald or a log shipper."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return self.redactor(json.dumps(entry, ensure_ascii=False))
+
+
+def configure_logging(
+    level: str = "INFO", log_format: Literal["text", "json"] = "text", secrets: Iterable[str] = ()
+) -> Redactor:
+    """Send logs to stderr (stdout is for command output) through a redacting formatter."""
+    redactor = Redactor(secrets)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(redactor) if log_format == "json" else RedactingFormatter(redactor))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # httpx logs every request at INFO; that is noise for an operator.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    return redactor

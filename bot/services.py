@@ -1,0 +1,58 @@
+"""The core services of one process, created at start and closed at shutdown, in one place.
+
+The bot, the CLI, the loopback API and the demo all get the same `Services`, so every front end
+calls the same code with the same store and the same HTTP client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.cluster import ClusterService
+from bot.config import ClusterConfig
+from bot.gateway import GatewayClient
+from bot.settings import Settings
+from bot.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    config: ClusterConfig
+    store: Store
+    http: httpx.AsyncClient
+    gateway: GatewayClient
+    cluster: ClusterService
+    scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, config: ClusterConfig, *, db_path: Path | None = None
+) -> AsyncIterator[Services]:
+    """Open the store, then the HTTP client, then the services on top; close in reverse order."""
+    store = Store(db_path or settings.db_path)
+    await store.open()
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    try:
+        async with GatewayClient.make_http_client(config.gateway) as http:
+            gateway = GatewayClient(http, settings.hooks_token_for, config.gateway)
+            yield Services(
+                settings=settings,
+                config=config,
+                store=store,
+                http=http,
+                gateway=gateway,
+                cluster=ClusterService(config, gateway),
+                scheduler=scheduler,
+            )
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        await store.close()

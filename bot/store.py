@@ -1,0 +1,280 @@
+"""The one SQLite file (aiosqlite): WAL, foreign keys, a busy timeout, numbered migrations.
+
+Before anything writes to an existing file, it is inspected read-only: a file that is not an
+atomizer database, is corrupt, or was written by a newer atomizer-hq is refused and left
+byte-for-byte as it was. Migrations live in `bot/migrations/NNNN_name.sql` and are applied in
+order, each in one transaction that also bumps `PRAGMA user_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.errors import DatabaseRefused, StoreError
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x41544D5A  # "ATMZ": marks a file as ours
+SQLITE_MAGIC = b"SQLite format 3\x00"
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+Params = Sequence[Any] | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The shipped migrations, numbered 1..N without gaps."""
+    found = []
+    for entry in resources.files("bot.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migrations must be numbered 1..N without gaps; found {migration.version}")
+    return found
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What a read-only look at the file found."""
+
+    exists: bool
+    version: int = 0
+
+
+class Store:
+    """One connection to the database, shared by every service of the process."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        migrations: list[Migration] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.migrations = migrations if migrations is not None else load_migrations()
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def latest_version(self) -> int:
+        return self.migrations[-1].version if self.migrations else 0
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def open(self) -> Store:
+        state = await asyncio.to_thread(inspect_file, self.path, self.latest_version)
+        if not state.exists:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
+        db.row_factory = sqlite3.Row
+        self._db = db
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await self._migrate(state.version)
+        except sqlite3.OperationalError as exc:
+            await self.close()
+            raise StoreError(_explain_operational(self.path, exc)) from None
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def __aenter__(self) -> Store:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self, current: int) -> None:
+        pending = [m for m in self.migrations if m.version > current]
+        if not pending:
+            return
+        if current > 0:
+            backup = self.path.with_name(f"{self.path.name}.v{current}.bak")
+            await asyncio.to_thread(_backup, self.path, backup)
+            log.info("database %s: schema v%d backed up to %s before upgrading", self.path, current, backup)
+        db = self._conn
+        for migration in pending:
+            script = (
+                "BEGIN IMMEDIATE;\n"
+                f"{migration.sql}\n;"
+                f"PRAGMA application_id = {APPLICATION_ID};\n"
+                f"PRAGMA user_version = {migration.version};\n"
+                "COMMIT;"
+            )
+            try:
+                await db.executescript(script)
+            except sqlite3.Error:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+            log.info("database %s: migrated to v%d (%s)", self.path, migration.version, migration.name)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    @property
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError("the database is not open")
+        return self._db
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one write statement on its own; returns the last row id."""
+        async with self._lock:
+            cursor = await self._run(sql, params)
+            return cursor.lastrowid or 0
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self.transaction() as tx:
+            await tx.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        async with self._lock:
+            cursor = await self._run(sql, params)
+            return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            cursor = await self._run(sql, params)
+            return list(await cursor.fetchall())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Several statements that stand or fall together (BEGIN IMMEDIATE: writers queue, never deadlock)."""
+        async with self._lock:
+            db = self._conn
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(_explain_operational(self.path, exc)) from None
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    await db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    await db.execute("ROLLBACK")
+                    raise StoreError(_explain_operational(self.path, exc)) from None
+
+    async def _run(self, sql: str, params: Params) -> aiosqlite.Cursor:
+        try:
+            return await self._conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(_explain_operational(self.path, exc)) from None
+
+
+def inspect_file(path: Path, latest: int) -> FileState:
+    """Look at an existing file read-only; refuse what we must not touch."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return FileState(exists=False)
+    if size == 0:
+        return FileState(exists=True)
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_MAGIC))
+    if header != SQLITE_MAGIC:
+        raise DatabaseRefused(
+            f"{path} is not an SQLite database (it does not start with the SQLite header); "
+            "it was left untouched: point ATOMIZER_DB or --db at another file"
+        )
+    # Without a -wal file beside it, open it immutable: SQLite then creates no -shm/-wal files either.
+    wal = path.with_name(path.name + "-wal").exists()
+    query = "mode=ro" if wal else "mode=ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseRefused(f"{path} cannot be opened ({exc}); it was left untouched") from None
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if app_id != APPLICATION_ID and (app_id != 0 or tables > 0):
+            raise DatabaseRefused(
+                f"{path} is an SQLite database of another application, not an atomizer-hq database; "
+                "it was left untouched: point ATOMIZER_DB or --db at another file"
+            )
+        if version > latest:
+            raise DatabaseRefused(
+                f"{path} has schema v{version}, newer than this atomizer-hq knows (v{latest}); "
+                "it was left untouched: upgrade atomizer-hq, or use a backup made for this version"
+            )
+        check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise DatabaseRefused(
+                f"{path} is corrupt ({check}); it was left untouched: restore a backup, "
+                "or move it aside to start a new database"
+            )
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseRefused(
+            f"{path} is corrupt or unreadable ({exc}); it was left untouched: restore a backup, "
+            "or move it aside to start a new database"
+        ) from None
+    finally:
+        conn.close()
+    return FileState(exists=True, version=int(version))
+
+
+def _backup(source: Path, target: Path) -> None:
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+
+
+def _explain_operational(path: Path, exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return (
+            f"the database {path} is locked by another process beyond the busy timeout; "
+            "nothing was written: retry, or stop the other process"
+        )
+    if "readonly" in text or "read-only" in text:
+        return f"the database {path} is read-only; nothing was written: make it writable for this user"
+    if "disk" in text and ("full" in text or "I/O" in text):
+        return f"the database {path} could not be written ({text}); nothing was written: free disk space"
+    return f"database error on {path}: {text}"

@@ -1,0 +1,1 @@
+"""Discord adapters: thin translations between slash commands and the core in bot/."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: real config, real SQLite files in tmp_path, real loopback servers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import ClusterConfig, load_cluster_config, parse_cluster_config
+from bot.services import Services, open_services
+from bot.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = ROOT / "config" / "cluster.toml"
+# Recognisable on purpose: the secrecy tests look for these in every log line and error text.
+HOOKS_TOKEN = "hooks-SECRET-c0ffee-8d1f5e0b7a6c4d3e"
+API_TOKENS = {
+    "manager": "api-SECRET-manager-5f1d2c3b4a59687",
+    "tech-lead": "api-SECRET-techlead-0a9b8c7d6e5f41",
+    "nx-expert": "api-SECRET-nxexpert-77aa66bb55cc4",
+    "operator": "api-SECRET-operator-1234abcd5678e",
+}
+
+
+@pytest.fixture
+def shipped_config() -> ClusterConfig:
+    return load_cluster_config(SHIPPED_CONFIG)
+
+
+@pytest.fixture
+def make_config(shipped_config: ClusterConfig) -> Callable[..., ClusterConfig]:
+    """The shipped fleet, moved to other ports (base_port, spacing) and otherwise overridden."""
+
+    def build(base_port: int | None = None, spacing: int = 4, **overrides: Any) -> ClusterConfig:
+        config = shipped_config if base_port is None else shipped_config.relocated(base_port, spacing)
+        raw = config.model_dump(mode="python")
+        raw.update(overrides)
+        return parse_cluster_config(raw, "test-config")
+
+    return build
+
+
+@pytest.fixture
+def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    """Settings as an operator would set them, with a database in tmp_path."""
+    for name in list(__import__("os").environ):
+        if name.startswith("ATOMIZER_") or name == "DISCORD_TOKEN":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ATOMIZER_HOOKS_TOKEN", HOOKS_TOKEN)
+    monkeypatch.setenv("ATOMIZER_API_TOKENS", ",".join(f"{k}:{v}" for k, v in API_TOKENS.items()))
+    monkeypatch.setenv("ATOMIZER_DB", str(tmp_path / "atomizer.db"))
+    monkeypatch.setenv("ATOMIZER_GUILD_ID", "100000000000000001")
+    return Settings()
+
+
+@pytest.fixture
+async def services(settings: Settings, shipped_config: ClusterConfig) -> AsyncIterator[Services]:
+    async with open_services(settings, shipped_config) as opened:
+        yield opened
