@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.config import ClusterConfig, load_cluster_config, parse_cluster_config
 from bot.services import Services, open_services
 from bot.settings import Settings
+from bot.simulator import RELEASE_CURRENT, SimAgentSpec, SimulatedFleet, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "cluster.toml"
@@ -59,3 +61,51 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
 async def services(settings: Settings, shipped_config: ClusterConfig) -> AsyncIterator[Services]:
     async with open_services(settings, shipped_config) as opened:
         yield opened
+
+
+FleetStarter = Callable[..., Awaitable[tuple[ClusterConfig, SimulatedFleet]]]
+
+
+@pytest.fixture
+async def start_fleet(make_config: Callable[..., ClusterConfig]) -> AsyncIterator[FleetStarter]:
+    """Start the shipped fleet as simulated gateways on free ports; everything is stopped afterwards.
+
+    `release` is one release for all, or {agent: release}; `specs` overrides SimAgentSpec fields per agent.
+    """
+    started: list[SimulatedFleet] = []
+
+    async def start(
+        *,
+        release: str | dict[str, str] = RELEASE_CURRENT,
+        specs: dict[str, dict[str, Any]] | None = None,
+        token: str | dict[str, str] = HOOKS_TOKEN,
+        **fleet_options: Any,
+    ) -> tuple[ClusterConfig, SimulatedFleet]:
+        config = make_config(free_ports(8))
+        releases = release if isinstance(release, dict) else {}
+        fleet = SimulatedFleet(
+            [
+                SimAgentSpec(
+                    name=agent.name,
+                    port=agent.port,
+                    release=releases.get(agent.name, release if isinstance(release, str) else RELEASE_CURRENT),
+                    **(specs or {}).get(agent.name, {}),
+                )
+                for agent in config.agents
+            ],
+            token,
+            **fleet_options,
+        )
+        await fleet.start()
+        started.append(fleet)
+        return config, fleet
+
+    yield start
+    for fleet in started:
+        await fleet.stop()
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        yield client
