@@ -1,0 +1,582 @@
+"""The loopback HTTP API the agents call with curl: bearer tokens, JSON in and out, its own OpenAPI.
+
+Routes are registered with `LoopbackApi.route`, naming pydantic models for the input and the
+answer: the same models validate requests, serialise answers and make `/openapi.json`, so the
+document cannot drift from the code. Errors are mapped to `{"error": CODE, "detail": TEXT}` in one
+middleware, from the `code` and `http_status` of the core's exception types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_urldispatcher import AbstractRoute
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from bot.authz import Requester, api_requester
+from bot.errors import AtomizerError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("bot.api.access")
+
+try:
+    VERSION = version("atomizer-hq")
+except PackageNotFoundError:  # pragma: no cover - running from a tree that was never installed
+    VERSION = "0.0.0"
+
+SCHEMA_REF = "#/components/schemas/{model}"
+SECURITY_SCHEME = "bearerAuth"
+# Query parameters that look like a credential: refused outright, as the gateways do, because URLs end
+# up in shell history, proxy logs and access logs.
+TOKEN_QUERY_KEYS = frozenset({"token", "access_token", "api_token", "api_key", "apikey", "bearer", "authorization"})
+_PATH_PARAM = re.compile(r"\{(\w+)(?::([^{}]+))?\}")
+_INTEGER_PATTERNS = (r"\d+", "[0-9]+")
+_HTTP_ERROR_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+METHODS_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+Handler = Callable[..., Awaitable[BaseModel | web.StreamResponse]]
+# Set by the auth middleware on every authenticated request: who is calling.
+REQUESTER = web.RequestKey("requester", Requester)
+# How the access log and error log show a path: with any configured token blanked out.
+REDACT = web.AppKey("redact", Callable[[str], str])
+
+
+# --- errors only the HTTP front end raises -----------------------------------------------------
+
+
+class InvalidJson(InvalidInput):
+    code = "invalid_json"
+
+
+class TokenInQuery(InvalidInput):
+    code = "token_in_query"
+
+
+# --- models of the skeleton's own routes -------------------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: a stable machine code and a sentence saying what to do."""
+
+    error: str
+    detail: str
+
+
+class Health(BaseModel):
+    """Whether the process answers and its database works (503 with the same shape when it does not)."""
+
+    ok: bool
+    database: str
+    version: str
+
+
+class WhoAmI(BaseModel):
+    """Who the API takes the caller to be, from the bearer token alone."""
+
+    identity: str
+    kind: Literal["person", "agent"]
+    level: Literal["none", "viewer", "operator", "admin"]
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: how it is called, what it takes and answers, and who may call it.
+
+    The handler is called as `handler(request, requester, data)`: `requester` is None only on
+    `auth=False` routes; `data` is the validated `body` or `query` model, or None. It returns a
+    `response` model (sent with `status`) or, for another status, a ready `web.Response` (see `reply`).
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    auth: bool = True
+    status: int = 200
+    extra_responses: Mapping[int, type[BaseModel]] = field(default_factory=dict)
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.body is not None and self.query is not None:
+            raise ValueError(f"{self.method} {self.path}: take a body or a query model, not both")
+        if self.body is not None and self.method.upper() not in METHODS_WITH_BODY:
+            raise ValueError(f"{self.method} {self.path}: only {', '.join(sorted(METHODS_WITH_BODY))} take a body")
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+    @property
+    def openapi_path(self) -> str:
+        """The path without aiohttp's regular expressions: /v1/tasks/{id:\\d+} -> /v1/tasks/{id}."""
+        return _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", self.path)
+
+    def path_parameters(self) -> list[tuple[str, bool]]:
+        """(name, is_integer) of each path parameter, in order."""
+        return [(m.group(1), m.group(2) in _INTEGER_PATTERNS) for m in _PATH_PARAM.finditer(self.path)]
+
+
+def reply(model: BaseModel, status: int = 200) -> web.Response:
+    """A model as a JSON answer with a status of the handler's choosing."""
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+def error_reply(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    response = reply(ErrorResponse(error=code, detail=detail), status)
+    response.headers.update(headers or {})
+    return response
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding `host` keeps the API on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request, without the query string: a token pasted there must not reach the log."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        requester = request.get(REQUESTER)
+        who = requester.name if requester is not None else "-"
+        path = request.app[REDACT](request.path)
+        self.logger.info("%s %s -> %d in %.1f ms (%s)", request.method, path, response.status, time * 1000, who)
+
+
+# --- the API -----------------------------------------------------------------------------------
+
+
+class LoopbackApi:
+    """The aiohttp application, its routes, and the server that runs it on 127.0.0.1."""
+
+    def __init__(self, services: Services, identities: Mapping[str, SecretStr]) -> None:
+        self.services = services
+        self.config = services.config.api
+        # Authentication compares digests: equal lengths, so not even a token's length leaks.
+        self._token_digests = {identity: _digest(token.get_secret_value()) for identity, token in identities.items()}
+        self._secrets = [token.get_secret_value() for token in identities.values()]
+        if not self._token_digests:
+            log.warning("loopback API: no API tokens configured; every route but /healthz will answer 401")
+        self.app = web.Application(
+            client_max_size=self.config.max_body_bytes, middlewares=[self._errors, self._authenticate]
+        )
+        self.app[REDACT] = self.redact
+        self.routes: list[Route] = []
+        self._by_aiohttp_route: dict[AbstractRoute, Route] = {}
+        self._openapi: dict[str, Any] | None = None
+        self._runner: web.AppRunner | None = None
+        self._host = self.config.host
+        self._add_core_routes()
+
+    # --- registration ----------------------------------------------------------------------------
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        response: type[BaseModel] | None,
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        auth: bool = True,
+        status: int = 200,
+        extra_responses: Mapping[int, type[BaseModel]] | None = None,
+        description: str | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form of `add`: the handler is registered and returned unchanged."""
+
+        def register(handler: Handler) -> Handler:
+            self.add(
+                Route(
+                    method.upper(),
+                    path,
+                    handler,
+                    summary=summary,
+                    response=response,
+                    body=body,
+                    query=query,
+                    auth=auth,
+                    status=status,
+                    extra_responses=dict(extra_responses or {}),
+                    description=description,
+                )
+            )
+            return handler
+
+        return register
+
+    def add(self, route: Route) -> None:
+        """Register a route; only before `start` (aiohttp freezes the router then)."""
+        if any(existing.operation_id == route.operation_id for existing in self.routes):
+            raise ValueError(f"{route.method} {route.path}: a handler called {route.operation_id!r} exists")
+        aiohttp_route = self.app.router.add_route(route.method, route.path, self._endpoint(route))
+        self._by_aiohttp_route[aiohttp_route] = route
+        self.routes.append(route)
+        self._openapi = None
+
+    def _endpoint(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The aiohttp handler around a route's handler: input in, model out."""
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            requester = request.get(REQUESTER)
+            data: BaseModel | None = None
+            if route.body is not None:
+                data = await self._read_body(request, route.body)
+            elif route.query is not None:
+                data = _validate(route.query, _query_input(request, route.query), "query")
+            result = await route.handler(request, requester, data)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if route.response is None or not isinstance(result, route.response):
+                raise TypeError(
+                    f"{route.operation_id} returned {type(result).__name__}, "
+                    f"not its declared {getattr(route.response, '__name__', 'web.Response')}"
+                )
+            return reply(result, route.status)
+
+        endpoint.__name__ = route.operation_id
+        return endpoint
+
+    async def _read_body(self, request: web.Request, model: type[BaseModel]) -> BaseModel:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(self._too_large()) from None
+        if not raw.strip():
+            raise InvalidJson("the request body is empty; send a JSON object (Content-Type: application/json)")
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            broken = [error for error in exc.errors() if error["type"] == "json_invalid"]
+            if broken:
+                reason = broken[0].get("ctx", {}).get("error", broken[0]["msg"])
+                raise InvalidJson(f"the request body is not valid JSON: {reason}") from None
+            raise InvalidInput(_describe(exc, "body")) from None
+
+    def _too_large(self) -> str:
+        return f"the request body is over the {self.config.max_body_bytes}-byte limit; send less"
+
+    # --- middlewares -----------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """Every failure becomes one JSON shape; only the log sees what went wrong inside."""
+        try:
+            return await handler(request)
+        except AtomizerError as exc:
+            if exc.http_status >= 500:
+                log.warning("%s %s failed: %s: %s", request.method, self.redact(request.path), exc.code, exc)
+            headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, NotAuthenticated) else None
+            return error_reply(exc.http_status, exc.code, str(exc), headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return self._http_error(request, exc)
+        except Exception:
+            ref = secrets.token_hex(4)
+            log.exception("%s %s: unexpected error (ref %s)", request.method, self.redact(request.path), ref)
+            return error_reply(
+                500, "internal", f"internal error (ref {ref}); the operator can find it in the atomizer-hq log"
+            )
+
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        code = _HTTP_ERROR_CODES.get(exc.status, "http_error")
+        headers: dict[str, str] = {}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            headers["Allow"] = exc.headers["Allow"]
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(sorted(exc.allowed_methods))}"
+        elif exc.status == 404:
+            # The path is not echoed: whatever the caller put in it stays out of our answer.
+            detail = "no such route; GET /openapi.json lists them"
+        elif exc.status == 413:
+            detail = self._too_large()
+        else:
+            detail = exc.reason
+        return error_reply(exc.status, code, detail, headers)
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        """Default deny: every route needs a bearer token unless it was registered with auth=False."""
+        in_query = sorted({key for key in request.query if key.lower() in TOKEN_QUERY_KEYS})
+        if in_query:
+            raise TokenInQuery(
+                "tokens go in the Authorization: Bearer <token> header, never in the URL "
+                f"(query parameter {', '.join(map(repr, in_query))} refused)"
+            )
+        match_info = request.match_info
+        route = self._by_aiohttp_route.get(match_info.route)
+        # No route matched (404/405): nothing to protect, and the caller learns what is wrong sooner.
+        if match_info.http_exception is None and (route is None or route.auth):
+            request[REQUESTER] = self.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    def authenticate(self, authorization: str | None) -> Requester:
+        """The caller behind an Authorization header, or NotAuthenticated."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthenticated("missing Authorization: Bearer <token>")
+        presented = _digest(token)
+        found: str | None = None
+        for identity, expected in self._token_digests.items():  # every token, whatever matched before
+            if hmac.compare_digest(presented, expected):
+                found = identity
+        if found is None:
+            raise NotAuthenticated("unknown token")
+        return api_requester(found, self.services.config)
+
+    def redact(self, text: str) -> str:
+        """`text` with every configured token blanked: for logging what a caller sent, such as a path."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<token>")
+        return text
+
+    # --- the skeleton's routes -------------------------------------------------------------------
+
+    def _add_core_routes(self) -> None:
+        self.add(
+            Route(
+                "GET",
+                "/healthz",
+                self.healthz,
+                summary="Whether the API answers and its database works",
+                response=Health,
+                auth=False,
+                extra_responses={503: Health},
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/openapi.json",
+                self.openapi_json,
+                summary="This document: every route with its input and answer schemas",
+                response=None,
+                auth=False,
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/whoami",
+                self.whoami,
+                summary="Who your token says you are (to debug a token)",
+                response=WhoAmI,
+            )
+        )
+
+    async def healthz(self, request: web.Request, requester: None, data: None) -> web.Response:
+        try:
+            await self.services.store.fetchone("SELECT 1")
+        except Exception as exc:
+            log.warning("health check: the database does not answer: %s", exc)
+            reason = str(exc) or type(exc).__name__
+            return reply(Health(ok=False, database=f"error: {reason}", version=VERSION), 503)
+        return reply(Health(ok=True, database="ok", version=VERSION))
+
+    async def openapi_json(self, request: web.Request, requester: None, data: None) -> web.Response:
+        return web.json_response(self.openapi())
+
+    async def whoami(self, request: web.Request, requester: Requester, data: None) -> WhoAmI:
+        return WhoAmI(identity=requester.name, kind=requester.kind, level=requester.level.label)
+
+    # --- OpenAPI ---------------------------------------------------------------------------------
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the registered routes (built once, rebuilt after `add`)."""
+        if self._openapi is None:
+            self._openapi = build_openapi(self.routes, title="atomizer-hq loopback API", version=VERSION)
+        return self._openapi
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self, host: str | None = None, port: int | None = None, *, allow_remote: bool = False) -> None:
+        """Listen on host:port (api.host/api.port by default; port 0 picks a free one)."""
+        host = self.config.host if host is None else host
+        port = self.config.port if port is None else port
+        if not allow_remote and not is_loopback_host(host):
+            raise InvalidInput(
+                f"refusing to serve the loopback API on {host or 'every interface'!r}: it is for agents on "
+                "this host only; set api.host to 127.0.0.1 (or pass allow_remote=True deliberately)"
+            )
+        if self._runner is not None:
+            raise RuntimeError("the loopback API is already started")
+        runner = web.AppRunner(self.app, access_log_class=AccessLog, access_log=access_log, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise AtomizerError(
+                f"cannot listen on {host}:{port} for the loopback API: {exc.strerror or exc}; "
+                "is another atomizer-hq running? Otherwise pick a free api.port"
+            ) from None
+        self._runner = runner
+        self._host = host
+        log.info("loopback API listening on %s", self.url)
+
+    async def stop(self) -> None:
+        """Stop listening and finish the requests under way; safe to call twice."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    @property
+    def port(self) -> int:
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("the loopback API is not started")
+        return int(self._runner.addresses[0][1])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def _query_input(request: web.Request, model: type[BaseModel]) -> dict[str, Any]:
+    """The query string as a model's input: repeated keys, or any key of a list field, give lists."""
+    lists = _list_fields(model)
+    data: dict[str, Any] = {}
+    for key in dict.fromkeys(request.query):
+        values = request.query.getall(key)
+        data[key] = values if key in lists or len(values) > 1 else values[0]
+    return data
+
+
+def _list_fields(model: type[BaseModel]) -> set[str]:
+    properties = model.model_json_schema().get("properties", {})
+    return {
+        name
+        for name, schema in properties.items()
+        if schema.get("type") == "array" or any(option.get("type") == "array" for option in schema.get("anyOf", ()))
+    }
+
+
+def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(_describe(exc, where)) from None
+
+
+def _describe(exc: ValidationError, where: str) -> str:
+    """`invalid body: count: Input should be greater than or equal to 1; name: Field required`."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        problems.append(f"{loc or f'(the {where})'}: {error['msg']}")
+    return f"invalid {where}: " + "; ".join(problems)
+
+
+def build_openapi(routes: list[Route], *, title: str, version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 from the routes; pydantic's JSON Schemas (2020-12) go under components/schemas."""
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    for route in routes:
+        for model in (route.body, route.query):
+            if model is not None:
+                wanted.append((model, "validation"))
+        for model in (route.response, *route.extra_responses.values()):
+            if model is not None:
+                wanted.append((model, "serialization"))
+    refs, top = models_json_schema(list(dict.fromkeys(wanted)), ref_template=SCHEMA_REF)
+    schemas: dict[str, Any] = top.get("$defs", {})
+
+    def ref(model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
+        return dict(refs[(model, mode)])
+
+    def content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    error = ref(ErrorResponse, "serialization")
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        parameters: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "integer" if integer else "string"}}
+            for name, integer in route.path_parameters()
+        ]
+        if route.query is not None:
+            query_schema = schemas[ref(route.query, "validation")["$ref"].rsplit("/", 1)[-1]]
+            required = set(query_schema.get("required", ()))
+            for name, schema in query_schema.get("properties", {}).items():
+                parameter = {"name": name, "in": "query", "required": name in required, "schema": schema}
+                if "description" in schema:
+                    parameter["description"] = schema["description"]
+                parameters.append(parameter)
+        answer = ref(route.response, "serialization") if route.response else {"type": "object"}
+        responses: dict[str, Any] = {str(route.status): content(answer, "Success")}
+        for status, model in route.extra_responses.items():
+            responses[str(status)] = content(ref(model, "serialization"), model.__name__)
+        if route.body is not None or route.query is not None:
+            responses.setdefault("400", content(error, "Invalid input (invalid_input, invalid_json)"))
+        if route.body is not None:
+            responses.setdefault("413", content(error, "Request body over the size limit"))
+        if route.auth:
+            responses.setdefault("401", content(error, "Missing or unknown bearer token"))
+        responses["default"] = content(error, "Any other error: see `error` for the code")
+        operation: dict[str, Any] = {
+            "operationId": route.operation_id,
+            "summary": route.summary,
+            "security": [{SECURITY_SCHEME: []}] if route.auth else [],
+            "responses": responses,
+        }
+        if route.description:
+            operation["description"] = route.description
+        if parameters:
+            operation["parameters"] = parameters
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(route.body, "validation")}},
+            }
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Loopback API of atomizer-hq. Send `Authorization: Bearer <token>`; your token is "
+            'your identity. Errors are `{"error": CODE, "detail": TEXT}`.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,149 @@
+"""The command line through its real entry point, in a subprocess, as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.simulator import free_ports
+from tests.conftest import HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
+
+
+def relocated_config(tmp_path: Path, ports: dict[str, int]) -> Path:
+    """The shipped cluster file with the agents moved to test ports (text edit: it stays the real file)."""
+    from bot.config import load_cluster_config
+
+    text = SHIPPED_CONFIG.read_text(encoding="utf-8")
+    for agent in load_cluster_config(SHIPPED_CONFIG).agents:
+        text = text.replace(f"port = {agent.port}\n", f"port = {ports[agent.name]}\n", 1)
+    path = tmp_path / "cluster.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k != "DISCORD_TOKEN"}
+    env.update({"ATOMIZER_HOOKS_TOKEN": HOOKS_TOKEN, "ATOMIZER_DB": str(tmp_path / "atomizer.db")}, **extra)
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, env=env, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_status_json_reports_every_agent_even_when_some_never_answer(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    config, _ = await start_fleet(
+        release={"webster": "2026.2.12"},
+        specs={"auditor": {"down": True}, "study-builder": {"down": True}, "optimizer": {"hang": True}},
+    )
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    code, out, err = await run_cli("--config", str(path), "status", "--json", "--timeout", "1", env=cli_env(tmp_path))
+    assert code == 0, err
+    report = json.loads(out)
+    states = {a["name"]: a["state"] for a in report["agents"]}
+    assert states == {
+        "manager": "ready", "tech-lead": "ready", "secretary": "ready", "auditor": "down",
+        "optimizer": "down", "study-builder": "down", "nx-expert": "ready", "webster": "ready",
+    }  # fmt: skip
+    assert report["counts"]["ready"] == 5 and report["counts"]["down"] == 3
+    assert report["took_ms"] < 1000 + 300  # one round is bounded by the probe timeout, not by 3 of them
+
+
+async def test_status_plain_text_is_a_table(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    config, _ = await start_fleet(specs={"auditor": {"down": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    code, out, _ = await run_cli("--config", str(path), "status", env=cli_env(tmp_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["agent", "state", "port"]
+    assert any(line.startswith("auditor") and " down " in line for line in lines)
+    assert "8 agents: 7 ready, 1 down" in out
+
+
+async def test_status_without_a_hooks_token_says_what_to_set(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    del env["ATOMIZER_HOOKS_TOKEN"]
+    code, out, err = await run_cli("--config", str(SHIPPED_CONFIG), "status", env=env)
+    assert code == 2 and out == ""
+    assert "ATOMIZER_HOOKS_TOKEN: not set for manager" in err
+
+
+async def test_a_foreign_database_is_refused_with_exit_2(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.db"
+    notes.write_text("not a database\n", encoding="utf-8")
+    code, _, err = await run_cli("--config", str(SHIPPED_CONFIG), "--db", str(notes), "status", env=cli_env(tmp_path))
+    assert code == 2
+    assert "is not an SQLite database" in err and "left untouched" in err
+    assert notes.read_text(encoding="utf-8") == "not a database\n"
+
+
+async def test_simulate_serves_until_sigterm_and_frees_its_ports(tmp_path: Path) -> None:
+    base = free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--config", str(SHIPPED_CONFIG), "simulate",
+        "--agents", "3", "--base-port", str(base), "--release", "tech-lead=2026.2.12", "--down", "secretary",
+        env=cli_env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines = [(await process.stdout.readline()).decode() for _ in range(3)]
+    assert lines[0].startswith("manager") and f":{base} " in lines[0] and "2026.9.6" in lines[0]
+    assert lines[1].startswith("tech-lead") and "2026.2.12" in lines[1]
+    assert lines[2].startswith("secretary") and "down" in lines[2]
+    reader, writer = await asyncio.open_connection("127.0.0.1", base)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200")
+    writer.close()
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 20) == 0
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine; a listener is not
+        probe.bind(("127.0.0.1", base))
+        probe.listen()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "--down", "nobody"], "--down: unknown agent 'nobody'"),
+        (["simulate", "--release", "2027.1.1"], "2027.1.1"),
+        (["simulate", "--fail-rate", "2"], "--fail-rate must be between 0 and 1"),
+        (["simulate", "--agents", "0"], "--agents must be at least 1"),
+    ],
+)
+async def test_simulate_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    code, _, err = await run_cli("--config", str(SHIPPED_CONFIG), *args, env=cli_env(tmp_path))
+    assert code == 2
+    assert message in err
+
+
+async def test_usage_errors_exit_2_and_help_lists_the_commands(tmp_path: Path) -> None:
+    code, out, _ = await run_cli("--help", env=cli_env(tmp_path))
+    assert code == 0
+    for command in ("run", "demo", "simulate", "check-config", "status"):
+        assert command in out
+    code, _, err = await run_cli("frobnicate", env=cli_env(tmp_path))
+    assert code == 2 and "invalid choice" in err
+
+
+async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Path) -> None:
+    root = SHIPPED_CONFIG.parent.parent
+    code, out, err = await run_cli("demo", env=cli_env(tmp_path), cwd=root)
+    assert code == 0, err
+    assert "$ atomizer-hq status" in out
+    assert "8 agents: 6 ready, 2 down" in out
+    assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
