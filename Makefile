@@ -24,6 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 run: $(STAMP)  ## the real bot, configured from .env
+	@test -f .env || { echo "no .env here: cp config/atomizer.env.example .env, fill it in, then make run" >&2; exit 2; }
+	$(BIN)/atomizer-hq --env-file .env check-config --for run
 	$(BIN)/atomizer-hq --env-file .env run
 
 simulate: $(STAMP)
