@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from bot.errors import ConfigError, UnknownAgent
 
-SNOWFLAKE_RE = re.compile(r"^\d{17,20}$")
+SNOWFLAKE_RE = re.compile(r"^[0-9]{17,20}$")
 AGENT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 CHANNEL_ROLES = ("technical", "task_board", "daily_standup", "it_ops", "agent_logs")
 ACCESS_LEVELS = ("viewer", "operator", "admin")
@@ -30,11 +30,11 @@ def check_snowflake(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise PydanticCustomError("snowflake", "expected a Discord id (17 to 20 digits, as a string)")
     text = str(value).strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise PydanticCustomError(
             "snowflake", "{value} is not numeric; a Discord id is 17 to 20 digits", {"value": repr(text)}
         )
-    if not SNOWFLAKE_RE.match(text):
+    if not SNOWFLAKE_RE.fullmatch(text):
         raise PydanticCustomError(
             "snowflake",
             "{value} has {n} digits; a Discord id has 17 to 20",

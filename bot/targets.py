@@ -34,6 +34,7 @@ _PREFIX_KINDS: dict[str, TargetKind] = {
     "discord:channel": "channel",
 }
 _UNKNOWN_PREFIX = re.compile(r"([A-Za-z]+(?:\s*:\s*[A-Za-z]+)*)\s*:\s*[0-9]+", re.ASCII)
+_PREFIX_WORD = re.compile(r"([A-Za-z]+)\s*(:.*)?", re.ASCII | re.DOTALL)  # what follows `discord:`
 _EVERYONE = ("everyone", "here")
 
 
@@ -188,9 +189,7 @@ class TargetNormalizer:
         if stripped[0] == "@":
             return self._member_named(stripped, stripped[1:].strip())
         if stripped[0] == "<" and stripped[-1] == ">":
-            raise InvalidTarget(
-                f"{stripped!r} is not a user or channel mention; write <@id> or <#id>, or {self._forms}"
-            )
+            raise InvalidTarget(f"{stripped!r} is not a user or channel mention (<@id> or <#id>); {self._forms}")
         return self._word(stripped)
 
     # --- explicit forms: the id is given, its kind too -----------------------------------------
@@ -211,6 +210,11 @@ class TargetNormalizer:
         kind = _PREFIX_KINDS[prefix]
         if not rest:
             raise InvalidTarget(f"{text!r} has no id after {prefix + ':'!r}; write {kind}:<id> with a 17-20 digit id")
+        if prefix == "discord" and (word := _PREFIX_WORD.fullmatch(rest)):
+            if word.group(2) is None and word.group(1).lower() in ("user", "channel"):
+                raise InvalidTarget(f"{text!r} has no id; write discord:{word.group(1).lower()}:<id> or {kind}:<id>")
+            if word.group(2) is not None:
+                raise InvalidTarget(self._unknown_prefix(text, f"discord:{word.group(1)}"))
         if not is_snowflake(rest):
             by_name = "#channel-name" if kind == "channel" else "@member"
             raise InvalidTarget(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -124,6 +126,9 @@ def test_explicit_forms_are_accepted(normalizer: TargetNormalizer, text: str, ex
         (f"<:party:{ID}>", "is not a user or channel mention"),
         (f"users:{ID}", "'users:' is not a target prefix"),
         (f"dm:{ID}", "'dm:' is not a target prefix"),
+        (f"discord:role:{ID}", "'discord:role:' is not a target prefix"),
+        ("discord:User", "has no id; write discord:user:<id> or user:<id>"),
+        ("discord:antoine", "'antoine' is not a Discord id"),
         ("@everyone", "cannot receive a delivery"),
         (" @Here ", "cannot receive a delivery"),
         ("", "no target given; write user:<id>, channel:<id>"),
@@ -309,6 +314,12 @@ def test_target_renders_and_validates_itself() -> None:
         Target("user", "12345")
     with pytest.raises(InvalidTarget):
         Target("role", ID)  # type: ignore[arg-type]
+
+
+def test_the_core_module_does_not_import_discord() -> None:
+    # The CLI and API normalize targets with the bot offline; a fresh interpreter shows what the import drags in.
+    code = "import sys, bot.targets; sys.exit('discord' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # --- properties -------------------------------------------------------------------------------
