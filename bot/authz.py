@@ -8,6 +8,7 @@ from enum import IntEnum
 from typing import Literal
 
 from bot.config import ClusterConfig
+from bot.errors import NotAllowed
 
 
 class AccessLevel(IntEnum):
@@ -35,6 +36,7 @@ class Requester:
     front_end: FrontEnd
     level: AccessLevel = AccessLevel.NONE
     user_id: str | None = None
+    via: str | None = None  # the admin acting for an agent (`--as`), kept in the audit trail
 
     @property
     def is_agent(self) -> bool:
@@ -42,8 +44,15 @@ class Requester:
 
     def describe(self) -> str:
         if self.is_agent:
-            return f"agent {self.name}"
+            return f"agent {self.name}" + (f" (via {self.via})" if self.via else "")
         return f"{self.name} ({self.level.label})"
+
+    def acting_as(self, agent: str, config: ClusterConfig) -> Requester:
+        """An admin acting for an agent: the agent's authority applies, the admin stays on record."""
+        if self.is_agent or self.level < AccessLevel.ADMIN:
+            raise NotAllowed(f"only an admin may act for an agent; {self.describe()} may not use --as {agent}")
+        config.require_agent(agent)
+        return Requester(kind="agent", name=agent, front_end=self.front_end, via=self.name, user_id=self.user_id)
 
 
 def level_for_roles(role_ids: Iterable[str | int], config: ClusterConfig) -> AccessLevel:

@@ -116,6 +116,11 @@ class GatewayClient:
         self._http = http
         self._tokens = tokens
         self._config = config
+        self._health_routes: dict[str, bool] = {}  # agent -> last seen release has health routes
+
+    def honours_idempotency(self, agent: str) -> bool | None:
+        """Whether the agent's gateway replays a runId for a repeated key, as last seen; None if never seen."""
+        return self._health_routes.get(agent)
 
     @staticmethod
     def make_http_client(config: GatewayConfig) -> httpx.AsyncClient:
@@ -218,9 +223,12 @@ class GatewayClient:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(limit):
-                return await self._readiness(agent, started)
+                result = await self._readiness(agent, started)
         except TimeoutError:
             return Readiness(agent.name, "down", time.perf_counter() - started, f"no answer within {limit:g} s")
+        if result.state in ("ready", "starting", "degraded"):
+            self._health_routes[agent.name] = result.health_routes
+        return result
 
     async def _readiness(self, agent: AgentConfig, started: float) -> Readiness:
         try:

@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.cluster import ClusterService
 from bot.config import ClusterConfig
+from bot.delegation import DelegationService
 from bot.gateway import GatewayClient
 from bot.settings import Settings
 from bot.store import Store
@@ -29,6 +30,7 @@ class Services:
     http: httpx.AsyncClient
     gateway: GatewayClient
     cluster: ClusterService
+    delegation: DelegationService
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
 
@@ -50,6 +52,7 @@ async def open_services(
                 http=http,
                 gateway=gateway,
                 cluster=ClusterService(config, gateway),
+                delegation=DelegationService(config, store, gateway),
                 scheduler=scheduler,
             )
     finally:

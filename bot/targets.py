@@ -40,7 +40,7 @@ _EVERYONE = ("everyone", "here")
 
 def is_snowflake(text: str) -> bool:
     """A Discord id: 17 to 20 ASCII digits."""
-    # SNOWFLAKE_RE's \d also accepts other scripts' digits and its $ a trailing newline; Discord takes neither.
+    # isascii() as well: str.isdigit-style checks elsewhere accept other scripts' digits; Discord does not.
     return text.isascii() and SNOWFLAKE_RE.fullmatch(text) is not None
 
 

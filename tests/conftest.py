@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +110,26 @@ async def start_fleet(make_config: Callable[..., ClusterConfig]) -> AsyncIterato
 async def http_client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
         yield client
+
+
+ServicesOnFleet = Callable[..., Awaitable[tuple[Services, SimulatedFleet]]]
+
+
+@pytest.fixture
+async def services_on_fleet(start_fleet: FleetStarter, settings: Settings) -> AsyncIterator[ServicesOnFleet]:
+    """Real services (tmp SQLite file) wired to a simulated fleet; `start_fleet`'s options pass through.
+
+    Calling it again opens a second `Services` on the same database: a restarted bot.
+    """
+    stack = AsyncExitStack()
+    fleets: dict[str, tuple[ClusterConfig, SimulatedFleet]] = {}
+
+    async def start(**fleet_options: Any) -> tuple[Services, SimulatedFleet]:
+        if "fleet" not in fleets:
+            fleets["fleet"] = await start_fleet(**fleet_options)
+        config, fleet = fleets["fleet"]
+        services = await stack.enter_async_context(open_services(settings, config))
+        return services, fleet
+
+    async with stack:
+        yield start

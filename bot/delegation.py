@@ -1,0 +1,500 @@
+"""Delegation: one authority model, normalized targets, and no delegation ever lost.
+
+A delegation is written to SQLite before anything is sent, then sent with its own Idempotency-Key.
+What happens on failure depends on whether the request may have reached the gateway, and on whether
+that gateway honours idempotency keys (openclaw-hooks.md): we retry only when a repeat cannot start
+the same work twice; otherwise the delegation becomes `unconfirmed` and a person decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from bot.authz import AccessLevel, Requester
+from bot.config import HOOK_BODY_LIMIT, ClusterConfig
+from bot.errors import (
+    AgentUnavailable,
+    AtomizerError,
+    GatewayError,
+    GatewayProtocolError,
+    HookRateLimited,
+    InvalidInput,
+    InvalidTarget,
+    NotAllowed,
+    PayloadTooLarge,
+)
+from bot.gateway import AgentHook, GatewayClient, encode_body
+from bot.store import Store
+from bot.targets import GuildDirectory, StaticDirectory, TargetNormalizer
+
+log = logging.getLogger(__name__)
+
+Status = Literal["queued", "sending", "accepted", "failed", "unconfirmed", "expired"]
+FINAL_STATUSES: frozenset[str] = frozenset({"accepted", "failed", "unconfirmed", "expired"})
+STATUSES: tuple[str, ...] = ("queued", "sending", "accepted", "failed", "unconfirmed", "expired")
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """One fixed format, so timestamps compare correctly as text in SQL."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_id(text: str | int) -> int:
+    """`D-42`, `d42` or `42` -> 42."""
+    raw = str(text).strip().upper().removeprefix("D").removeprefix("-")
+    if not raw.isdigit():
+        raise InvalidInput(f"{text!r} is not a delegation id; write it as D-42 (or 42)")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """One stored delegation, as every front end shows it."""
+
+    id: int
+    idem_key: str  # the Idempotency-Key every attempt of this delegation carries
+    created_at: str
+    updated_at: str
+    requester_kind: str
+    requester: str
+    requester_user_id: str | None
+    via: str | None
+    front_end: str
+    agent: str
+    message: str
+    deliver: bool
+    target: str | None
+    task: str | None
+    status: str
+    attempts: int
+    run_id: str | None
+    last_error: str | None
+    next_attempt_at: str | None
+    expires_at: str
+    accepted_at: str | None
+    latency_ms: float | None
+
+    @property
+    def display_id(self) -> str:
+        return f"D-{self.id}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record shape every front end returns (CLI --json, API, tests)."""
+        return {
+            "id": self.display_id,
+            "agent": self.agent,
+            "status": self.status,
+            "run_id": self.run_id,
+            "message": self.message,
+            "deliver": self.deliver,
+            "target": self.target,
+            "task": self.task,
+            "requester": {"kind": self.requester_kind, "name": self.requester, "via": self.via},
+            "front_end": self.front_end,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "accepted_at": self.accepted_at,
+            "next_attempt_at": self.next_attempt_at,
+            "expires_at": self.expires_at,
+            "latency_ms": self.latency_ms,
+        }
+
+
+_COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  # type: ignore[attr-defined]
+
+
+def _row_to_delegation(row: Any) -> Delegation:
+    values = dict(row)
+    values["deliver"] = bool(values["deliver"])
+    return Delegation(**values)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a requester may delegate to an agent, why, and who could."""
+
+    allowed: bool
+    reason: str
+
+    def raise_if_refused(self) -> None:
+        if not self.allowed:
+            raise NotAllowed(self.reason)
+
+
+@dataclass(frozen=True)
+class DelegationResult:
+    decision: Decision
+    payload: dict[str, Any]  # the exact hook body sent (or that would be sent)
+    delegation: Delegation | None = None  # None for a dry run
+
+    @property
+    def dry_run(self) -> bool:
+        return self.delegation is None
+
+
+class DelegationService:
+    """Decides, records, sends and retries delegations; shared by every front end."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        store: Store,
+        gateway: GatewayClient,
+        *,
+        clock: Clock = utcnow,
+        retry_window_s: float = 600.0,
+        directory: GuildDirectory | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._gateway = gateway
+        self._clock = clock
+        self.retry_window = timedelta(seconds=retry_window_s)
+        self.directory: GuildDirectory = directory or StaticDirectory.from_config(config)
+        self.changed = asyncio.Condition()  # notified whenever a delegation's status changes
+
+    # --- authority ----------------------------------------------------------------------------
+
+    def authorize(self, requester: Requester, agent: str) -> Decision:
+        """One model for people (by level) and agents (by the matrix in config)."""
+        who_could = self._who_could(agent)
+        if requester.is_agent:
+            if requester.name == agent:
+                return Decision(False, f"{agent} may not delegate to itself. {who_could}")
+            allowed = self._config.delegation_targets(requester.name)
+            if agent in allowed:
+                return Decision(True, f"{requester.name} may delegate to {agent} (delegates_to in config)")
+            scope = f"may delegate only to {', '.join(allowed)}" if allowed else "may not delegate to any agent"
+            return Decision(False, f"{requester.name} may not delegate to {agent}: it {scope}. {who_could}")
+        if requester.level >= AccessLevel.OPERATOR:
+            return Decision(True, f"{requester.name} is {requester.level.label}: may delegate to any agent")
+        level = "has no atomizer-hq role" if requester.level is AccessLevel.NONE else "is a viewer"
+        return Decision(False, f"{requester.name} {level}: delegating needs the operator level. {who_could}")
+
+    def _who_could(self, agent: str) -> str:
+        agents = [a for a in self._config.agent_names if agent in self._config.delegation_targets(a)]
+        people = "a person with the operator or admin role"
+        return f"Who could: {', '.join(agents)}, or {people}." if agents else f"Who could: {people}."
+
+    # --- making a delegation -----------------------------------------------------------------
+
+    async def delegate(
+        self,
+        requester: Requester,
+        agent: str,
+        message: str,
+        *,
+        target: str | None = None,
+        deliver: bool = True,
+        task: str | None = None,
+        dry_run: bool = False,
+        origin: str | None = None,
+        directory: GuildDirectory | None = None,
+    ) -> DelegationResult:
+        """Validate, authorize, record, then try to send once; the outbox retries what must be retried.
+
+        `origin` is the delivery target of the place the request came from (e.g. the channel a slash
+        command was typed in); it is the default target.
+        """
+        agent_config = self._config.require_agent(agent)
+        text = message.strip()
+        if not text:
+            raise InvalidInput("the instruction is empty; write what the agent should do")
+        delivery = self._resolve_target(target, origin, directory) if deliver else None
+        hook = self._hook(text, deliver, delivery, "D-new")
+        size = len(encode_body(hook.body()))
+        if size > HOOK_BODY_LIMIT:
+            raise PayloadTooLarge(
+                f"the instruction is too long for the gateway: the request would be {size:,} bytes, the limit is "
+                f"{HOOK_BODY_LIMIT:,}; shorten it by at least {size - HOOK_BODY_LIMIT:,} bytes"
+            )
+        decision = self.authorize(requester, agent_config.name)
+        if dry_run:
+            return DelegationResult(decision, hook.body())
+        if not decision.allowed:
+            await self._audit(requester, agent_config.name, "refused", {"reason": decision.reason})
+            raise NotAllowed(decision.reason)
+        delegation = await self._record(requester, agent_config.name, text, deliver, delivery, task, decision)
+        delegation = await self._attempt(delegation)
+        return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
+
+    def _resolve_target(self, target: str | None, origin: str | None, directory: GuildDirectory | None) -> str:
+        normalizer = TargetNormalizer(self._config, directory or self.directory)
+        if target is not None and target.strip():
+            return str(normalizer.normalize(target))
+        if origin is not None:
+            return str(normalizer.normalize(origin))
+        if "technical" in self._config.channels:
+            return f"channel:{self._config.channels['technical']}"
+        raise InvalidTarget(
+            "no delivery target: give one (user:<id>, channel:<id>, #channel, @member or a channel role), "
+            "configure channels.technical as the default, or do not deliver"
+        )
+
+    @staticmethod
+    def _hook(message: str, deliver: bool, target: str | None, label: str) -> AgentHook:
+        if deliver and target is not None:
+            return AgentHook(message=message, name=f"atomizer-hq {label}", deliver=True, channel="discord", to=target)
+        return AgentHook(message=message, name=f"atomizer-hq {label}", deliver=False)
+
+    async def _record(
+        self,
+        requester: Requester,
+        agent: str,
+        message: str,
+        deliver: bool,
+        target: str | None,
+        task: str | None,
+        decision: Decision,
+    ) -> Delegation:
+        now = self._clock()
+        async with self._store.transaction() as tx:
+            cursor = await tx.execute(
+                "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, "
+                "requester_user_id, via, front_end, agent, message, deliver, target, task, status, attempts, "
+                "next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                (
+                    uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
+                    requester.via, requester.front_end, agent, message, int(deliver), target, task,
+                    iso(now), iso(now + self.retry_window),
+                ),
+            )  # fmt: skip
+            delegation_id = cursor.lastrowid
+            await self._audit_in(tx, requester, agent, "allowed", {"delegation": f"D-{delegation_id}"}, now)
+        return await self.get(delegation_id or 0)
+
+    async def _audit(self, requester: Requester, agent: str, decision: str, detail: dict[str, Any]) -> None:
+        async with self._store.transaction() as tx:
+            await self._audit_in(tx, requester, agent, decision, detail, self._clock())
+
+    @staticmethod
+    async def _audit_in(
+        tx: Any, requester: Requester, agent: str, decision: str, detail: dict[str, Any], now: datetime
+    ) -> None:
+        if requester.via:
+            detail = {**detail, "via": requester.via}
+        await tx.execute(
+            "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
+            "VALUES (?, ?, ?, ?, 'delegate', ?, ?, ?)",
+            (iso(now), requester.kind, requester.name, requester.front_end, agent, decision, json.dumps(detail)),
+        )
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def get(self, delegation_id: int | str) -> Delegation:
+        number = parse_id(delegation_id)
+        row = await self._store.fetchone(f"SELECT {_COLUMNS} FROM delegations WHERE id = ?", (number,))
+        if row is None:
+            raise UnknownDelegation(f"no delegation D-{number}; list recent ones with `atomizer-hq delegations`")
+        return _row_to_delegation(row)
+
+    async def recent(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        requester: str | None = None,
+        limit: int = 20,
+        before_id: int | None = None,
+    ) -> list[Delegation]:
+        """Newest first, filtered; page with `before_id` (the smallest id of the previous page)."""
+        clauses, params = [], []
+        if agent is not None:
+            clauses.append("agent = ?")
+            params.append(self._config.require_agent(agent).name)
+        if status is not None:
+            if status not in STATUSES:
+                raise InvalidInput(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+            clauses.append("status = ?")
+            params.append(status)
+        if requester is not None:
+            clauses.append("requester = ?")
+            params.append(requester)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._store.fetchall(
+            f"SELECT {_COLUMNS} FROM delegations {where} ORDER BY id DESC LIMIT ?", (*params, max(1, min(limit, 100)))
+        )
+        return [_row_to_delegation(row) for row in rows]
+
+    async def wait_final(self, delegation_id: int | str, timeout: float) -> Delegation:
+        """The delegation once it is accepted, failed, unconfirmed or expired (or as it is at `timeout`)."""
+        number = parse_id(delegation_id)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.changed:
+                    while not (delegation := await self.get(number)).is_final:
+                        await self.changed.wait()
+                    return delegation
+        except TimeoutError:
+            return await self.get(number)
+
+    # --- sending and retrying -----------------------------------------------------------------
+
+    async def retry(self, requester: Requester, delegation_id: int | str) -> Delegation:
+        """A person's decision to send an unconfirmed (or failed, or expired) delegation again."""
+        delegation = await self.get(delegation_id)
+        if requester.is_agent or requester.level < AccessLevel.OPERATOR:
+            raise NotAllowed(f"retrying {delegation.display_id} needs the operator level")
+        if delegation.status not in ("unconfirmed", "failed", "expired"):
+            raise InvalidInput(
+                f"{delegation.display_id} is {delegation.status}; only unconfirmed, failed or expired ones are retried"
+            )
+        now = self._clock()
+        await self._store.execute(
+            "UPDATE delegations SET status = 'queued', next_attempt_at = ?, expires_at = ?, updated_at = ? "
+            "WHERE id = ?",
+            (iso(now), iso(now + self.retry_window), iso(now), delegation.id),
+        )
+        await self._audit(requester, delegation.agent, "allowed", {"retry": delegation.display_id})
+        return await self._attempt(await self.get(delegation.id))
+
+    async def process_due(self) -> int:
+        """Send every queued delegation whose time has come (concurrently across agents); returns how many."""
+        now = self._clock()
+        await self._expire(now)
+        rows = await self._store.fetchall(
+            f"SELECT {_COLUMNS} FROM delegations WHERE status = 'queued' AND next_attempt_at <= ? ORDER BY id",
+            (iso(now),),
+        )
+        by_agent: dict[str, list[Delegation]] = {}
+        for row in rows:
+            delegation = _row_to_delegation(row)
+            by_agent.setdefault(delegation.agent, []).append(delegation)
+
+        async def drain(queue: list[Delegation]) -> None:
+            for delegation in queue:  # in order, one at a time per agent
+                await self._attempt(delegation)
+
+        await asyncio.gather(*(drain(queue) for queue in by_agent.values()))
+        return len(rows)
+
+    async def next_due(self) -> datetime | None:
+        row = await self._store.fetchone("SELECT min(next_attempt_at) FROM delegations WHERE status = 'queued'")
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    async def recover(self) -> int:
+        """After a crash: a delegation left `sending` may or may not have arrived. Decide for each."""
+        rows = await self._store.fetchall(f"SELECT {_COLUMNS} FROM delegations WHERE status = 'sending'")
+        for row in rows:
+            delegation = _row_to_delegation(row)
+            await self._maybe_sent(delegation, "the bot stopped while sending; the request may have arrived")
+        return len(rows)
+
+    async def _attempt(self, delegation: Delegation) -> Delegation:
+        agent = self._config.agent(delegation.agent)
+        if agent is None:
+            return await self._finish(delegation, "failed", error=f"agent {delegation.agent} is no longer configured")
+        now = self._clock()
+        if now >= datetime.fromisoformat(delegation.expires_at):
+            return await self._finish(delegation, "expired", error=delegation.last_error or "retry window over")
+        # Mark it first: if we die mid-request, `recover` knows the request may have arrived.
+        await self._store.execute(
+            "UPDATE delegations SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            (iso(now), delegation.id),
+        )
+        hook = self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id)
+        try:
+            accepted = await self._gateway.send_agent_hook(agent, hook, idempotency_key=delegation.idem_key)
+        except HookRateLimited as exc:
+            return await self._requeue(delegation, str(exc), exc.retry_after)
+        except AgentUnavailable as exc:
+            if not exc.sent:
+                return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts + 1))
+            return await self._maybe_sent(delegation, exc.reason)
+        except GatewayProtocolError as exc:
+            return await self._maybe_sent(delegation, exc.reason)
+        except GatewayError as exc:  # rejected (400/404/413), unauthorized: retrying will not help
+            return await self._finish(delegation, "failed", error=exc.reason)
+        except AtomizerError as exc:  # e.g. no hooks token configured
+            return await self._finish(delegation, "failed", error=str(exc))
+        return await self._finish(
+            delegation, "accepted", run_id=accepted.run_id, latency_ms=round(accepted.latency_s * 1000, 1)
+        )
+
+    async def _maybe_sent(self, delegation: Delegation, reason: str) -> Delegation:
+        """The request may have arrived: retry only where a repeat replays the same run."""
+        if self._gateway.honours_idempotency(delegation.agent) is None:
+            await self._gateway.readiness(self._config.require_agent(delegation.agent))
+        if self._gateway.honours_idempotency(delegation.agent):
+            return await self._requeue(delegation, reason, self._backoff(delegation.attempts + 1))
+        return await self._finish(
+            delegation,
+            "unconfirmed",
+            error=f"{reason}; this gateway does not honour idempotency keys, so it was not resent: "
+            f"check the agent, then retry it (atomizer-hq delegations retry {delegation.display_id}) if needed",
+        )
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
+
+    async def _requeue(self, delegation: Delegation, reason: str, delay_s: float) -> Delegation:
+        now = self._clock()
+        due = now + timedelta(seconds=delay_s)
+        if due >= datetime.fromisoformat(delegation.expires_at):
+            return await self._finish(delegation, "expired", error=f"{reason}; retry window over")
+        await self._store.execute(
+            "UPDATE delegations SET status = 'queued', last_error = ?, next_attempt_at = ?, updated_at = ? "
+            "WHERE id = ?",
+            (reason, iso(due), iso(now), delegation.id),
+        )
+        return await self._changed(delegation.id)
+
+    async def _finish(
+        self,
+        delegation: Delegation,
+        status: Status,
+        *,
+        error: str | None = None,
+        run_id: str | None = None,
+        latency_ms: float | None = None,
+    ) -> Delegation:
+        now = iso(self._clock())
+        await self._store.execute(
+            "UPDATE delegations SET status = ?, last_error = coalesce(?, last_error), run_id = coalesce(?, run_id), "
+            "latency_ms = coalesce(?, latency_ms), next_attempt_at = NULL, updated_at = ?, "
+            "accepted_at = CASE WHEN ? = 'accepted' THEN ? ELSE accepted_at END WHERE id = ?",
+            (status, error, run_id, latency_ms, now, status, now, delegation.id),
+        )
+        if status != "accepted":
+            log.warning("delegation %s to %s %s: %s", delegation.display_id, delegation.agent, status, error)
+        return await self._changed(delegation.id)
+
+    async def _expire(self, now: datetime) -> None:
+        await self._store.execute(
+            "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, updated_at = ?, "
+            "last_error = coalesce(last_error, 'retry window over') WHERE status = 'queued' AND expires_at <= ?",
+            (iso(now), iso(now)),
+        )
+
+    async def _changed(self, delegation_id: int) -> Delegation:
+        async with self.changed:
+            self.changed.notify_all()
+        return await self.get(delegation_id)
+
+
+class UnknownDelegation(InvalidInput):
+    code = "unknown_delegation"
+    http_status = 404
