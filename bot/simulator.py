@@ -68,6 +68,9 @@ class SimAgentSpec:
     model_ok: bool = True  # False: hooks accepted, but runs complete with an error
     hooks_enabled: bool = True  # False: hooks routes answer 404 "Not Found"
     startup: float | None = 0.0  # seconds of start-up window; None = until finish_startup(name)
+    # Delay between starting a run and answering: a gateway that took the work but whose answer is
+    # slow or lost (the client times out after sending; the run happened all the same).
+    reply_delay_ms: float = 0.0
     hooks_path: str = "/hooks"  # the gateway's `hooks.path`
 
 
@@ -433,6 +436,8 @@ class _Gateway:
                 )
             )
         answer: dict[str, Any] = {"ok": True, "runId": run.run_id}
+        if self.spec.reply_delay_ms > 0:
+            await asyncio.sleep(self.spec.reply_delay_ms / 1000)
         if payload.get("waitForCompletion") is True:
             answer["completion"] = dict(run.completion)
         return _json(202 if self.legacy else 200, answer)
@@ -569,6 +574,9 @@ class SimulatedFleet:
 
     def set_latency(self, agent: str, latency_ms: float) -> None:
         self._gateway(agent).spec.latency_ms = latency_ms
+
+    def set_reply_delay(self, agent: str, reply_delay_ms: float) -> None:
+        self._gateway(agent).spec.reply_delay_ms = reply_delay_ms
 
     def set_hang(self, agent: str, hang: bool) -> None:
         """Requests arriving from now on hang (or not); already hung ones stay so until the port closes."""
