@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -67,7 +68,11 @@ def level_for_roles(role_ids: Iterable[str | int], config: ClusterConfig) -> Acc
 
 def host_operator(front_end: FrontEnd = "cli") -> Requester:
     """Whoever runs the CLI on the host: they can drive systemd anyway, so they are admin."""
-    return Requester(kind="person", name="host operator", front_end=front_end, level=AccessLevel.ADMIN)
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        login = "unknown"
+    return Requester(kind="person", name=f"{login}@host", front_end=front_end, level=AccessLevel.ADMIN)
 
 
 def api_requester(identity: str, config: ClusterConfig) -> Requester:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -74,6 +75,85 @@ async def cmd_status(args: argparse.Namespace) -> int:
     async with open_services(settings, config) as services:
         fleet = await services.cluster.probe_all(timeout=args.timeout)
     print_fleet_status(fleet, as_json=args.json)
+    return 0
+
+
+async def cmd_delegate(args: argparse.Namespace) -> int:
+    from bot.authz import host_operator
+    from bot.outbox import OutboxWorker
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    require_secrets(settings, config, "delegate")
+    requester = host_operator()
+    if args.as_agent:
+        requester = requester.acting_as(args.as_agent, config)
+    async with open_services(settings, config) as services:
+        result = await services.delegation.delegate(
+            requester, args.agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run
+        )
+        delegation = result.delegation
+        if delegation is not None and args.wait and not delegation.is_final:
+            worker = OutboxWorker(services.delegation)
+            await worker.start()
+            try:
+                delegation = await services.delegation.wait_final(delegation.id, timeout=args.wait_s)
+            finally:
+                await worker.stop()
+    if args.json:
+        document: dict[str, Any] = {"decision": {"allowed": result.decision.allowed, "reason": result.decision.reason}}
+        document["delegation" if delegation else "payload"] = delegation.to_dict() if delegation else result.payload
+        print(json.dumps(document, indent=2))
+    elif delegation is None:
+        verdict = "would be allowed" if result.decision.allowed else "would be refused"
+        print(f"dry run: {verdict}: {result.decision.reason}")
+        print(json.dumps(result.payload, indent=2, ensure_ascii=False))
+    else:
+        print(describe_delegation(delegation))
+    if delegation is None:
+        return 0 if result.decision.allowed else 1
+    return 0 if delegation.status in ("accepted", "queued", "sending") else 1
+
+
+def describe_delegation(delegation: Any) -> str:
+    """One line an operator reads: what happened to the delegation and what comes next."""
+    head = f"{delegation.display_id} to {delegation.agent}"
+    if delegation.status == "accepted":
+        return f"{head}: accepted (runId {delegation.run_id}, {delegation.latency_ms or 0:.0f} ms)"
+    if delegation.status in ("queued", "sending"):
+        return (
+            f"{head}: queued: {delegation.agent} is unavailable ({delegation.last_error}); "
+            f"will retry until {delegation.expires_at[:19].replace('T', ' ')} UTC while `atomizer-hq run` is up"
+        )
+    return f"{head}: {delegation.status}: {delegation.last_error}"
+
+
+async def cmd_delegations(args: argparse.Namespace) -> int:
+    from bot.authz import host_operator
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    async with open_services(settings, config) as services:
+        if args.action == "retry":
+            if not args.id:
+                raise InvalidInput("delegations retry needs an id, e.g. `atomizer-hq delegations retry D-42`")
+            require_secrets(settings, config, "delegate")
+            delegation = await services.delegation.retry(host_operator(), args.id)
+            print(describe_delegation(delegation))
+            return 0 if delegation.status in ("accepted", "queued") else 1
+        if args.action == "show":
+            if not args.id:
+                raise InvalidInput("delegations show needs an id, e.g. `atomizer-hq delegations show D-42`")
+            items = [await services.delegation.get(args.id)]
+        else:
+            items = await services.delegation.recent(agent=args.agent, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([d.to_dict() for d in items], indent=2))
+    elif not items:
+        print("no delegations")
+    else:
+        for delegation in items:
+            print(f"{delegation.created_at[:19].replace('T', ' ')}  {describe_delegation(delegation)}")
     return 0
 
 
@@ -220,6 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--for", dest="for_command", choices=("run", "status", "delegate", "heartbeat", "standup", "simulate"),
         help="also require every secret this command needs",
     )  # fmt: skip
+
+    dlg = add("delegate", cmd_delegate, "send an instruction to an agent (recorded, retried, never lost)")
+    dlg.add_argument("agent", help="the agent, e.g. nx-expert")
+    dlg.add_argument("message", help="the instruction")
+    dlg.add_argument("--as", dest="as_agent", metavar="AGENT", help="act for an agent, under its authority")
+    dlg.add_argument(
+        "--to", help="delivery target: user:<id>, channel:<id>, #channel, a channel role (default: technical)"
+    )
+    dlg.add_argument("--no-deliver", action="store_true", help="the agent's answer is not posted anywhere")
+    dlg.add_argument("--dry-run", action="store_true", help="show the decision and the exact payload; send nothing")
+    dlg.add_argument("--wait", action="store_true", help="if queued, keep retrying here until it ends")
+    dlg.add_argument("--wait-s", type=float, default=600.0, help="how long --wait waits (default 600)")
+    dlg.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    dls = add("delegations", cmd_delegations, "recent delegations; show one; retry an unconfirmed one")
+    dls.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
+    dls.add_argument("id", nargs="?", help="D-42 (for show and retry)")
+    dls.add_argument("--agent", help="only this agent's")
+    dls.add_argument("--status", help="queued, accepted, failed, unconfirmed or expired")
+    dls.add_argument("--limit", type=int, default=20)
+    dls.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     status = add("status", cmd_status, "probe every agent at once and show the fleet")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")

@@ -17,16 +17,20 @@ log = logging.getLogger(__name__)
 async def run_service(settings: Settings, config: ClusterConfig) -> None:
     from bot.api import LoopbackApi
     from bot.discord_bot import run_bot
+    from bot.outbox import OutboxWorker
     from bot.services import open_services
 
     identities = settings.api_identities([*config.agent_names, *HUMAN_IDENTITIES])
     async with open_services(settings, config) as services:
         services.scheduler.start()
+        outbox = OutboxWorker(services.delegation)
+        await outbox.start()
         api = LoopbackApi(services, identities)
-        await api.start(config.api.host, config.api.port)
-        log.info("loopback API on %s (%d callers)", api.url, len(identities))
         try:
+            await api.start(config.api.host, config.api.port)
+            log.info("loopback API on %s (%d callers)", api.url, len(identities))
             await run_bot(services)
         finally:
             await api.stop()
+            await outbox.stop()
             log.info("stopped")

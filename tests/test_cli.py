@@ -147,3 +147,39 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert "$ atomizer-hq status" in out
     assert "8 agents: 6 ready, 2 down" in out
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
+
+
+async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    config, fleet = await start_fleet(specs={"webster": {"down": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+
+    code, out, err = await run_cli(*base, "delegate", "nx-expert", "Mesh the M2 mirror", env=env)
+    assert code == 0, err
+    assert out.startswith("D-1 to nx-expert: accepted (runId ")
+    [run] = fleet.received("nx-expert")
+    assert (run.body["channel"], run.body["to"]) == ("discord", "channel:100000000000000101")
+
+    code, out, _ = await run_cli(*base, "delegate", "--as", "tech-lead", "manager", "Approve the budget", env=env)
+    assert code == 1
+    assert "tech-lead may not delegate to manager" in out + _ and "Who could:" in out + _
+
+    code, out, _ = await run_cli(*base, "delegate", "webster", "Find the CTE", "--json", env=env)
+    assert code == 0
+    record = json.loads(out)["delegation"]
+    assert record["status"] == "queued" and record["id"] == "D-2" and record["agent"] == "webster"
+
+    code, out, _ = await run_cli(*base, "delegate", "nx-expert", "Mesh", "--dry-run", "--to", "#task-board", env=env)
+    assert code == 0 and "dry run: would be allowed" in out and '"to": "channel:100000000000000102"' in out
+
+    code, _, err = await run_cli(*base, "delegate", "nx-exprt", "Mesh", env=env)
+    assert code == 2 and "Did you mean 'nx-expert'?" in err
+    code, _, err = await run_cli(*base, "delegate", "nx-expert", "  ", env=env)
+    assert code == 2 and "the instruction is empty" in err
+
+    code, out, _ = await run_cli(*base, "delegations", "--json", env=env)
+    assert code == 0
+    assert [d["id"] for d in json.loads(out)] == ["D-2", "D-1"]
+    code, out, _ = await run_cli(*base, "delegations", "show", "D-2", env=env)
+    assert code == 0 and "D-2 to webster: queued" in out
+    assert len(fleet.received()) == 1
