@@ -271,11 +271,11 @@ class DelegationService:
             cursor = await tx.execute(
                 "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, "
                 "requester_user_id, via, front_end, agent, message, deliver, target, task, status, attempts, "
-                "next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+                "next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, NULL, ?)",
                 (
                     uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
                     requester.via, requester.front_end, agent, message, int(deliver), target, task,
-                    iso(now), iso(now + self.retry_window),
+                    iso(now + self.retry_window),
                 ),
             )  # fmt: skip
             delegation_id = cursor.lastrowid
@@ -395,7 +395,13 @@ class DelegationService:
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     async def recover(self) -> int:
-        """After a crash: a delegation left `sending` may or may not have arrived. Decide for each."""
+        """After a crash: a delegation left `sending` may or may not have arrived. Decide for each.
+
+        One recorded but never tried (the process died between the two) is simply made due.
+        """
+        await self._store.update(
+            "UPDATE delegations SET next_attempt_at = created_at WHERE status = 'queued' AND next_attempt_at IS NULL"
+        )
         rows = await self._store.fetchall(f"SELECT {_COLUMNS} FROM delegations WHERE status = 'sending'")
         for row in rows:
             delegation = _row_to_delegation(row)
@@ -409,11 +415,15 @@ class DelegationService:
         now = self._clock()
         if now >= datetime.fromisoformat(delegation.expires_at):
             return await self._finish(delegation, "expired", error=delegation.last_error or "retry window over")
-        # Mark it first: if we die mid-request, `recover` knows the request may have arrived.
-        await self._store.execute(
-            "UPDATE delegations SET status = 'sending', attempts = attempts + 1, updated_at = ? WHERE id = ?",
+        # Claim it first, atomically: another worker on the same database (a second bot, the CLI's
+        # --wait) skips it, and if we die mid-request, `recover` knows the request may have arrived.
+        claimed = await self._store.update(
+            "UPDATE delegations SET status = 'sending', attempts = attempts + 1, updated_at = ? "
+            "WHERE id = ? AND status = 'queued'",
             (iso(now), delegation.id),
         )
+        if not claimed:
+            return await self.get(delegation.id)
         hook = self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id)
         try:
             accepted = await self._gateway.send_agent_hook(agent, hook, idempotency_key=delegation.idem_key)

@@ -162,6 +162,12 @@ class Store:
             cursor = await self._run(sql, params)
             return cursor.lastrowid or 0
 
+    async def update(self, sql: str, params: Params = ()) -> int:
+        """Run one UPDATE/DELETE on its own; returns how many rows it changed (claims rely on it)."""
+        async with self._lock:
+            cursor = await self._run(sql, params)
+            return cursor.rowcount
+
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as tx:
             await tx.executemany(sql, rows)

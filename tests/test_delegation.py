@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -361,3 +362,34 @@ async def test_recent_delegations_filter_and_page(services_on_fleet: ServicesOnF
     with pytest.raises(InvalidInput, match="not a delegation id"):
         await service.get("T-12")
     assert (await service.get("d-1")).message == "job 0"
+
+
+async def test_two_workers_on_one_database_never_send_a_delegation_twice(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock
+) -> None:
+    first, fleet = await services_on_fleet(release=RELEASE_LEGACY, specs={"webster": {"down": True}})
+    second, _ = await services_on_fleet()  # another bot started by mistake, same database
+    one, two = service_for(first, clock), service_for(second, clock)
+    for index in range(5):
+        await one.delegate(person(AccessLevel.OPERATOR), "webster", f"job {index}")
+    await fleet.bring_up("webster")
+    clock.advance(10)
+    await asyncio.gather(one.process_due(), two.process_due(), one.process_due())
+    assert sorted(h.body["message"] for h in fleet.received("webster")) == [f"job {i}" for i in range(5)]
+    assert {d.status for d in await one.recent()} == {"accepted"}
+
+
+async def test_a_delegation_recorded_but_never_tried_is_sent_after_a_restart(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock
+) -> None:
+    services, fleet = await services_on_fleet()
+    service = service_for(services, clock)
+    requester = person(AccessLevel.OPERATOR)
+    decision = service.authorize(requester, "nx-expert")
+    # The process died right after writing the record, before its first attempt.
+    recorded = await service._record(requester, "nx-expert", "Mesh", True, TECHNICAL, None, decision)
+    assert await service.process_due() == 0
+    await service.recover()
+    assert await service.process_due() == 1
+    assert (await service.get(recorded.id)).status == "accepted"
+    assert len(fleet.received("nx-expert")) == 1
