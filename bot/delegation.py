@@ -12,12 +12,12 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from bot.authz import AccessLevel, Requester
+from bot.clock import Clock, iso, utcnow
 from bot.config import HOOK_BODY_LIMIT, ClusterConfig
 from bot.errors import (
     AgentUnavailable,
@@ -40,16 +40,6 @@ Status = Literal["queued", "sending", "accepted", "failed", "unconfirmed", "expi
 FINAL_STATUSES: frozenset[str] = frozenset({"accepted", "failed", "unconfirmed", "expired"})
 STATUSES: tuple[str, ...] = ("queued", "sending", "accepted", "failed", "unconfirmed", "expired")
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso(moment: datetime) -> str:
-    """One fixed format, so timestamps compare correctly as text in SQL."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def parse_id(text: str | int) -> int:

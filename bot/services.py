@@ -18,6 +18,7 @@ from bot.cluster import ClusterService
 from bot.config import ClusterConfig
 from bot.delegation import DelegationService
 from bot.gateway import GatewayClient
+from bot.monitor import StatusMonitor
 from bot.settings import Settings
 from bot.store import Store
 
@@ -31,6 +32,7 @@ class Services:
     gateway: GatewayClient
     cluster: ClusterService
     delegation: DelegationService
+    monitor: StatusMonitor
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
 
@@ -45,14 +47,16 @@ async def open_services(
     try:
         async with GatewayClient.make_http_client(config.gateway) as http:
             gateway = GatewayClient(http, settings.hooks_token_for, config.gateway)
+            cluster = ClusterService(config, gateway)
             yield Services(
                 settings=settings,
                 config=config,
                 store=store,
                 http=http,
                 gateway=gateway,
-                cluster=ClusterService(config, gateway),
+                cluster=cluster,
                 delegation=DelegationService(config, store, gateway),
+                monitor=StatusMonitor(config, store, cluster),
                 scheduler=scheduler,
             )
     finally:

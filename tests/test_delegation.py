@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -17,22 +16,10 @@ from bot.errors import InvalidInput, InvalidTarget, NotAllowed, PayloadTooLarge,
 from bot.gateway import GatewayClient
 from bot.services import Services
 from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, SimulatedFleet
+from tests.clocks import FakeClock
 from tests.conftest import HOOKS_TOKEN, ServicesOnFleet
 
 TECHNICAL = "channel:100000000000000101"
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def person(level: AccessLevel, name: str = "antoine") -> Requester:
