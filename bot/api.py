@@ -23,10 +23,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_urldispatcher import AbstractRoute
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.authz import Requester, api_requester
+from bot.delegation import Delegation, DelegationResult, Status, parse_id
 from bot.errors import AtomizerError, InvalidInput, NotAuthenticated, PayloadTooLarge
 from bot.services import Services
 
@@ -95,6 +96,111 @@ class WhoAmI(BaseModel):
     identity: str
     kind: Literal["person", "agent"]
     level: Literal["none", "viewer", "operator", "admin"]
+
+
+# --- models of the delegation routes -----------------------------------------------------------
+
+# Body keys that would claim an identity: refused by name, since the caller is whoever the token says.
+IDENTITY_KEYS = frozenset({"requester", "as", "from", "via", "identity", "requester_kind"})
+
+
+class DelegationIn(BaseModel):
+    """A delegation request. There is no field for who asks: that is the bearer token's owner."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field must fail, not be dropped silently
+
+    to: str = Field(description="The agent that should do the work, e.g. nx-expert.")
+    message: str = Field(description="The instruction, as the agent will read it.")
+    target: str | None = Field(
+        default=None,
+        description="Where the agent's answer goes: channel:<id>, user:<id>, <#id>, #channel or @member. "
+        "Default: the technical channel.",
+    )
+    deliver: bool = Field(default=True, description="false: the agent runs it without posting its answer.")
+    task: str | None = Field(default=None, description="The board task this work is for, e.g. T-12.")
+    dry_run: bool = Field(default=False, description="Decide and build the hook body, but record and send nothing.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_claimed_identity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (claimed := sorted(IDENTITY_KEYS.intersection(data))):
+            raise ValueError(
+                f"{', '.join(map(repr, claimed))}: the requester is whoever the bearer token belongs to; "
+                "remove the field, or call with that identity's token"
+            )
+        return data
+
+
+class DecisionOut(BaseModel):
+    """Whether the caller may delegate to that agent, and why (naming who could when not)."""
+
+    allowed: bool
+    reason: str
+
+
+class RequesterOut(BaseModel):
+    kind: Literal["person", "agent"]
+    name: str
+    via: str | None = Field(description="The admin who acted for the agent, if any.")
+
+
+class DelegationRecord(BaseModel):
+    """One delegation, field for field as `Delegation.to_dict()`: the shape every front end shows."""
+
+    id: str = Field(description="D-42")
+    agent: str
+    status: str = Field(description="queued, sending, accepted, failed, unconfirmed or expired")
+    run_id: str | None = Field(description="The gateway's runId, once accepted.")
+    message: str
+    deliver: bool
+    target: str | None = Field(description="user:<id> or channel:<id>; null when not delivered.")
+    task: str | None
+    requester: RequesterOut
+    front_end: str
+    attempts: int
+    last_error: str | None
+    created_at: str
+    updated_at: str
+    accepted_at: str | None
+    next_attempt_at: str | None = Field(description="When the outbox tries again, while queued.")
+    expires_at: str = Field(description="The end of the retry window.")
+    latency_ms: float | None
+
+    @classmethod
+    def of(cls, delegation: Delegation) -> DelegationRecord:
+        return cls.model_validate(delegation.to_dict())
+
+
+class DelegationCreated(DelegationRecord):
+    """The new delegation's record (accepted, or queued for the outbox to retry), and why it was allowed."""
+
+    decision: DecisionOut
+
+
+class DelegationDryRun(BaseModel):
+    """What a delegation would do: the decision and the exact hook body, with nothing recorded or sent."""
+
+    decision: DecisionOut
+    payload: dict[str, Any]
+
+
+class DelegationQuery(BaseModel):
+    """Filters and paging of the delegation list."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt filter must fail, not list everything
+
+    agent: str | None = Field(default=None, description="Only those sent to this agent.")
+    status: Status | None = Field(default=None, description="Only those in this status.")
+    requester: str | None = Field(default=None, description="Only those asked by this agent or person.")
+    limit: int = Field(default=20, ge=1, le=100, description="At most this many.")
+    before: str | None = Field(default=None, description="Only older than this id (next_before of the last page).")
+
+
+class DelegationList(BaseModel):
+    """Newest first; `next_before` is the `before` of the next page, null on the last one."""
+
+    delegations: list[DelegationRecord]
+    next_before: str | None
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -196,6 +302,7 @@ class LoopbackApi:
         self._runner: web.AppRunner | None = None
         self._host = self.config.host
         self._add_core_routes()
+        self._add_delegation_routes()
 
     # --- registration ----------------------------------------------------------------------------
 
@@ -409,6 +516,96 @@ class LoopbackApi:
 
     async def whoami(self, request: web.Request, requester: Requester, data: None) -> WhoAmI:
         return WhoAmI(identity=requester.name, kind=requester.kind, level=requester.level.label)
+
+    # --- delegations -----------------------------------------------------------------------------
+
+    def _add_delegation_routes(self) -> None:
+        """Thin fronts of DelegationService: the same decision, validation and record as /delegate and the CLI."""
+        refused = {403: ErrorResponse, 404: ErrorResponse}
+        self.add(
+            Route(
+                "POST",
+                "/v1/delegations",
+                self.create_delegation,
+                summary="Delegate work to an agent, as the caller behind the token",
+                response=DelegationCreated,
+                body=DelegationIn,
+                status=202,
+                extra_responses={200: DelegationDryRun, **refused},
+                description="202: recorded and sent (status accepted), or queued for retries while the agent "
+                "cannot take it (status queued). 200: a dry run. 403: the caller may not delegate to that agent; "
+                "the detail names who could.",
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/delegations",
+                self.list_delegations,
+                summary="Recent delegations, newest first",
+                response=DelegationList,
+                query=DelegationQuery,
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/delegations/{id}",
+                self.get_delegation,
+                summary="One delegation, by id (D-42 or 42)",
+                response=DelegationRecord,
+                extra_responses={404: ErrorResponse},
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/delegations/{id}/retry",
+                self.retry_delegation,
+                summary="Send an unconfirmed, failed or expired delegation again (operator or admin)",
+                response=DelegationRecord,
+                status=202,
+                extra_responses=refused,
+            )
+        )
+
+    async def create_delegation(self, request: web.Request, requester: Requester, body: DelegationIn) -> web.Response:
+        result: DelegationResult = await self.services.delegation.delegate(
+            requester,
+            body.to,
+            body.message,
+            target=body.target,
+            deliver=body.deliver,
+            task=body.task,
+            dry_run=body.dry_run,
+        )
+        decision = DecisionOut(allowed=result.decision.allowed, reason=result.decision.reason)
+        if result.delegation is None:
+            return reply(DelegationDryRun(decision=decision, payload=result.payload))
+        record = DelegationRecord.of(result.delegation)
+        response = reply(DelegationCreated(**record.model_dump(), decision=decision), 202)
+        response.headers["Location"] = f"/v1/delegations/{record.id}"
+        return response
+
+    async def get_delegation(self, request: web.Request, requester: Requester, data: None) -> DelegationRecord:
+        return DelegationRecord.of(await self.services.delegation.get(request.match_info["id"]))
+
+    async def list_delegations(
+        self, request: web.Request, requester: Requester, query: DelegationQuery
+    ) -> DelegationList:
+        service = self.services.delegation
+        filters = {"agent": query.agent, "status": query.status, "requester": query.requester}
+        before = None if query.before is None else parse_id(query.before)
+        page = await service.recent(**filters, limit=query.limit, before_id=before)
+        # One more look, so that the last page says so rather than leading to an empty one.
+        more = len(page) == query.limit and bool(await service.recent(**filters, limit=1, before_id=page[-1].id))
+        return DelegationList(
+            delegations=[DelegationRecord.of(delegation) for delegation in page],
+            next_before=page[-1].display_id if more else None,
+        )
+
+    async def retry_delegation(self, request: web.Request, requester: Requester, data: None) -> DelegationRecord:
+        return DelegationRecord.of(await self.services.delegation.retry(requester, request.match_info["id"]))
 
     # --- OpenAPI ---------------------------------------------------------------------------------
 

@@ -164,3 +164,33 @@ class GatewayProtocolError(GatewayError):
 def env_suffix(agent: str) -> str:
     """The suffix an agent's name takes in an environment variable name (tech-lead -> TECH_LEAD)."""
     return "".join(ch if ch.isalnum() else "_" for ch in agent).upper()
+
+
+# --- systemd units (atomizer-hq cluster, /cluster) --------------------------------------------
+
+
+class SystemdUnavailable(AtomizerError):
+    """No systemd user manager to talk to (binary missing, no user bus, not booted with systemd)."""
+
+    code = "systemd_unavailable"
+    http_status = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"systemd is not running for this user ({reason}); on this host start agents by hand "
+            "or enable lingering: loginctl enable-linger $USER"
+        )
+        self.reason = reason
+
+
+class UnitCommandFailed(AtomizerError):
+    """systemctl or journalctl ran but did not do what was asked; `detail` is its own message."""
+
+    code = "unit_command_failed"
+    http_status = 502
+
+    def __init__(self, agent: str, action: str, detail: str) -> None:
+        super().__init__(f"{agent}: {action} failed: {detail}")
+        self.agent = agent
+        self.action = action
+        self.detail = detail
