@@ -328,6 +328,13 @@ class DelegationService:
         )
         return [_row_to_delegation(row) for row in rows]
 
+    async def latest_by_agent(self) -> dict[str, Delegation]:
+        """Each agent's most recent delegation (for the fleet overview)."""
+        rows = await self._store.fetchall(
+            f"SELECT {_COLUMNS} FROM delegations WHERE id IN (SELECT max(id) FROM delegations GROUP BY agent)"
+        )
+        return {row["agent"]: _row_to_delegation(row) for row in rows}
+
     async def wait_final(self, delegation_id: int | str, timeout: float) -> Delegation:
         """The delegation once it is accepted, failed, unconfirmed or expired (or as it is at `timeout`)."""
         number = parse_id(delegation_id)

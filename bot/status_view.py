@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from bot.boards import BoardContent, BoardField, paginate
 from bot.cluster import AgentStatus, FleetStatus
+
+if TYPE_CHECKING:
+    from bot.services import Services
 
 COLUMNS = ("agent", "state", "port", "model", "latency", "release", "detail")
 STATE_STYLE = {
@@ -97,3 +102,87 @@ def print_fleet_status(fleet: FleetStatus, *, as_json: bool = False) -> None:
     console = Console()
     console.print(table)
     console.print(fleet_summary(fleet))
+
+
+# --- the fleet overview: probes plus what the database knows --------------------------------
+
+STATE_ICON = {"ready": "🟢", "starting": "🟡", "degraded": "🟠", "down": "🔴", "foreign": "🟣"}
+COLOUR_OK, COLOUR_WARN, COLOUR_BAD = 0x2ECC71, 0xF1C40F, 0xE74C3C
+
+
+@dataclass(frozen=True)
+class AgentOverview:
+    """One agent at a glance. `extra` is where later capabilities add their lines (heartbeat, tasks)."""
+
+    status: AgentStatus
+    since: str | None = None  # when the current observed state began (ISO)
+    uptime_24h: float | None = None
+    last_delegation: str | None = None
+    silenced_until: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+async def collect_overview(services: Services, fleet: FleetStatus) -> list[AgentOverview]:
+    """Join a probe round with the monitor's history and the delegations table."""
+    latest = await services.delegation.latest_by_agent()
+    last = {name: f"{d.display_id} {d.status} {_hhmm(d.updated_at)}" for name, d in latest.items()}
+    overview = []
+    for agent in fleet.agents:
+        health = await services.monitor.health(agent.name)
+        overview.append(
+            AgentOverview(
+                status=agent,
+                since=health.observed_since if health and health.observed == agent.state else None,
+                uptime_24h=await services.monitor.uptime(agent.name, 86_400),
+                last_delegation=last.get(agent.name),
+                silenced_until=health.silenced_until if health else None,
+            )
+        )
+    return overview
+
+
+def _hhmm(text: str | None) -> str:
+    return text[11:16] + " UTC" if text else "-"
+
+
+def _fleet_colour(fleet: FleetStatus) -> int:
+    if fleet.count("down") or fleet.count("foreign"):
+        return COLOUR_BAD
+    return COLOUR_WARN if fleet.count("starting") or fleet.count("degraded") else COLOUR_OK
+
+
+def status_embed(fleet: FleetStatus, overview: list[AgentOverview]) -> list[BoardContent]:
+    """/status: everything, latency and uptime included (a snapshot, not edited later)."""
+    fields = []
+    for item in overview:
+        agent, readiness = item.status, item.status.readiness
+        lines = [
+            f"**{agent.state}** · :{agent.port} · {agent.model or '-'}"
+            + ("" if agent.state == "down" else f" · {readiness.latency_s * 1000:.0f} ms"),
+            f"since {_hhmm(item.since)} · up 24 h: "
+            + ("-" if item.uptime_24h is None else f"{item.uptime_24h * 100:.1f} %"),
+            f"last delegation: {item.last_delegation or '-'}",
+            *(f"{name}: {value}" for name, value in item.extra.items()),
+        ]
+        if agent.state != "ready" and readiness.detail:
+            lines.append(readiness.detail)
+        fields.append(BoardField(f"{STATE_ICON.get(agent.state, '⚪')} {agent.name}", "\n".join(lines), inline=True))
+    return paginate("Atomizer-HQ fleet", fields, description=fleet_summary(fleet), colour=_fleet_colour(fleet))
+
+
+def status_board(fleet: FleetStatus, overview: list[AgentOverview]) -> list[BoardContent]:
+    """The live board in #it-ops: only what changes on a transition, so it is edited only then."""
+    fields = []
+    for item in overview:
+        agent = item.status
+        line = f"**{agent.state}** since {_hhmm(item.since)} · :{agent.port} · {agent.model or '-'}"
+        if agent.state != "ready" and agent.readiness.detail:
+            line += f"\n{agent.readiness.detail}"
+        if item.silenced_until:
+            line += f"\nalerts silenced until {_hhmm(item.silenced_until)}"
+        fields.append(BoardField(f"{STATE_ICON.get(agent.state, '⚪')} {agent.name}", line, inline=True))
+    states = ", ".join(f"{fleet.count(s)} {s}" for s in STATE_STYLE if fleet.count(s))
+    return paginate(
+        "Atomizer-HQ fleet — live", fields, description=f"{len(fleet.agents)} agents: {states}",
+        footer="Edited in place on every change. /status for latency and uptime.", colour=_fleet_colour(fleet),
+    )  # fmt: skip
