@@ -8,6 +8,7 @@ middleware, from the `code` and `http_status` of the core's exception types.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.authz import Requester, api_requester
-from bot.delegation import Delegation, DelegationResult, Status, parse_id
+from bot.delegation import Delegation, Status, parse_id
 from bot.errors import AtomizerError, InvalidInput, NotAuthenticated, PayloadTooLarge
 from bot.services import Services
 
@@ -570,7 +571,7 @@ class LoopbackApi:
         )
 
     async def create_delegation(self, request: web.Request, requester: Requester, body: DelegationIn) -> web.Response:
-        result: DelegationResult = await self.services.delegation.delegate(
+        result = await self.services.delegation.delegate(
             requester,
             body.to,
             body.message,
@@ -593,12 +594,13 @@ class LoopbackApi:
     async def list_delegations(
         self, request: web.Request, requester: Requester, query: DelegationQuery
     ) -> DelegationList:
-        service = self.services.delegation
-        filters = {"agent": query.agent, "status": query.status, "requester": query.requester}
+        recent = functools.partial(
+            self.services.delegation.recent, agent=query.agent, status=query.status, requester=query.requester
+        )
         before = None if query.before is None else parse_id(query.before)
-        page = await service.recent(**filters, limit=query.limit, before_id=before)
+        page = await recent(limit=query.limit, before_id=before)
         # One more look, so that the last page says so rather than leading to an empty one.
-        more = len(page) == query.limit and bool(await service.recent(**filters, limit=1, before_id=page[-1].id))
+        more = len(page) == query.limit and bool(await recent(limit=1, before_id=page[-1].id))
         return DelegationList(
             delegations=[DelegationRecord.of(delegation) for delegation in page],
             next_before=page[-1].display_id if more else None,

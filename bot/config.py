@@ -108,6 +108,53 @@ class GatewayConfig(_Strict):
     probe_timeout: float = Field(default=2.0, gt=0)
 
 
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@-]*$")
+
+
+class SystemdConfig(_Strict):
+    """How `atomizer-hq cluster` and /cluster drive the agents' systemd units: command prefixes, never a shell."""
+
+    systemctl: list[str] = Field(default_factory=lambda: ["systemctl", "--user"])
+    journalctl: list[str] = Field(default_factory=lambda: ["journalctl", "--user"])
+    unit_template: str = "openclaw-atomizer@{agent}.service"
+    timeout: float = Field(default=90.0, gt=0)  # a stop waits for the gateway's TimeoutStopSec
+
+    @field_validator("systemctl", "journalctl")
+    @classmethod
+    def _command(cls, value: list[str]) -> list[str]:
+        if not value or not all(part.strip() for part in value):
+            raise PydanticCustomError(
+                "command",
+                "{value} is not a command; write the program and its options as a list of non-empty strings, "
+                'e.g. ["systemctl", "--user"]',
+                {"value": repr(value)},
+            )
+        return value
+
+    @field_validator("unit_template")
+    @classmethod
+    def _unit_template(cls, value: str) -> str:
+        # Filled with str.replace, not str.format, and checked so the unit is one plain systemd name.
+        if "{agent}" not in value:
+            raise PydanticCustomError(
+                "unit_template",
+                "{value} does not contain {agent}; write where the agent's name goes, "
+                "e.g. 'openclaw-atomizer@{agent}.service'",
+                {"value": repr(value)},
+            )
+        if not UNIT_NAME_RE.match(value.replace("{agent}", "x")):
+            raise PydanticCustomError(
+                "unit_template",
+                "{value} is not a systemd unit name; use letters, digits and ':_.@-' around {agent}, "
+                "e.g. 'openclaw-atomizer@{agent}.service'",
+                {"value": repr(value)},
+            )
+        return value
+
+    def unit_for(self, agent: str) -> str:
+        return self.unit_template.replace("{agent}", agent)
+
+
 class ClusterConfig(_Strict):
     """Everything in `config/cluster.toml`."""
 
@@ -117,6 +164,7 @@ class ClusterConfig(_Strict):
     roles: dict[Literal["viewer", "operator", "admin"], list[Snowflake]] = Field(default_factory=dict)
     api: ApiConfig = Field(default_factory=ApiConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     heartbeat: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("roles", mode="before")
@@ -165,7 +213,9 @@ class ClusterConfig(_Strict):
     def relocated(self, base_port: int, spacing: int = 4) -> ClusterConfig:
         """The same fleet on other ports (the demo and tests run beside a real fleet)."""
         agents = [a.model_copy(update={"port": base_port + i * spacing}) for i, a in enumerate(self.agents)]
-        return self.model_copy(update={"agents": agents})
+        # The API moves along, just past the fleet, so it can never land on a gateway's port.
+        api = self.api.model_copy(update={"port": base_port + len(agents) * spacing})
+        return self.model_copy(update={"agents": agents, "api": api})
 
     def ports_of(self, agent: AgentConfig) -> dict[int, str]:
         """Every port a gateway takes, with what it is for."""

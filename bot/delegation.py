@@ -183,7 +183,9 @@ class DelegationService:
     def _who_could(self, agent: str) -> str:
         agents = [a for a in self._config.agent_names if agent in self._config.delegation_targets(a)]
         people = "a person with the operator or admin role"
-        return f"Who could: {', '.join(agents)}, or {people}." if agents else f"Who could: {people}."
+        if agents:
+            return f"Who could: {', '.join(agents)}, or {people}."
+        return f"Who could: {agent} itself (taking it on directly), or {people}."
 
     # --- making a delegation -----------------------------------------------------------------
 
@@ -351,9 +353,9 @@ class DelegationService:
 
     async def retry(self, requester: Requester, delegation_id: int | str) -> Delegation:
         """A person's decision to send an unconfirmed (or failed, or expired) delegation again."""
-        delegation = await self.get(delegation_id)
         if requester.is_agent or requester.level < AccessLevel.OPERATOR:
-            raise NotAllowed(f"retrying {delegation.display_id} needs the operator level")
+            raise NotAllowed(f"retrying a delegation needs the operator level; {requester.describe()} is not")
+        delegation = await self.get(delegation_id)
         if delegation.status not in ("unconfirmed", "failed", "expired"):
             raise InvalidInput(
                 f"{delegation.display_id} is {delegation.status}; only unconfirmed, failed or expired ones are retried"

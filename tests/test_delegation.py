@@ -85,7 +85,9 @@ async def test_authority_for_people_and_agents(
 async def test_a_refusal_names_who_could_delegate(services_on_fleet: ServicesOnFleet, clock: FakeClock) -> None:
     services, _ = await services_on_fleet()
     decision = service_for(services, clock).authorize(agent("tech-lead"), "manager")
-    assert decision.reason.endswith("Who could: a person with the operator or admin role.")
+    assert decision.reason.endswith(
+        "Who could: manager itself (taking it on directly), or a person with the operator or admin role."
+    )
     decision = service_for(services, clock).authorize(agent("nx-expert"), "webster")
     assert "Who could: manager, tech-lead, or a person with the operator or admin role." in decision.reason
 
