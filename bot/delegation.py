@@ -207,7 +207,59 @@ class DelegationService:
         `origin` is the delivery target of the place the request came from (e.g. the channel a slash
         command was typed in); it is the default target.
         """
-        agent_config = self._config.require_agent(agent)
+        if dry_run:
+            name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
+            return DelegationResult(self.authorize(requester, name), hook.body())
+        name, text, delivery, _, decision = await self._checked(requester, agent, message, target, deliver, origin,
+                                                                directory)  # fmt: skip
+        delegation = await self._record(requester, name, text, deliver, delivery, task, decision)
+        delegation = await self._attempt(delegation)
+        return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
+
+    async def preflight(
+        self,
+        requester: Requester,
+        agent: str,
+        message: str,
+        *,
+        target: str | None = None,
+        deliver: bool = True,
+        origin: str | None = None,
+        directory: GuildDirectory | None = None,
+    ) -> DelegationResult:
+        """Everything `delegate` checks, without recording or sending: bad input raises, a refusal is
+        audited and raises NotAllowed. Front ends that must answer before doing slow work call it first."""
+        *_, hook, decision = await self._checked(requester, agent, message, target, deliver, origin, directory)
+        return DelegationResult(decision, hook.body())
+
+    async def _checked(
+        self,
+        requester: Requester,
+        agent: str,
+        message: str,
+        target: str | None,
+        deliver: bool,
+        origin: str | None,
+        directory: GuildDirectory | None,
+    ) -> tuple[str, str, str | None, AgentHook, Decision]:
+        name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
+        decision = self.authorize(requester, name)
+        if not decision.allowed:
+            await self._audit(requester, name, "refused", {"reason": decision.reason})
+            raise NotAllowed(decision.reason)
+        return name, text, delivery, hook, decision
+
+    def _validated(
+        self,
+        agent: str,
+        message: str,
+        target: str | None,
+        deliver: bool,
+        origin: str | None,
+        directory: GuildDirectory | None,
+    ) -> tuple[str, str, str | None, AgentHook]:
+        """The agent's name, the instruction, the normalized target and the hook, or a typed error."""
+        name = self._config.require_agent(agent).name
         text = message.strip()
         if not text:
             raise InvalidInput("the instruction is empty; write what the agent should do")
@@ -219,15 +271,7 @@ class DelegationService:
                 f"the instruction is too long for the gateway: the request would be {size:,} bytes, the limit is "
                 f"{HOOK_BODY_LIMIT:,}; shorten it by at least {size - HOOK_BODY_LIMIT:,} bytes"
             )
-        decision = self.authorize(requester, agent_config.name)
-        if dry_run:
-            return DelegationResult(decision, hook.body())
-        if not decision.allowed:
-            await self._audit(requester, agent_config.name, "refused", {"reason": decision.reason})
-            raise NotAllowed(decision.reason)
-        delegation = await self._record(requester, agent_config.name, text, deliver, delivery, task, decision)
-        delegation = await self._attempt(delegation)
-        return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
+        return name, text, delivery, hook
 
     def _resolve_target(self, target: str | None, origin: str | None, directory: GuildDirectory | None) -> str:
         normalizer = TargetNormalizer(self._config, directory or self.directory)
@@ -305,6 +349,7 @@ class DelegationService:
         agent: str | None = None,
         status: str | None = None,
         requester: str | None = None,
+        requester_user_id: str | None = None,
         limit: int = 20,
         before_id: int | None = None,
     ) -> list[Delegation]:
@@ -321,6 +366,9 @@ class DelegationService:
         if requester is not None:
             clauses.append("requester = ?")
             params.append(requester)
+        if requester_user_id is not None:  # a Discord user: names are neither unique nor stable, ids are
+            clauses.append("requester_user_id = ?")
+            params.append(requester_user_id)
         if before_id is not None:
             clauses.append("id < ?")
             params.append(before_id)
@@ -492,11 +540,14 @@ class DelegationService:
         return await self._changed(delegation.id)
 
     async def _expire(self, now: datetime) -> None:
-        await self._store.execute(
+        expired = await self._store.update(
             "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, updated_at = ?, "
             "last_error = coalesce(last_error, 'retry window over') WHERE status = 'queued' AND expires_at <= ?",
             (iso(now), iso(now)),
         )
+        if expired:  # wake whoever waits on these (wait_final: the CLI's --wait, /delegate's followup)
+            async with self.changed:
+                self.changed.notify_all()
 
     async def _changed(self, delegation_id: int) -> Delegation:
         async with self.changed:

@@ -1,0 +1,1 @@
+"""Small shared pieces for the cogs: each module has one job (RoboDanny's cogs/utils)."""
