@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,10 +21,11 @@ from typing import Any
 from bot import __version__
 from bot.config import ClusterConfig, load_cluster_config
 from bot.config_check import check, require_secrets
-from bot.errors import AtomizerError, ConfigError, InvalidInput
+from bot.errors import AtomizerError, ConfigError, InvalidInput, SystemdUnavailable, UnitCommandFailed
 from bot.logsetup import configure_logging
 from bot.settings import Settings, load_settings
 from bot.status_view import print_fleet_status
+from bot.systemd import DEFAULT_LOG_LINES, SystemdUnits, UnitState, check_lines, resolve_agents
 
 log = logging.getLogger("atomizer-hq")
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
@@ -155,6 +157,99 @@ async def cmd_delegations(args: argparse.Namespace) -> int:
         for delegation in items:
             print(f"{delegation.created_at[:19].replace('T', ' ')}  {describe_delegation(delegation)}")
     return 0
+
+
+async def cmd_cluster(args: argparse.Namespace) -> int:
+    """The agents' systemd units, as `cluster.sh` drove them: start, stop, restart, status, logs."""
+    _, config = load_context(args)
+    action: str = args.action
+    if args.agent is None and action != "status":
+        raise InvalidInput(f"cluster {action} needs an agent or 'all', e.g. `atomizer-hq cluster {action} webster`")
+    if args.lines is not None and action != "logs":
+        raise InvalidInput("--lines goes with `cluster logs` only")
+    lines = check_lines(args.lines if args.lines is not None else DEFAULT_LOG_LINES)
+    everyone = args.agent is None or args.agent.strip().lower() == "all"
+    agents = resolve_agents(config, args.agent or "all", action)
+    units = SystemdUnits.from_config(config.systemd)
+    if action == "status":
+        return _print_unit_states(await units.states(agents), as_json=args.json)
+    if action == "logs":
+        return await _print_unit_logs(units, agents, lines, as_json=args.json)
+    if everyone and action in ("stop", "restart") and not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise InvalidInput(
+                f"`cluster {action} all` would {action} every agent; add --yes to confirm "
+                "(stdin is not a terminal, so there is no one to ask)"
+            )
+        # Blocking read on purpose: nothing else runs yet, and the answer comes before any unit is touched.
+        print(f"{action} all {len(agents)} agents ({', '.join(agents)})? [y/N] ", end="", file=sys.stderr, flush=True)
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("aborted: no unit was touched", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0)  # a Ctrl-C during the question cancels us here, before anything runs
+    results = await units.apply(action, agents)
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps({"action": action, "ok": not failed, "results": [r.to_dict() for r in results]}, indent=2))
+    else:
+        for result in results:
+            print(result.summary)
+    # The summaries name systemd's absence briefly; say once what to do about it.
+    for message in dict.fromkeys(r.error.message for r in failed if isinstance(r.error, SystemdUnavailable)):
+        print(f"atomizer-hq: {message}", file=sys.stderr)
+    if failed:
+        names = ", ".join(r.agent for r in failed)
+        print(f"atomizer-hq: {action} failed for {len(failed)} of {len(results)} agents: {names}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_unit_states(states: Sequence[UnitState], *, as_json: bool) -> int:
+    """Exit 0 when every unit's state could be read, whatever it is; 1 when systemd could not say."""
+    unknown = [s for s in states if s.state == "unknown"]
+    if as_json:
+        print(json.dumps({"ok": not unknown, "agents": [s.to_dict() for s in states]}, indent=2))
+    else:
+        width = max(len("agent"), *(len(s.agent) for s in states))
+        print(f"{'agent':<{width}}  {'state':<12}  unit")
+        for state in states:
+            print(f"{state.agent:<{width}}  {state.state:<12}  {state.unit}")
+    reasons: dict[str, list[str]] = {}
+    for state in unknown:
+        reasons.setdefault(state.reason, []).append(state.agent)
+    for reason, names in reasons.items():
+        print(f"atomizer-hq: {', '.join(names)}: {reason}", file=sys.stderr)
+    if not as_json:
+        print("hint: whether each gateway answers (readiness): atomizer-hq status", file=sys.stderr)
+    return 1 if unknown else 0
+
+
+async def _print_unit_logs(units: SystemdUnits, agents: Sequence[str], lines: int, *, as_json: bool) -> int:
+    """Each agent's journal, one after the other; an agent whose log cannot be read does not hide the others."""
+    logs: list[dict[str, Any]] = []
+    for agent in agents:
+        try:
+            text, error = await units.logs(agent, lines), None
+        except UnitCommandFailed as exc:  # SystemdUnavailable is the same for every agent: it ends the command
+            text, error = None, exc
+        logs.append({"agent": agent, "unit": units.unit(agent), "text": text, "error": error})
+    failed = [entry for entry in logs if entry["error"] is not None]
+    if as_json:
+        for entry in logs:
+            error = entry["error"]
+            entry["error"] = None if error is None else {"code": error.code, "message": error.message}
+        print(json.dumps({"ok": not failed, "lines": lines, "logs": logs}, indent=2))
+    else:
+        try:
+            for index, entry in enumerate(logs):
+                if len(logs) > 1:  # headers as `tail` prints them for several files
+                    print(("\n" if index else "") + f"==> {entry['agent']} ({entry['unit']}) <==")
+                text = entry["text"] or ""
+                print(text, end="" if not text or text.endswith("\n") else "\n", flush=True)
+        except BrokenPipeError:  # `… | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for entry in failed:
+        print(f"atomizer-hq: {entry['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 async def cmd_simulate(args: argparse.Namespace) -> int:
@@ -325,6 +420,21 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "probe every agent at once and show the fleet")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     status.add_argument("--timeout", type=float, help="probe timeout in seconds (default: the config's)")
+
+    cl = add(
+        "cluster", cmd_cluster, "start, stop, restart the agents' systemd units; show their state; read their logs"
+    )
+    cl.add_argument("action", choices=("start", "stop", "restart", "status", "logs"))
+    cl.add_argument(
+        "agent",
+        nargs="?",
+        help="an agent, or 'all': every agent in config order (stop: reverse); status: all by default",
+    )
+    cl.add_argument(
+        "--lines", "-n", type=int, metavar="N", help="logs: journal lines per agent (1 to 5000, default 100)"
+    )
+    cl.add_argument("--yes", "-y", action="store_true", help="stop all / restart all without asking")
+    cl.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return parser
 
 

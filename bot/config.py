@@ -65,11 +65,11 @@ class AgentConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not AGENT_NAME_RE.match(value):
+        if not AGENT_NAME_RE.fullmatch(value) or value == "all":
             raise PydanticCustomError(
                 "agent_name",
                 "{value} is not a valid agent name; use lowercase letters, digits and '-', "
-                "starting with a letter (e.g. 'nx-expert')",
+                "starting with a letter (e.g. 'nx-expert'); 'all' is reserved for the CLI",
                 {"value": repr(value)},
             )
         return value
@@ -109,6 +109,18 @@ class GatewayConfig(_Strict):
 
 
 UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@-]*$")
+
+
+class MonitorConfig(_Strict):
+    """The status monitor: how often it probes, when it alerts, and where."""
+
+    interval_s: float = Field(default=30.0, ge=5)
+    down_after: int = Field(default=2, ge=1)  # consecutive failed probes before "down" is announced
+    flap_window_s: float = Field(default=600.0, ge=60)
+    flap_threshold: int = Field(default=3, ge=2)  # confirmed changes within a window that mean "flapping"
+    reminder_every_s: float | None = Field(default=None, ge=300)  # "still down" reminders; unset = none
+    alerts_channel: str = "it_ops"  # a channel role from [channels]
+    board_channel: str = "it_ops"
 
 
 class SystemdConfig(_Strict):
@@ -165,6 +177,7 @@ class ClusterConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     heartbeat: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("roles", mode="before")
@@ -316,6 +329,10 @@ def semantic_problems(config: ClusterConfig) -> list[str]:
                     f"agents.{agent.name}.delegates_to: an agent never delegates to itself; remove {target!r}"
                 )
 
+    for key in ("alerts_channel", "board_channel"):
+        role = getattr(config.monitor, key)
+        if role not in CHANNEL_ROLES:
+            problems.append(f"monitor.{key}: unknown channel role {role!r}; valid: {', '.join(CHANNEL_ROLES)}")
     for role in config.channels:
         if role not in CHANNEL_ROLES:
             problems.append(f"channels.{role}: unknown channel role; valid: {', '.join(CHANNEL_ROLES)}")

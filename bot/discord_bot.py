@@ -277,9 +277,9 @@ class AtomizerBot(commands.Bot):
     closes them, after the bot is closed. That keeps one shutdown order for the bot, the CLI and tests.
     """
 
-    initial_extensions: tuple[str, ...] = ("cogs.help", "cogs.delegation")
+    initial_extensions: tuple[str, ...] = ("cogs.help", "cogs.delegation", "cogs.status")
 
-    def __init__(self, services: Services, *, sync_commands: bool = True) -> None:
+    def __init__(self, services: Services, *, sync_commands: bool = True, background_tasks: bool = True) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,  # no prefix commands are planned; slash only
             intents=bot_intents(),
@@ -289,6 +289,8 @@ class AtomizerBot(commands.Bot):
         )
         self.services = services
         self.sync_commands = sync_commands
+        # Timers (the status monitor, alert posting) run for real; tests drive each round by hand.
+        self.background_tasks = background_tasks
         # The same redaction the log formatter applies, for replies and for log handlers that
         # were not set up by bot.logsetup (discord.py's own, pytest's).
         self.redactor = Redactor(services.settings.secret_values())

@@ -18,7 +18,7 @@ from bot.cluster import ClusterService
 from bot.config import ClusterConfig
 from bot.delegation import DelegationService
 from bot.gateway import GatewayClient
-from bot.monitor import StatusMonitor
+from bot.monitor import MonitorPolicy, StatusMonitor
 from bot.settings import Settings
 from bot.store import Store
 
@@ -56,10 +56,20 @@ async def open_services(
                 gateway=gateway,
                 cluster=cluster,
                 delegation=DelegationService(config, store, gateway),
-                monitor=StatusMonitor(config, store, cluster),
+                monitor=StatusMonitor(config, store, cluster, policy=monitor_policy(config)),
                 scheduler=scheduler,
             )
     finally:
         if scheduler.running:
             scheduler.shutdown(wait=False)
         await store.close()
+
+
+def monitor_policy(config: ClusterConfig) -> MonitorPolicy:
+    settings = config.monitor
+    return MonitorPolicy(
+        down_after=settings.down_after,
+        flap_window_s=settings.flap_window_s,
+        flap_threshold=settings.flap_threshold,
+        reminder_every_s=settings.reminder_every_s,
+    )

@@ -14,6 +14,7 @@ from bot.boards import BoardContent, BoardField, paginate
 from bot.cluster import AgentStatus, FleetStatus
 
 if TYPE_CHECKING:
+    from bot.monitor import AgentHealth, Transition
     from bot.services import Services
 
 COLUMNS = ("agent", "state", "port", "model", "latency", "release", "detail")
@@ -186,3 +187,35 @@ def status_board(fleet: FleetStatus, overview: list[AgentOverview]) -> list[Boar
         "Atomizer-HQ fleet — live", fields, description=f"{len(fleet.agents)} agents: {states}",
         footer="Edited in place on every change. /status for latency and uptime.", colour=_fleet_colour(fleet),
     )  # fmt: skip
+
+
+def agent_detail(
+    item: AgentOverview, uptime_7d: float | None, transitions: list[Transition], health: AgentHealth | None
+) -> list[BoardContent]:
+    """/status AGENT: one agent in full, with its recent transitions."""
+    agent, readiness = item.status, item.status.readiness
+    facts = [
+        BoardField("state", f"{STATE_ICON.get(agent.state, '⚪')} {agent.state} since {_hhmm(item.since)}", True),
+        BoardField("port", str(agent.port), True),
+        BoardField("model", agent.model or "-", True),
+        BoardField("latency", "-" if agent.state == "down" else f"{readiness.latency_s * 1000:.0f} ms", True),
+        BoardField(
+            "release", readiness.release or ("2026.2.x (no health routes)" if agent.state == "ready" else "-"), True
+        ),
+        BoardField("uptime", f"24 h: {_percent(item.uptime_24h)} · 7 d: {_percent(uptime_7d)}", True),
+        BoardField("last delegation", item.last_delegation or "-", True),
+    ]
+    if health is not None:
+        facts.append(BoardField("confirmed", f"{health.confirmed} since {_hhmm(health.confirmed_since)}", True))
+        if health.silenced_until:
+            facts.append(BoardField("alerts", f"silenced until {_hhmm(health.silenced_until)} by {health.silenced_by}"))
+    facts.extend(BoardField(name, value, True) for name, value in item.extra.items())
+    if readiness.detail:
+        facts.append(BoardField("detail", readiness.detail))
+    history = "\n".join(f"{t.at[:16].replace('T', ' ')}  {t.from_state or '—'} → {t.to_state}" for t in transitions)
+    facts.append(BoardField("recent transitions", history or "none recorded yet"))
+    return paginate(f"{agent.name}", facts, colour=COLOUR_OK if agent.state == "ready" else COLOUR_BAD)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f} %"

@@ -58,7 +58,7 @@ async def make_test_bot(services: Services) -> AtomizerBot:
 
     Add members with make_member (dpytest's default member cannot be cached, see below).
     """
-    bot = AtomizerBot(services, sync_commands=False)
+    bot = AtomizerBot(services, sync_commands=False, background_tasks=False)
     await bot._async_setup_hook()  # what login() does first: sets the loop
     await bot.setup_hook()  # loads the cogs
     allowed_mentions = bot.allowed_mentions

@@ -115,14 +115,14 @@ def test_shipped_fleet_matches_the_as_built_cluster(shipped_config: ClusterConfi
         ),
         pytest.param("[heartbeat.webster]", "[heartbeat.websterr]", "heartbeat.websterr: unknown agent", id="hb-agent"),
         pytest.param(
-            "[channels]\n",
-            '[channels]\ntechnicall = "100000000000000109"\n',
+            "\n[channels]\n",
+            '\n[channels]\ntechnicall = "100000000000000109"\n',
             "channels.technicall: unknown channel role; valid: technical, task_board",
             id="channel-role",
         ),
         pytest.param(
-            "[roles]\n",
-            '[roles]\nowner = "100000000000000209"\n',
+            "\n[roles]\n",
+            '\n[roles]\nowner = "100000000000000209"\n',
             "roles.owner: unknown key 'owner'; valid: viewer, operator, admin",
             id="role-level",
         ),
