@@ -24,7 +24,7 @@ from bot.config_check import check, require_secrets
 from bot.errors import AtomizerError, ConfigError, InvalidInput, SystemdUnavailable, UnitCommandFailed
 from bot.logsetup import configure_logging
 from bot.settings import Settings, load_settings
-from bot.status_view import print_fleet_status
+from bot.status_view import collect_overview, print_fleet_status
 from bot.systemd import DEFAULT_LOG_LINES, SystemdUnits, UnitState, check_lines, resolve_agents
 
 log = logging.getLogger("atomizer-hq")
@@ -76,7 +76,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
     require_secrets(settings, config, "status")
     async with open_services(settings, config) as services:
         fleet = await services.cluster.probe_all(timeout=args.timeout)
-    print_fleet_status(fleet, as_json=args.json)
+        # History comes from the running bot's monitor; this probe is a look, not a record.
+        overview = await collect_overview(services, fleet)
+    print_fleet_status(fleet, overview, as_json=args.json)
     return 0
 
 

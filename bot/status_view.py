@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from bot.monitor import AgentHealth, Transition
     from bot.services import Services
 
-COLUMNS = ("agent", "state", "port", "model", "latency", "release", "detail")
+COLUMNS = ("agent", "state", "port", "model", "latency", "release", "since", "up 24h", "last delegation", "detail")
 STATE_STYLE = {
     "ready": "green",
     "starting": "yellow",
@@ -27,7 +27,7 @@ STATE_STYLE = {
 }
 
 
-def agent_row(agent: AgentStatus) -> dict[str, str]:
+def agent_row(agent: AgentStatus, item: AgentOverview | None = None) -> dict[str, str]:
     readiness = agent.readiness
     latency = "-" if readiness.state == "down" else f"{readiness.latency_s * 1000:.0f} ms"
     return {
@@ -37,12 +37,16 @@ def agent_row(agent: AgentStatus) -> dict[str, str]:
         "model": agent.model or "-",
         "latency": latency,
         "release": readiness.release or ("-" if readiness.health_routes or agent.state != "ready" else "2026.2.x"),
+        "since": _hhmm(item.since) if item else "-",
+        "up 24h": _percent(item.uptime_24h) if item else "-",
+        "last delegation": (item.last_delegation or "-") if item else "-",
         "detail": readiness.detail,
     }
 
 
-def fleet_rows(fleet: FleetStatus) -> list[dict[str, str]]:
-    return [agent_row(agent) for agent in fleet.agents]
+def fleet_rows(fleet: FleetStatus, overview: list[AgentOverview] | None = None) -> list[dict[str, str]]:
+    items = {item.status.name: item for item in overview or []}
+    return [agent_row(agent, items.get(agent.name)) for agent in fleet.agents]
 
 
 def fleet_summary(fleet: FleetStatus) -> str:
@@ -51,41 +55,49 @@ def fleet_summary(fleet: FleetStatus) -> str:
     return f"{len(fleet.agents)} agents: {counts} (probed in {fleet.took_s:.2f} s)"
 
 
-def fleet_json(fleet: FleetStatus) -> dict[str, Any]:
+def fleet_json(fleet: FleetStatus, overview: list[AgentOverview] | None = None) -> dict[str, Any]:
+    """One JSON document for scripts (`status --json`, `GET /v1/status`)."""
+    items = {item.status.name: item for item in overview or []}
+    agents = []
+    for a in fleet.agents:
+        entry: dict[str, Any] = {
+            "name": a.name,
+            "state": a.state,
+            "port": a.port,
+            "model": a.model,
+            "latency_ms": None if a.state == "down" else round(a.readiness.latency_s * 1000, 1),
+            "release": a.readiness.release,
+            "health_routes": a.readiness.health_routes,
+            "failing": list(a.readiness.failing),
+            "detail": a.readiness.detail,
+        }
+        item = items.get(a.name)
+        if item is not None:
+            entry.update(since=item.since, uptime_24h=item.uptime_24h, last_delegation=item.last_delegation)
+        agents.append(entry)
     return {
-        "agents": [
-            {
-                "name": a.name,
-                "state": a.state,
-                "port": a.port,
-                "model": a.model,
-                "latency_ms": None if a.state == "down" else round(a.readiness.latency_s * 1000, 1),
-                "release": a.readiness.release,
-                "health_routes": a.readiness.health_routes,
-                "failing": list(a.readiness.failing),
-                "detail": a.readiness.detail,
-            }
-            for a in fleet.agents
-        ],
+        "agents": agents,
         "counts": {s: fleet.count(s) for s in STATE_STYLE},
         "took_ms": round(fleet.took_s * 1000, 1),
     }
 
 
-def format_fleet_plain(fleet: FleetStatus) -> str:
-    rows = [dict(zip(COLUMNS, COLUMNS, strict=True)), *fleet_rows(fleet)]
+def format_fleet_plain(fleet: FleetStatus, overview: list[AgentOverview] | None = None) -> str:
+    rows = [dict(zip(COLUMNS, COLUMNS, strict=True)), *fleet_rows(fleet, overview)]
     widths = {c: max(len(r[c]) for r in rows) for c in COLUMNS}
     lines = ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
     return "\n".join([*lines, "", fleet_summary(fleet)])
 
 
-def print_fleet_status(fleet: FleetStatus, *, as_json: bool = False) -> None:
+def print_fleet_status(
+    fleet: FleetStatus, overview: list[AgentOverview] | None = None, *, as_json: bool = False
+) -> None:
     """JSON for scripts; a coloured table on a terminal; plain aligned text otherwise."""
     if as_json:
-        print(json.dumps(fleet_json(fleet), indent=2))
+        print(json.dumps(fleet_json(fleet, overview), indent=2))
         return
     if not sys.stdout.isatty():
-        print(format_fleet_plain(fleet))
+        print(format_fleet_plain(fleet, overview))
         return
     from rich.console import Console
     from rich.markup import escape
@@ -94,7 +106,7 @@ def print_fleet_status(fleet: FleetStatus, *, as_json: bool = False) -> None:
     table = Table(title="Atomizer-HQ fleet", title_justify="left")
     for column in COLUMNS:
         table.add_column(column, no_wrap=column != "detail")
-    for row in fleet_rows(fleet):
+    for row in fleet_rows(fleet, overview):
         style = STATE_STYLE.get(row["state"], "")
         cells = [escape(row[c]) for c in COLUMNS]
         if style:
