@@ -1,7 +1,8 @@
-"""`atomizer-hq demo`: a simulated fleet and the real services on a temporary database.
+"""`atomizer-hq demo`: a simulated fleet, the real services on a temporary database, a short tour.
 
 No Discord and no .env needed: the demo makes its own hooks token and moves the fleet to free
-ports, so it runs beside a real cluster without touching it, and leaves nothing behind.
+ports, so it runs beside a real cluster without touching it, and leaves nothing behind. What it
+prints is rendered by the same code that builds the Discord embeds (bot.status_view, bot.boards).
 """
 
 from __future__ import annotations
@@ -12,20 +13,50 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bot.authz import AccessLevel, Requester
+from bot.boards import BoardContent
 from bot.config import load_cluster_config
+from bot.delegation import Delegation
+from bot.errors import NotAllowed
 from bot.services import open_services
 from bot.settings import Settings
 from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, SimAgentSpec, SimulatedFleet, free_ports
-from bot.status_view import print_fleet_status
+from bot.status_view import collect_overview, print_fleet_status, status_embed
 
 # The story's faults: auditor is restarting (port closed), optimizer is wedged (never answers),
 # webster still runs the old release (no health routes).
 DOWN, WEDGED, LEGACY = "auditor", "optimizer", "webster"
 PROBE_TIMEOUT_S = 1.0
+ANTOINE = Requester(kind="person", name="antoine", front_end="demo", level=AccessLevel.ADMIN, user_id=None)
+TECH_LEAD = Requester(kind="agent", name="tech-lead", front_end="demo")
 
 
-def say(text: str) -> None:
+def say(text: str = "") -> None:
     print(text, flush=True)
+
+
+def render(parts: list[BoardContent]) -> str:
+    """An embed as a terminal shows it: title, description, then each field indented."""
+    lines: list[str] = []
+    for part in parts:
+        lines += [f"┃ {part.title}"] + ([f"┃ {part.description}"] if part.description else [])
+        for item in part.fields:
+            value = item.value.replace("**", "").splitlines()
+            if item.inline:  # side by side in Discord: one line each here
+                lines.append(f"┃   {item.name:<16} {' · '.join(value)}")
+            else:
+                lines += [f"┃   {item.name}"] + [f"┃     {line}" for line in value]
+        if part.footer:
+            lines.append(f"┃ {part.footer}")
+    return "\n".join(lines)
+
+
+def outcome(delegation: Delegation) -> str:
+    if delegation.status == "accepted":
+        return f"accepted by {delegation.agent}: {delegation.display_id}, runId {delegation.run_id}"
+    if delegation.status == "queued":
+        return f"queued: {delegation.agent} is unavailable ({delegation.last_error}); will retry for 10 min"
+    return f"{delegation.status}: {delegation.last_error}"
 
 
 async def run_demo(args: argparse.Namespace) -> int:
@@ -43,6 +74,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         )
         for agent in config.agents
     ]
+    config = config.model_copy(update={"gateway": config.gateway.model_copy(update={"probe_timeout": PROBE_TIMEOUT_S})})
     with tempfile.TemporaryDirectory(prefix="atomizer-demo-") as tmp:
         settings = Settings(
             hooks_token=token,
@@ -52,12 +84,49 @@ async def run_demo(args: argparse.Namespace) -> int:
             discord_token=None,
             db_path=Path(tmp) / "atomizer.db",
         )
-        async with SimulatedFleet(specs, token), open_services(settings, config) as services:
+        async with SimulatedFleet(specs, token) as fleet, open_services(settings, config) as services:
             say(f"atomizer-hq demo: {len(specs)} simulated OpenClaw gateways on 127.0.0.1")
             say(f"  {DOWN} is down, {WEDGED} is wedged, {LEGACY} runs release {RELEASE_LEGACY}")
             say(f"  database: {settings.db_path} (temporary)\n")
+
             say("$ atomizer-hq status")
-            status = await services.cluster.probe_all(timeout=PROBE_TIMEOUT_S)
-            print_fleet_status(status)
+            status, _ = await services.monitor.probe_round()
+            overview = await collect_overview(services, status)
+            print_fleet_status(status, overview)
             sys.stdout.flush()
+
+            say("\n/status  (the same facts, as the embed in Discord)")
+            say(render(status_embed(status, overview)[:1]))
+
+            technical = f"channel:{config.channels['technical']}" if "technical" in config.channels else None
+            say('\n/delegate agent:nx-expert instruction:"Mesh the M2 mirror"   (Antoine, in #technical)')
+            result = await services.delegation.delegate(ANTOINE, "nx-expert", "Mesh the M2 mirror", origin=technical)
+            assert result.delegation is not None
+            say(f"  → {outcome(result.delegation)}")
+            [run] = fleet.received("nx-expert")
+            say(
+                f"  nx-expert received: channel={run.body['channel']!r} to={run.body['to']!r} key={run.idempotency_key}"
+            )
+
+            say('\n$ delegate.sh manager "Approve the budget"   (tech-lead\'s skill, through the loopback API)')
+            try:
+                await services.delegation.delegate(TECH_LEAD, "manager", "Approve the budget")
+            except NotAllowed as refused:
+                say(f"  → refused: {refused}")
+
+            say('\n/delegate agent:webster instruction:"Find the CTE of Zerodur Class 0"   (webster is restarting)')
+            await fleet.take_down(LEGACY)
+            queued = (await services.delegation.delegate(ANTOINE, "webster", "Find the CTE of Zerodur Class 0",
+                                                         origin=technical)).delegation  # fmt: skip
+            assert queued is not None
+            say(f"  → {outcome(queued)}")
+            await fleet.bring_up(LEGACY)
+            await services.delegation.recover()
+            await services.store.execute(
+                "UPDATE delegations SET next_attempt_at = created_at WHERE id = ?", (queued.id,)
+            )  # the demo does not wait out the backoff
+            await services.delegation.process_due()
+            delivered = await services.delegation.get(queued.id)
+            say(f"  → later, in the same conversation: delivered to webster (runId {delivered.run_id})")
+            say(f"  webster ran it {len(fleet.received('webster'))} time(s)")
     return 0

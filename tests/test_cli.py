@@ -146,6 +146,11 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert code == 0, err
     assert "$ atomizer-hq status" in out
     assert "8 agents: 6 ready, 2 down" in out
+    assert "→ accepted by nx-expert: D-1, runId " in out
+    assert "to='channel:100000000000000101'" in out
+    assert "→ refused: tech-lead may not delegate to manager" in out
+    assert "→ queued: webster is unavailable (connection refused" in out
+    assert "delivered to webster (runId " in out and "webster ran it 1 time(s)" in out
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
 
 
