@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint run simulate check-config bench clean
+.PHONY: demo test test-openclaw lint run simulate check-config bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ test: $(STAMP)  ## ruff + the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Opt-in, not part of `make test`: Node 24 and both OpenClaw releases from npm into a cache outside the repo
+# (about 2 GB; ATOMIZER_OPENCLAW_CACHE moves it), then the client's contract tests against real gateways.
+test-openclaw: $(STAMP)  ## the gateway client and a delegation against real OpenClaw 2026.9.6 and 2026.2.12
+	export ATOMIZER_OPENCLAW_CACHE="$${ATOMIZER_OPENCLAW_CACHE:-$$HOME/.cache/atomizer-hq/openclaw}" && \
+	bash scripts/openclaw-install.sh && \
+	$(BIN)/python -m pytest tests/conformance -p no:cacheprovider -o addopts= -v -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
