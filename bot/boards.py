@@ -8,9 +8,13 @@ Discord side is a `BoardPublisher`: three calls, so tests and the demo can use a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -183,3 +187,68 @@ class LiveBoard:
         except MessageGone:
             pass
         await self.store.execute("DELETE FROM board_messages WHERE board = ? AND part = ?", (self.name, part))
+
+
+Sleep = Callable[[float], Awaitable[None]]
+Monotonic = Callable[[], float]
+
+
+class CoalescedBoard:
+    """Redraws a LiveBoard at most once per `min_interval_s`, always with the latest state.
+
+    `request()` is cheap and never waits: a burst of a thousand changes gives one redraw now and one
+    when the interval is over, each rendered from the database at that moment, so the last state is
+    always what the board ends on. `sleep` and `monotonic` are injectable so tests control time.
+    """
+
+    def __init__(
+        self,
+        board: LiveBoard,
+        render: Callable[[], Awaitable[list[BoardContent]]],
+        *,
+        min_interval_s: float = 2.0,
+        sleep: Sleep = asyncio.sleep,
+        monotonic: Monotonic = time.monotonic,
+    ) -> None:
+        self.board = board
+        self._render = render
+        self._interval = min_interval_s
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._dirty = False
+        self._last: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.redraws = 0
+
+    def request(self) -> None:
+        self._dirty = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name=f"board-{self.board.name}")
+
+    async def _drain(self) -> None:
+        while self._dirty:
+            if self._last is not None:
+                wait = self._last + self._interval - self._monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+            self._dirty = False
+            try:
+                await self.board.show(await self._render())
+                self.redraws += 1
+            except Exception:  # Discord down, rate limited...: try again on the next interval
+                log.exception("board %s: redraw failed; retrying", self.board.name)
+                self._dirty = True
+            finally:
+                # Counted from when the edits were made, so two edits of a message are never closer.
+                self._last = self._monotonic()
+
+    async def settle(self) -> None:
+        """Wait until every requested redraw is done (tests, shutdown)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -14,7 +14,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
@@ -141,6 +141,14 @@ class DelegationResult:
         return self.delegation is None
 
 
+class TaskLink(Protocol):
+    """What delegation needs of the task board (`/delegate … task:T-42`)."""
+
+    async def require_task_ref(self, text: str) -> str: ...
+
+    async def delegation_accepted(self, task_ref: str, agent: str, delegation_id: str, requester: Requester) -> Any: ...
+
+
 class DelegationService:
     """Decides, records, sends and retries delegations; shared by every front end."""
 
@@ -153,6 +161,7 @@ class DelegationService:
         clock: Clock = utcnow,
         retry_window_s: float = 600.0,
         directory: GuildDirectory | None = None,
+        tasks: TaskLink | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -161,6 +170,7 @@ class DelegationService:
         self.retry_window = timedelta(seconds=retry_window_s)
         self.directory: GuildDirectory = directory or StaticDirectory.from_config(config)
         self.changed = asyncio.Condition()  # notified whenever a delegation's status changes
+        self._tasks = tasks
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -210,9 +220,10 @@ class DelegationService:
         if dry_run:
             name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
             return DelegationResult(self.authorize(requester, name), hook.body())
-        name, text, delivery, _, decision = await self._checked(requester, agent, message, target, deliver, origin,
-                                                                directory)  # fmt: skip
-        delegation = await self._record(requester, name, text, deliver, delivery, task, decision)
+        checked = await self._checked(requester, agent, message, target, deliver, origin, directory)
+        name, text, delivery, _, decision = checked
+        task_ref = await self._task_ref(task)
+        delegation = await self._record(requester, name, text, deliver, delivery, task_ref, decision)
         delegation = await self._attempt(delegation)
         return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
 
@@ -272,6 +283,13 @@ class DelegationService:
                 f"{HOOK_BODY_LIMIT:,}; shorten it by at least {size - HOOK_BODY_LIMIT:,} bytes"
             )
         return name, text, delivery, hook
+
+    async def _task_ref(self, task: str | None) -> str | None:
+        if task is None or not task.strip():
+            return None
+        if self._tasks is None:
+            raise InvalidInput("this atomizer-hq has no task board to link a delegation to")
+        return await self._tasks.require_task_ref(task)
 
     def _resolve_target(self, target: str | None, origin: str | None, directory: GuildDirectory | None) -> str:
         normalizer = TargetNormalizer(self._config, directory or self.directory)
@@ -537,7 +555,27 @@ class DelegationService:
         )
         if status != "accepted":
             log.warning("delegation %s to %s %s: %s", delegation.display_id, delegation.agent, status, error)
+        elif delegation.task and self._tasks is not None:
+            await self._link_task(delegation)
         return await self._changed(delegation.id)
+
+    async def _link_task(self, delegation: Delegation) -> None:
+        """The task follows its delegation: assigned to the agent, in progress (by whoever delegated)."""
+        requester = Requester(
+            kind=delegation.requester_kind,  # type: ignore[arg-type]
+            name=delegation.requester,
+            front_end=delegation.front_end,  # type: ignore[arg-type]
+            user_id=delegation.requester_user_id,
+            via=delegation.via,
+        )
+        try:
+            assert self._tasks is not None
+            await self._tasks.delegation_accepted(
+                delegation.task or "", delegation.agent, delegation.display_id, requester
+            )
+        except AtomizerError as exc:  # the delegation stands; the board just could not follow
+            log.warning("delegation %s accepted, but task %s was not updated: %s", delegation.display_id,
+                        delegation.task, exc)  # fmt: skip
 
     async def _expire(self, now: datetime) -> None:
         expired = await self._store.update(

@@ -347,6 +347,14 @@ def _interpret(agent: str, response: httpx.Response, latency: float) -> _Answer:
         raise AgentUnavailable(agent, f"the gateway failed (HTTP {status}): {snippet}", sent=True)
     if status == 404:
         raise HookRejected(agent, status, "hooks are disabled on this gateway (hooks.enabled) or hooks.path differs")
+    if status == 400 and gateway_error.startswith("channel must be last"):
+        # Measured on real gateways: "discord" is refused like this when the Discord channel plugin is not loaded.
+        raise HookRejected(
+            agent,
+            status,
+            f"{gateway_error} (the gateway has no Discord channel plugin loaded: on 2026.2.x set "
+            "plugins.entries.discord.enabled, on 2026.9.x run `openclaw plugins install npm:@openclaw/discord`)",
+        )
     raise HookRejected(agent, status, gateway_error)
 
 

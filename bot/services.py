@@ -21,6 +21,8 @@ from bot.gateway import GatewayClient
 from bot.monitor import MonitorPolicy, StatusMonitor
 from bot.settings import Settings
 from bot.store import Store
+from bot.systemd import SystemdUnits
+from bot.taskboard import TaskBoard
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Services:
     cluster: ClusterService
     delegation: DelegationService
     monitor: StatusMonitor
+    tasks: TaskBoard
+    systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
 
@@ -48,6 +52,7 @@ async def open_services(
         async with GatewayClient.make_http_client(config.gateway) as http:
             gateway = GatewayClient(http, settings.hooks_token_for, config.gateway)
             cluster = ClusterService(config, gateway)
+            tasks = TaskBoard(config, store)
             yield Services(
                 settings=settings,
                 config=config,
@@ -55,8 +60,10 @@ async def open_services(
                 http=http,
                 gateway=gateway,
                 cluster=cluster,
-                delegation=DelegationService(config, store, gateway),
+                delegation=DelegationService(config, store, gateway, tasks=tasks),
                 monitor=StatusMonitor(config, store, cluster, policy=monitor_policy(config)),
+                tasks=tasks,
+                systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
             )
     finally:

@@ -1,0 +1,253 @@
+"""The task board's core: rules, history, conflicts, the #task-board grammar, the coalesced board."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from bot.authz import AccessLevel, Requester
+from bot.boards import CoalescedBoard, LiveBoard
+from bot.config import ClusterConfig
+from bot.errors import InvalidInput, InvalidTarget, NotAllowed
+from bot.store import Store
+from bot.task_grammar import BoardCommand, NotUnderstood, apply_board_message, parse_board_message
+from bot.task_view import task_board
+from bot.taskboard import TaskBoard, TaskConflict, UnknownTask
+from tests.boards_fake import MemoryChannelPublisher
+from tests.clocks import FakeClock
+
+OPERATOR = Requester(kind="person", name="antoine", front_end="discord", level=AccessLevel.OPERATOR, user_id="1" * 18)
+VIEWER = Requester(kind="person", name="visitor", front_end="discord", level=AccessLevel.VIEWER)
+
+
+def agent(name: str, front_end: str = "task-board") -> Requester:
+    return Requester(kind="agent", name=name, front_end=front_end)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def board(tmp_path: Path, shipped_config: ClusterConfig) -> AsyncIterator[TaskBoard]:
+    async with Store(tmp_path / "atomizer.db") as store:
+        yield TaskBoard(shipped_config, store, clock=FakeClock())
+
+
+async def test_a_task_has_a_short_id_and_a_history_of_every_change(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Mesh the M2 mirror", assignee="nx-expert", priority="high", due="+2d")
+    assert (task.display_id, task.status, task.assignee_text, task.priority, task.due) == (
+        "T-1", "todo", "nx-expert", "high", "2026-11-27",
+    )  # fmt: skip
+    await board.move(agent("nx-expert"), "T-1", "in_progress")
+    await board.block(agent("nx-expert"), "t1", "waiting for the NX licence")
+    await board.done(OPERATOR, 1, "meshed, 42k elements")
+    detail = await board.show("T-1")
+    assert detail.task.status == "done" and detail.task.version == 4
+    assert [e.describe() for e in detail.history] == [
+        "T-1 created by antoine: Mesh the M2 mirror (discord)",
+        "T-1 todo → in_progress by nx-expert (task-board)",
+        "T-1 in_progress → blocked by nx-expert: waiting for the NX licence (task-board)",
+        "T-1 blocked → done by antoine: meshed, 42k elements (discord)",
+    ]
+
+
+async def test_who_may_do_what(board: TaskBoard) -> None:
+    with pytest.raises(NotAllowed, match="creating tasks needs the operator level"):
+        await board.add(VIEWER, "Anything")
+    own = await board.add(agent("manager", "api"), "Review thermal analysis", assignee="auditor")  # agents create
+    other = await board.add(OPERATOR, "Tune the optimizer", assignee="optimizer")
+    await board.move(agent("auditor"), own.id, "in_progress")  # its own task
+    with pytest.raises(NotAllowed, match="auditor may change only tasks assigned to it; T-2 is assigned to optimizer"):
+        await board.move(agent("auditor"), other.id, "done")
+    with pytest.raises(NotAllowed, match="changing tasks needs the operator level"):
+        await board.move(VIEWER, other.id, "done")
+    assert (await board.get(other.id)).status == "todo"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda b: b.add(OPERATOR, "  \u200b "), InvalidInput, "the title is empty"),
+        (lambda b: b.add(OPERATOR, "x" * 201), InvalidInput, "at most 200"),
+        (lambda b: b.add(OPERATOR, "T", priority="asap"), InvalidInput, "unknown priority 'asap'"),
+        (lambda b: b.add(OPERATOR, "T", due="next week"), InvalidInput, "is not a due date"),
+        (lambda b: b.add(OPERATOR, "T", assignee="nx-exprt"), InvalidTarget, "nx-exprt"),
+        (lambda b: b.add(OPERATOR, "T", assignee="#task-board"), InvalidInput, "is a channel"),
+        (lambda b: b.move(OPERATOR, "T-99", "done"), UnknownTask, "no task T-99"),
+        (lambda b: b.move(OPERATOR, "X-1", "done"), InvalidInput, "not a task id"),
+        (lambda b: b.block(OPERATOR, "T-1", " "), InvalidInput, "say why the task is blocked"),
+    ],
+)
+async def test_bad_input_is_refused_clearly(board: TaskBoard, call, error: type[Exception], message: str) -> None:
+    await board.add(OPERATOR, "Existing")
+    with pytest.raises(error, match=message):
+        await call(board)
+
+
+async def test_a_stale_update_is_a_conflict_never_a_silent_overwrite(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Mesh", assignee="nx-expert")
+    read_by_button = task.version
+    await board.done(agent("nx-expert"), task.id, "finished")  # meanwhile, from #task-board
+    with pytest.raises(TaskConflict, match=r"T-1 changed since you read it .* now 2: done, nx-expert"):
+        await board.move(OPERATOR, task.id, "in_progress", expected_version=read_by_button)
+    assert (await board.get(task.id)).status == "done"
+
+
+async def test_concurrent_writers_from_several_front_ends_lose_nothing(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Shared", assignee="nx-expert")
+    writers = [
+        board.move(agent("nx-expert"), task.id, status) for status in ("in_progress", "review", "in_progress") * 10
+    ] + [board.assign(OPERATOR, task.id, "nx-expert", note=f"n{i}") for i in range(10)]
+    await asyncio.gather(*writers)
+    detail = await board.show(task.id, history_limit=100)
+    assert detail.task.version == 1 + 40
+    assert len(detail.history) == 41  # every write is in the history, none lost
+
+
+async def test_a_user_can_be_an_assignee(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Sign off", assignee="<@100000000000000777>")
+    assert (task.assignee_kind, task.assignee) == ("user", "100000000000000777")
+    assert [t.id for t in await board.list(assignee="user:100000000000000777")] == [task.id]
+
+
+# --- the #task-board grammar --------------------------------------------------------------------
+
+GRAMMAR_TABLE: list[tuple[str, BoardCommand | str | None]] = [
+    ("T-12 done: meshed, 42k elements", BoardCommand("move", 12, "done", "meshed, 42k elements")),
+    ("T-12 done", BoardCommand("move", 12, "done")),
+    ("t12 DONE - meshed", BoardCommand("move", 12, "done", "meshed")),
+    ("**T-12** done: ok", BoardCommand("move", 12, "done", "ok")),
+    ("✅ T-12 done", BoardCommand("move", 12, "done")),
+    ("- T-12 finished — all good", BoardCommand("move", 12, "done", "all good")),
+    ("T-42 blocked: waiting for the NX licence", BoardCommand("move", 42, "blocked", "waiting for the NX licence")),
+    ("T-42 blocked", "Say why T-42 is blocked"),
+    ("T-42 in progress", BoardCommand("move", 42, "in_progress")),
+    ("T-42 in_progress: starting the mesh", BoardCommand("move", 42, "in_progress", "starting the mesh")),
+    ("T 42 started", BoardCommand("move", 42, "in_progress")),
+    ("T-42 → review", BoardCommand("move", 42, "review")),
+    ("T-42 review - ready for a look", BoardCommand("move", 42, "review", "ready for a look")),
+    ("T-42 cancelled: duplicate of T-41", BoardCommand("move", 42, "cancelled", "duplicate of T-41")),
+    ("T-42 reopen", BoardCommand("move", 42, "todo")),
+    ("T-42 assign @auditor", BoardCommand("assign", 42, assignee="auditor")),
+    ("T-42 assigned to webster", BoardCommand("assign", 42, assignee="webster")),
+    ("new task: Review thermal analysis @auditor !high",
+     BoardCommand("create", title="Review thermal analysis", assignee="auditor", priority="high")),
+    ("New Task - Check CTE data due:2026-12-01",
+     BoardCommand("create", title="Check CTE data", due="2026-12-01")),
+    ("task: Rerun the study !urgent @study-builder",
+     BoardCommand("create", title="Rerun the study", assignee="study-builder", priority="urgent")),
+    ("new task:   ", "A new task needs a title"),
+    ("T-42 maybe later", "I couldn't tell what to do with T-42"),
+    ("T-42", "I couldn't tell what to do with T-42"),
+    ("Good morning everyone!", None),
+    ("I think T-42 is nearly there", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), GRAMMAR_TABLE, ids=[t for t, _ in GRAMMAR_TABLE])
+def test_the_grammar_reads_clean_and_sloppy_messages(text: str, expected: BoardCommand | str | None) -> None:
+    parsed = parse_board_message(text)
+    if isinstance(expected, str):
+        assert isinstance(parsed, NotUnderstood) and expected in parsed.hint
+    else:
+        assert parsed == expected
+
+
+async def test_agent_messages_are_applied_as_the_api_would_and_always_answered(board: TaskBoard) -> None:
+    await board.add(OPERATOR, "Mesh the M2 mirror", assignee="nx-expert")
+    await board.add(OPERATOR, "Tune", assignee="optimizer")
+    nx = agent("nx-expert")
+    cases = [
+        ("T-1 in progress", True, "T-1 → in_progress"),
+        ("T-1 done: meshed, 42k elements", True, "T-1 → done"),
+        ("T-2 done", False, "nx-expert may change only tasks assigned to it"),
+        ("T-9 done", False, "no task T-9"),
+        ("new task: Check the mesh quality @auditor !high", True, "T-3 created: Check the mesh quality (auditor)"),
+        ("hello board", False, "I couldn't read that as a board update"),
+        ("T-1 blocked", False, "Say why T-1 is blocked"),
+    ]
+    for text, applied, reply in cases:
+        outcome = await apply_board_message(board, nx, text)
+        assert (outcome.applied, reply in (outcome.reply or "")) == (applied, True), (text, outcome)
+    # A person's ordinary talk is left alone; an operator using the grammar is applied.
+    assert (await apply_board_message(board, OPERATOR, "nice work all")).reply is None
+    assert (await apply_board_message(board, OPERATOR, "T-2 done")).applied
+    history = (await board.show("T-1")).history
+    assert [e.front_end for e in history[1:]] == ["task-board", "task-board"]
+
+
+# --- the coalesced live board ------------------------------------------------------------------
+
+
+class FakeTime:
+    """monotonic() and sleep() on a clock that only the test moves: sleepers wake when it passes their time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._moved = asyncio.Condition()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        until = self.now + seconds
+        async with self._moved:
+            await self._moved.wait_for(lambda: self.now >= until)
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        async with self._moved:
+            self._moved.notify_all()
+        for _ in range(5):  # let woken sleepers run their redraw
+            await asyncio.sleep(0)
+
+
+async def test_a_burst_of_updates_gives_at_most_one_edit_per_message_per_2_s_and_ends_on_the_last_state(
+    board: TaskBoard, tmp_path: Path
+) -> None:
+    clock = FakeTime()
+    channel = MemoryChannelPublisher()
+    store = board._store
+
+    async def render():
+        return task_board(await board.list(open_only=True, limit=100), await board.count(open_only=True),
+                          board._clock().date())  # fmt: skip
+
+    live = CoalescedBoard(LiveBoard("tasks", "100000000000000102", store, channel), render, sleep=clock.sleep,
+                          monotonic=clock.monotonic)  # fmt: skip
+    board.add_listener(lambda task, event: _request(live))
+    edits_at: list[float] = []
+    original_edit = channel.edit
+
+    async def timed_edit(channel_id: str, message_id: str, content) -> None:
+        edits_at.append(clock.now)
+        await original_edit(channel_id, message_id, content)
+
+    channel.edit = timed_edit  # type: ignore[method-assign]
+    agents = ["manager", "tech-lead", "secretary", "auditor", "optimizer", "study-builder", "nx-expert", "webster"]
+    for name in agents:
+        await board.add(OPERATOR, f"Work for {name}", assignee=name)
+    for round_number in range(125):  # 1,000 updates from 8 agents within 10 s (one round every 80 ms)
+        for index, name in enumerate(agents):
+            status = ("in_progress", "review", "blocked", "todo")[(round_number + index) % 4]
+            await board.move(agent(name), index + 1, status, note="because" if status == "blocked" else None)
+        await clock.advance(0.08)
+    for _ in range(3):
+        await clock.advance(2.0)
+    await live.settle()
+    per_message: dict[str, list[float]] = {}
+    for (_, message_id), at in zip([c for c in channel.calls if c[0] == "edit"], edits_at, strict=True):
+        per_message.setdefault(message_id, []).append(at)
+    for times in per_message.values():
+        gaps = [round(b - a, 6) for a, b in pairwise(times)]
+        assert min(gaps) >= 2.0, gaps
+    assert live.redraws <= 10 / 2 + 2  # one now, then one per 2 s (not 1,008)
+    [(_, shown)] = channel.messages.values()
+    final = {f.name.split()[1]: f.value.split(" · ")[0] for f in shown.fields}
+    expected = {t.display_id: t.status.replace("_", " ") for t in await board.list(open_only=True)}
+    assert final == expected
+
+
+async def _request(live: CoalescedBoard) -> None:
+    live.request()
