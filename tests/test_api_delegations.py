@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bot.api import LoopbackApi
+from bot.authz import AccessLevel, Requester
 from bot.config import HOOK_BODY_LIMIT
 from bot.services import Services
 from bot.settings import HUMAN_IDENTITIES, Settings
@@ -17,7 +18,8 @@ from bot.simulator import SimulatedFleet
 from tests.conftest import API_TOKENS, ServicesOnFleet
 from tests.test_api import assert_error
 
-TECHNICAL = "channel:100000000000000101"  # channels.technical in the shipped config: the default target
+TECHNICAL = "channel:100000000000000101"
+OPERATOR = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR)  # channels.technical in the shipped config: the default target
 
 
 @dataclass
@@ -228,11 +230,17 @@ async def test_bad_target_is_400(hq: Hq, target: str) -> None:
     assert await hq.stored() == []
 
 
+async def test_a_delegation_for_an_unknown_task_is_refused(hq: Hq) -> None:
+    assert_error(await hq.delegate("manager", "nx-expert", task="T-404"), 404, "unknown_task")
+    assert hq.fleet.received() == []
+
+
 async def test_no_deliver_sends_neither_channel_nor_to(hq: Hq) -> None:
-    response = await hq.delegate("manager", "nx-expert", deliver=False, target="#task-board", task="T-12")
+    await hq.services.tasks.add(OPERATOR, "Mesh the M2 mirror")
+    response = await hq.delegate("manager", "nx-expert", deliver=False, target="#task-board", task="t1")
     assert response.status_code == 202, response.text
     body = response.json()
-    assert (body["deliver"], body["target"], body["task"]) == (False, None, "T-12")
+    assert (body["deliver"], body["target"], body["task"]) == (False, None, "T-1")
     [hook] = hq.fleet.received("nx-expert")
     assert hook.body["deliver"] is False
     assert "channel" not in hook.body and "to" not in hook.body
@@ -269,7 +277,8 @@ async def test_dry_run_of_a_refusal_says_why(hq: Hq) -> None:
 
 
 async def test_the_record_is_the_services_record(hq: Hq) -> None:
-    created = (await hq.delegate("manager", "nx-expert", task="T-12")).json()
+    await hq.services.tasks.add(OPERATOR, "Mesh the M2 mirror")
+    created = (await hq.delegate("manager", "nx-expert", task="T-1")).json()
     record = (await hq.services.delegation.get(created["id"])).to_dict()
     assert created.pop("decision")["allowed"] is True
     assert created == record

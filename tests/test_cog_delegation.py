@@ -187,9 +187,11 @@ def person(level: AccessLevel, name: str) -> Requester:
 
 async def test_an_operator_delegates_and_the_answer_is_routed_back_to_the_channel(launch: Launcher) -> None:
     rig = await launch()
-
+    operator = Requester(kind="person", name="antoine", front_end="discord", level=AccessLevel.OPERATOR)
+    for title in ("First", "Second"):
+        await rig.services.tasks.add(operator, title)
     calls = await rig.delegate(
-        rig.member(AccessLevel.OPERATOR, "Antoine"), agent="nx-expert", instruction="Mesh the M2 mirror", task="T-12"
+        rig.member(AccessLevel.OPERATOR, "Antoine"), agent="nx-expert", instruction="Mesh the M2 mirror", task="T-2"
     )
 
     assert shape(calls) == [("callback", 5), ("followup", None)]
@@ -201,12 +203,16 @@ async def test_an_operator_delegates_and_the_answer_is_routed_back_to_the_channe
     assert fields["Outcome"] == "accepted" and fields["Agent"] == "nx-expert" and fields["Delegation"] == "D-1"
     assert fields["runId"] == f"`{run.run_id}`"
     assert fields["Latency"].endswith(" s") and f"channel:{rig.channel.id}" in fields["Target"]
-    assert fields["Task"] == "T-12"
+    assert fields["Task"] == "T-2"
     assert "accepted" in (calls[1].embeds[0].description or "")
     assert calls[1].allowed_mentions == NO_MENTIONS
     [stored] = await rig.services.delegation.recent()
-    assert (stored.requester, stored.front_end, stored.task) == ("Antoine", "discord", "T-12")
+    assert (stored.requester, stored.front_end, stored.task) == ("Antoine", "discord", "T-2")
     assert rig.fleet.received() == [run]  # exactly one run, at nx-expert
+    # The task follows its delegation: assigned to nx-expert and in progress, with the delegation listed.
+    detail = await rig.services.tasks.show("T-2")
+    assert (detail.task.status, detail.task.assignee_text) == ("in_progress", "nx-expert")
+    assert [d["id"] for d in detail.delegations] == ["D-1"]
 
 
 async def test_an_explicit_target_and_no_delivery_reach_the_hook(launch: Launcher) -> None:
