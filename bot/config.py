@@ -123,6 +123,21 @@ class MonitorConfig(_Strict):
     board_channel: str = "it_ops"
 
 
+class TaskBoardConfig(_Strict):
+    """The task board: where its live board lives, how often it may be edited, the agents' shared log."""
+
+    board_channel: str = "task_board"  # a channel role from [channels]; agents post their updates there too
+    min_edit_interval_s: float = Field(default=2.0, ge=1.0)  # coalescing: at most one edit per message per interval
+    project_log: str | None = None  # append each task event to this file (the agents' shared project_log.md)
+
+    @field_validator("project_log")
+    @classmethod
+    def _project_log(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise PydanticCustomError("project_log", "empty path; leave project_log out to disable it")
+        return value
+
+
 class SystemdConfig(_Strict):
     """How `atomizer-hq cluster` and /cluster drive the agents' systemd units: command prefixes, never a shell."""
 
@@ -178,6 +193,7 @@ class ClusterConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    taskboard: TaskBoardConfig = Field(default_factory=TaskBoardConfig)
     heartbeat: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("roles", mode="before")
@@ -329,10 +345,10 @@ def semantic_problems(config: ClusterConfig) -> list[str]:
                     f"agents.{agent.name}.delegates_to: an agent never delegates to itself; remove {target!r}"
                 )
 
-    for key in ("alerts_channel", "board_channel"):
-        role = getattr(config.monitor, key)
+    for section, key in (("monitor", "alerts_channel"), ("monitor", "board_channel"), ("taskboard", "board_channel")):
+        role = getattr(getattr(config, section), key)
         if role not in CHANNEL_ROLES:
-            problems.append(f"monitor.{key}: unknown channel role {role!r}; valid: {', '.join(CHANNEL_ROLES)}")
+            problems.append(f"{section}.{key}: unknown channel role {role!r}; valid: {', '.join(CHANNEL_ROLES)}")
     for role in config.channels:
         if role not in CHANNEL_ROLES:
             problems.append(f"channels.{role}: unknown channel role; valid: {', '.join(CHANNEL_ROLES)}")
