@@ -18,8 +18,8 @@ from bot.simulator import SimulatedFleet
 from tests.conftest import API_TOKENS, ServicesOnFleet
 from tests.test_api import assert_error
 
-TECHNICAL = "channel:100000000000000101"
-OPERATOR = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR)  # channels.technical in the shipped config: the default target
+TECHNICAL = "channel:100000000000000101"  # channels.technical in the shipped config: the default target
+OPERATOR = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR)
 
 
 @dataclass
