@@ -138,6 +138,118 @@ class TaskBoardConfig(_Strict):
         return value
 
 
+DEFAULT_HEARTBEAT_PROMPT = (
+    "Heartbeat from atomizer-hq: check HEARTBEAT.md, your inbox and your open tasks. Report anything that "
+    "needs attention; if nothing does, reply HEARTBEAT_OK."
+)
+
+
+def _duration(value: Any) -> float:
+    """Durations in config are text like "30m"; reuse the one parser every front end uses."""
+    from bot.clock import parse_duration
+    from bot.errors import InvalidInput
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return parse_duration(str(value))
+    except InvalidInput as exc:
+        raise PydanticCustomError("duration", "{message}", {"message": str(exc)}) from None
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _timezone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "timezone",
+            "{value} is not a time zone; use an IANA name such as 'Europe/Paris' or 'UTC'",
+            {"value": repr(value)},
+        ) from None
+    return value
+
+
+def _hhmm(value: str) -> str:
+    if not _HHMM.match(value):
+        raise PydanticCustomError(
+            "hhmm", "{value} is not a time of day; write HH:MM, e.g. '08:30'", {"value": repr(value)}
+        )
+    return value
+
+
+class ActiveHours(_Strict):
+    start: Annotated[str, BeforeValidator(_hhmm)] = "00:00"
+    end: Annotated[str, BeforeValidator(_hhmm)] = "23:59"
+    timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
+
+
+class HeartbeatJob(_Strict):
+    """`[heartbeat.<agent>]`: a heartbeat atomizer-hq sends (every/cron), or one it expects (expect_every)."""
+
+    every: Duration | None = None
+    cron: str | None = None
+    expect_every: Duration | None = None  # the agent sends its own: alert when none is seen for this + grace
+    active_hours: ActiveHours | None = None
+    jitter: Duration = 0.0
+    prompt: str = DEFAULT_HEARTBEAT_PROMPT
+    to: str = "daily_standup"  # a channel role, or any delivery target
+    method: Literal["agent", "wake"] = "agent"
+    wait_for_completion: bool = True
+    completion_timeout: Duration = 120.0
+    missed: Literal["skip", "catch_up_once"] = "skip"
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from bot.heartbeat import crontab_trigger
+
+        try:
+            if len(value.split()) != 5:
+                raise ValueError("wrong number of fields")
+            crontab_trigger(value, "UTC")
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "cron",
+                "{value} is not a crontab expression ({error}); write 5 fields, e.g. '0 9 * * 1-5'",
+                {"value": repr(value), "error": str(exc)},
+            ) from None
+        return value
+
+    @property
+    def sends(self) -> bool:
+        return self.every is not None or self.cron is not None
+
+    def schedule_problems(self) -> list[str]:
+        chosen = [k for k in ("every", "cron", "expect_every") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            return ["give exactly one of every (e.g. '30m'), cron (e.g. '0 9 * * *') or expect_every"]
+        if self.every is not None and self.every < 60:
+            return ["every must be at least 1 minute"]
+        return []
+
+
+class HeartbeatsConfig(_Strict):
+    """`[heartbeats]`: what applies to every heartbeat, and the daily standup."""
+
+    failures_alert: int = Field(default=3, ge=1)  # the dead-man's switch: consecutive failed runs
+    misfire_grace: Duration = 60.0  # a slot this late still runs on time; older ones are missed
+    seen_grace: Duration = 600.0
+    tick: Duration = 15.0
+    lease_ttl: Duration = 60.0
+    standup_time: Annotated[str, BeforeValidator(_hhmm)] = "09:00"
+    standup_timezone: Annotated[str, BeforeValidator(_timezone)] = "UTC"
+    standup_channel: str = "daily_standup"
+
+
 class SystemdConfig(_Strict):
     """How `atomizer-hq cluster` and /cluster drive the agents' systemd units: command prefixes, never a shell."""
 
@@ -194,7 +306,8 @@ class ClusterConfig(_Strict):
     systemd: SystemdConfig = Field(default_factory=SystemdConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     taskboard: TaskBoardConfig = Field(default_factory=TaskBoardConfig)
-    heartbeat: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    heartbeat: dict[str, HeartbeatJob] = Field(default_factory=dict)
+    heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -352,7 +465,9 @@ def semantic_problems(config: ClusterConfig) -> list[str]:
     for role in config.channels:
         if role not in CHANNEL_ROLES:
             problems.append(f"channels.{role}: unknown channel role; valid: {', '.join(CHANNEL_ROLES)}")
-    for agent_name in config.heartbeat:
+    for agent_name, job in config.heartbeat.items():
+        for problem in job.schedule_problems():
+            problems.append(f"heartbeat.{agent_name}: {problem}")
         if agent_name not in names:
             problems.append(f"heartbeat.{agent_name}: unknown agent; valid: {_names(names)}")
     return problems
