@@ -1,0 +1,147 @@
+"""The daily standup: one message in #daily-standup about the last 24 hours, agent by agent.
+
+Everything comes from what the other services recorded (the monitor's history, heartbeat runs,
+delegations, tasks), so the standup is a read of the database, never a probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from bot.boards import TOTAL_MAX, BoardContent, BoardField, paginate
+from bot.clock import iso
+from bot.config import ClusterConfig
+from bot.monitor import StatusMonitor
+from bot.store import Store
+
+STATE_ICON = {"ready": "🟢", "starting": "🟡", "degraded": "🟠", "down": "🔴", "foreign": "🟣"}
+MAX_EMBEDS = 10  # per message
+
+
+@dataclass
+class AgentDay:
+    agent: str
+    state: str = "unknown"
+    uptime: float | None = None
+    heartbeats: dict[str, int] = field(default_factory=dict)  # ok / failed / skipped
+    skipped_slots: list[str] = field(default_factory=list)
+    delegations: dict[str, int] = field(default_factory=dict)  # received / accepted / failed
+    tasks: dict[str, int] = field(default_factory=dict)  # done (24 h) / in_progress / blocked / overdue
+
+
+@dataclass
+class StandupReport:
+    day_ending: datetime
+    agents: list[AgentDay]
+
+    def total(self, section: str, key: str) -> int:
+        return sum(getattr(a, section).get(key, 0) for a in self.agents)
+
+
+async def collect_standup(config: ClusterConfig, store: Store, monitor: StatusMonitor, now: datetime) -> StandupReport:
+    since = iso(now - timedelta(days=1))
+    days = {a.name: AgentDay(a.name) for a in config.agents}
+    for row in await store.fetchall("SELECT agent, observed FROM agent_health"):
+        if row["agent"] in days:
+            days[row["agent"]].state = row["observed"]
+    for name, day in days.items():
+        day.uptime = await monitor.uptime(name, 86_400)
+    for row in await store.fetchall(
+        "SELECT agent, status, slot FROM heartbeat_runs WHERE slot >= ? AND slot <= ? ORDER BY slot", (since, iso(now))
+    ):
+        day = days.get(row["agent"])
+        if day is None or row["status"] == "running":
+            continue
+        kind = {"ok": "ok", "skipped": "skipped"}.get(row["status"], "failed")
+        day.heartbeats[kind] = day.heartbeats.get(kind, 0) + 1
+        if kind == "skipped":
+            day.skipped_slots.append(row["slot"][11:16])
+    for row in await store.fetchall(
+        "SELECT agent, status, count(*) AS n FROM delegations WHERE created_at >= ? GROUP BY agent, status", (since,)
+    ):
+        day = days.get(row["agent"])
+        if day is None:
+            continue
+        day.delegations["received"] = day.delegations.get("received", 0) + row["n"]
+        bucket = {"accepted": "accepted", "failed": "failed", "expired": "failed", "unconfirmed": "failed"}
+        if row["status"] in bucket:
+            key = bucket[row["status"]]
+            day.delegations[key] = day.delegations.get(key, 0) + row["n"]
+    today = now.date().isoformat()
+    for row in await store.fetchall(
+        "SELECT assignee, status, count(*) AS n, sum(CASE WHEN due < ? AND status IN "
+        "('todo', 'in_progress', 'blocked', 'review') THEN 1 ELSE 0 END) AS overdue, "
+        "sum(CASE WHEN status = 'done' AND updated_at >= ? THEN 1 ELSE 0 END) AS done_today "
+        "FROM tasks WHERE assignee_kind = 'agent' GROUP BY assignee, status",
+        (today, since),
+    ):
+        day = days.get(row["assignee"])
+        if day is None:
+            continue
+        if row["status"] in ("in_progress", "blocked"):
+            day.tasks[row["status"]] = day.tasks.get(row["status"], 0) + row["n"]
+        day.tasks["done"] = day.tasks.get("done", 0) + (row["done_today"] or 0)
+        day.tasks["overdue"] = day.tasks.get("overdue", 0) + (row["overdue"] or 0)
+    return StandupReport(now, list(days.values()))
+
+
+def _line(day: AgentDay) -> str:
+    hb, dl, tk = day.heartbeats, day.delegations, day.tasks
+    uptime = "-" if day.uptime is None else f"{day.uptime * 100:.1f} %"
+    parts = [
+        f"{day.state} · up {uptime}",
+        f"heartbeats {hb.get('ok', 0)} ok / {hb.get('failed', 0)} failed / {hb.get('skipped', 0)} skipped",
+        f"delegations {dl.get('received', 0)} in / {dl.get('accepted', 0)} accepted / {dl.get('failed', 0)} failed",
+        f"tasks {tk.get('done', 0)} done / {tk.get('in_progress', 0)} in progress / {tk.get('blocked', 0)} blocked",
+    ]
+    if tk.get("overdue"):
+        parts.append(f"**{tk['overdue']} overdue**")
+    line = "\n".join(parts)
+    if day.skipped_slots:
+        shown = ", ".join(day.skipped_slots[:6]) + (" …" if len(day.skipped_slots) > 6 else "")
+        line += f"\nskipped heartbeat slots (policy skip): {shown}"
+    return line
+
+
+def render_standup(report: StandupReport) -> list[BoardContent]:
+    """One message: as many embeds as the fleet needs (at most 10), within 6,000 characters in all."""
+    totals = (
+        f"{len(report.agents)} agents, {sum(1 for a in report.agents if a.state == 'ready')} ready · "
+        f"heartbeats {report.total('heartbeats', 'ok')} ok / {report.total('heartbeats', 'failed')} failed / "
+        f"{report.total('heartbeats', 'skipped')} skipped · delegations {report.total('delegations', 'received')} in / "
+        f"{report.total('delegations', 'accepted')} accepted · tasks {report.total('tasks', 'done')} done / "
+        f"{report.total('tasks', 'in_progress')} in progress / {report.total('tasks', 'blocked')} blocked"
+        + (f" · {report.total('tasks', 'overdue')} overdue" if report.total("tasks", "overdue") else "")
+    )
+    title = f"Daily standup · 24 h to {report.day_ending.strftime('%Y-%m-%d %H:%M UTC')}"
+    fields = [BoardField(f"{STATE_ICON.get(a.state, '⚪')} {a.agent}", _line(a), inline=True) for a in report.agents]
+    parts = paginate(title, fields, description=totals)
+    if sum(p.size() for p in parts) <= TOTAL_MAX and len(parts) <= MAX_EMBEDS:
+        return parts
+    # A big fleet: one compact line per agent so the whole standup stays one message.
+    compact = [
+        BoardField(f"{STATE_ICON.get(a.state, '⚪')} {a.agent}", _compact(a), inline=True) for a in report.agents
+    ]
+    return paginate(title, compact, description=totals)
+
+
+def _compact(day: AgentDay) -> str:
+    hb, dl, tk = day.heartbeats, day.delegations, day.tasks
+    uptime = "-" if day.uptime is None else f"{day.uptime * 100:.0f}%"
+    return (
+        f"↑{uptime} hb {hb.get('ok', 0)}/{hb.get('failed', 0)}/{hb.get('skipped', 0)} "
+        f"d {dl.get('received', 0)}/{dl.get('accepted', 0)} t {tk.get('done', 0)}/{tk.get('in_progress', 0)}/"
+        f"{tk.get('blocked', 0)}"
+    )
+
+
+def standup_text(parts: list[BoardContent]) -> str:
+    """The standup as plain text (`atomizer-hq standup`)."""
+    lines: list[str] = []
+    for part in parts:
+        lines += [part.title, part.description, ""] if part.description else [part.title, ""]
+        for item in part.fields:
+            lines.append(item.name)
+            lines += [f"  {line}" for line in item.value.replace("**", "").splitlines()]
+    return "\n".join(lines).rstrip()
