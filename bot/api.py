@@ -28,9 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.authz import Requester, api_requester
+from bot.cluster import FleetStatus
 from bot.delegation import Delegation, Status, parse_id
 from bot.errors import AtomizerError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from bot.gateway import ReadinessState
 from bot.services import Services
+from bot.status_view import AgentOverview, collect_overview, fleet_json
+from bot.taskboard import NOTE_MAX, Task, TaskBoard, TaskDetail, TaskEvent, clean_text, parse_status
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("bot.api.access")
@@ -204,6 +208,233 @@ class DelegationList(BaseModel):
     next_before: str | None
 
 
+# --- models of the status routes ---------------------------------------------------------------
+
+
+class AgentStatusOut(BaseModel):
+    """One agent: the probe, as `atomizer-hq status --json` shows it, and what the monitor's history adds."""
+
+    name: str
+    state: ReadinessState
+    port: int
+    model: str
+    latency_ms: float | None = Field(description="The probe's round trip; null when down.")
+    release: str | None = Field(description="The OpenClaw release from /startupz; null without health routes.")
+    health_routes: bool
+    failing: list[str] = Field(description="The readiness checks that failed, if any.")
+    detail: str
+    since: str | None = Field(description="When the monitor first saw the current state (ISO 8601, UTC).")
+    uptime_24h: float | None = Field(description="Fraction of the last 24 h up, over what the monitor observed.")
+    last_delegation: str | None = Field(description="The newest delegation to it: id, status, time.")
+    silenced_until: str | None = Field(description="Alerts for it are silenced until then.")
+
+
+class FleetStatusOut(BaseModel):
+    """Every configured agent, probed at once."""
+
+    agents: list[AgentStatusOut]
+    counts: dict[str, int] = Field(description="How many agents are in each state.")
+    took_ms: float = Field(description="How long the probe round took.")
+
+
+class TransitionOut(BaseModel):
+    at: str
+    from_state: str | None
+    to_state: str
+    detail: str | None
+
+
+class AgentStatusDetail(AgentStatusOut):
+    """One agent in full: its probe, uptime, the monitor's confirmed state and its recent transitions."""
+
+    uptime_7d: float | None
+    confirmed: str | None = Field(description="The state alerts are based on (after K failed probes).")
+    confirmed_since: str | None
+    silenced_by: str | None
+    transitions: list[TransitionOut] = Field(description="The latest observed state changes, newest first.")
+
+
+def _agents_out(fleet: FleetStatus, overview: list[AgentOverview]) -> list[dict[str, Any]]:
+    """`fleet_json`'s agents (the CLI's shape) joined with the overview, one dict per agent."""
+    by_name = {item.status.name: item for item in overview}
+    agents = []
+    for agent in fleet_json(fleet)["agents"]:
+        item = by_name[agent["name"]]
+        agents.append(
+            {
+                **agent,
+                "since": item.since,
+                "uptime_24h": item.uptime_24h,
+                "last_delegation": item.last_delegation,
+                "silenced_until": item.silenced_until,
+            }
+        )
+    return agents
+
+
+# --- models of the task routes -----------------------------------------------------------------
+
+
+class TaskIn(BaseModel):
+    """A new task. There is no field for who creates it: that is the bearer token's owner."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field must fail, not be dropped silently
+
+    title: str = Field(description="One line, at most 200 characters.")
+    assignee: str | None = Field(
+        default=None, description="An agent (nx-expert) or a person (@name, user:<id>, <@id>); default: nobody."
+    )
+    priority: str = Field(default="normal", description="low, normal, high or urgent.")
+    due: str | None = Field(default=None, description="YYYY-MM-DD, today, tomorrow, +3d or +2w.")
+    description: str | None = Field(default=None, description="Longer text, at most 2000 characters.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_claimed_identity(cls, data: Any) -> Any:
+        return _refuse_claimed_identity(data, "creator")
+
+
+class TaskPatch(BaseModel):
+    """A change to a task: a new status, a new assignee, or both (the status changes first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str | None = Field(
+        default=None, description="todo, in_progress, blocked, review, done or cancelled; blocked needs a note."
+    )
+    note: str | None = Field(default=None, description="Why: kept in the history; the reason when blocked.")
+    assignee: str | None = Field(
+        default=None, description="An agent or a person, as for a new task; null (sent explicitly) unassigns."
+    )
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The version you read: the change is refused with 409 if the task changed since. "
+        "Also accepted as an If-Match header.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_claimed_identity(cls, data: Any) -> Any:
+        return _refuse_claimed_identity(data, "actor")
+
+
+def _refuse_claimed_identity(data: Any, *extra: str) -> Any:
+    if isinstance(data, dict) and (claimed := sorted(IDENTITY_KEYS.union(extra).intersection(data))):
+        raise ValueError(
+            f"{', '.join(map(repr, claimed))}: the requester is whoever the bearer token belongs to; "
+            "remove the field, or call with that identity's token"
+        )
+    return data
+
+
+class TaskAssigneeOut(BaseModel):
+    kind: Literal["agent", "user"]
+    id: str = Field(description="The agent's name, or the person's Discord user id.")
+    label: str
+
+
+class TaskCreatorOut(BaseModel):
+    kind: Literal["person", "agent"]
+    name: str
+
+
+class TaskRecord(BaseModel):
+    """One task, field for field as `Task.to_dict()`: the shape every front end shows."""
+
+    id: str = Field(description="T-42")
+    title: str
+    description: str | None
+    status: str = Field(description="todo, in_progress, blocked, review, done or cancelled")
+    assignee: TaskAssigneeOut | None
+    priority: str = Field(description="low, normal, high or urgent")
+    due: str | None = Field(description="YYYY-MM-DD")
+    blocked_reason: str | None
+    creator: TaskCreatorOut
+    created_at: str
+    updated_at: str
+    version: int = Field(description="Goes up by one with every change; send it back to PATCH safely.")
+
+    @classmethod
+    def of(cls, task: Task) -> TaskRecord:
+        return cls.model_validate(task.to_dict())
+
+
+class TaskEventOut(BaseModel):
+    """One line of a task's history, oldest first."""
+
+    at: str
+    actor_kind: Literal["person", "agent"]
+    actor: str = Field(description="Who, with the admin who acted for an agent in parentheses.")
+    front_end: str = Field(description="discord, cli, api, task-board, ...")
+    action: str = Field(description="create, move or assign")
+    old_value: str | None
+    new_value: str | None
+    note: str | None
+    text: str = Field(description="The line as the board's history shows it.")
+
+    @classmethod
+    def of(cls, event: TaskEvent) -> TaskEventOut:
+        fields = {name: value for name, value in vars(event).items() if name != "task_id"}
+        return cls(**fields, text=event.describe())
+
+
+class TaskDelegationOut(BaseModel):
+    """A delegation made for this task (see GET /v1/delegations/{id})."""
+
+    id: str = Field(description="D-42")
+    agent: str
+    status: str
+    run_id: str | None
+    created_at: str
+
+
+class TaskDetailOut(TaskRecord):
+    """A task with its latest history (up to 20 events, oldest first) and the delegations made for it."""
+
+    history: list[TaskEventOut]
+    delegations: list[TaskDelegationOut]
+
+    @classmethod
+    def of_detail(cls, detail: TaskDetail) -> TaskDetailOut:
+        return cls(
+            **detail.task.to_dict(),
+            history=[TaskEventOut.of(event) for event in detail.history],
+            delegations=[TaskDelegationOut(**delegation) for delegation in detail.delegations],
+        )
+
+
+class TaskQuery(BaseModel):
+    """Filters and paging of the task list; most urgent first (blocked, in progress, review, todo)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt filter must fail, not list everything
+
+    assignee: str | None = Field(default=None, description="Only those assigned to this agent or person.")
+    status: str | None = Field(default=None, description="Only those in this status (then `open` does not apply).")
+    open: bool = Field(default=True, description="Only open tasks (todo, in_progress, blocked, review); false: all.")
+    limit: int = Field(default=25, ge=1, le=200, description="At most this many.")
+    offset: int = Field(default=0, ge=0, description="Skip this many (paging).")
+
+
+class TaskList(BaseModel):
+    """One page of tasks; `total` counts every task matching the filters."""
+
+    tasks: list[TaskRecord]
+    total: int
+
+
+async def count_tasks(board: TaskBoard, *, assignee: str | None, status: str | None, open_only: bool) -> int:
+    """How many tasks the same filters as `TaskBoard.list` match (the API's and the CLI's `total`)."""
+    if assignee is None:
+        return await board.count(status=status, open_only=open_only)
+    # TaskBoard.count has no assignee filter: count the matches a page at a time.
+    total, step = 0, 500
+    while len(batch := await board.list(assignee=assignee, status=status, open_only=open_only,
+                                        limit=step, offset=total)) == step:  # fmt: skip
+        total += step
+    return total + len(batch)
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 
@@ -304,6 +535,8 @@ class LoopbackApi:
         self._host = self.config.host
         self._add_core_routes()
         self._add_delegation_routes()
+        self._add_status_routes()
+        self._add_task_routes()
 
     # --- registration ----------------------------------------------------------------------------
 
@@ -609,6 +842,163 @@ class LoopbackApi:
     async def retry_delegation(self, request: web.Request, requester: Requester, data: None) -> DelegationRecord:
         return DelegationRecord.of(await self.services.delegation.retry(requester, request.match_info["id"]))
 
+    # --- status --------------------------------------------------------------------------------
+
+    def _add_status_routes(self) -> None:
+        """The fleet as /status and `atomizer-hq status --json` show it; any authenticated caller may look.
+
+        These probe without recording: an agent polling the API must not count as the monitor's probes,
+        or its polling would change when a failure is confirmed and alerted.
+        """
+        self.add(
+            Route(
+                "GET",
+                "/v1/status",
+                self.fleet_status,
+                summary="Every agent, probed now: state, port, model, latency, release, uptime, last delegation",
+                response=FleetStatusOut,
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/status/{agent}",
+                self.agent_status,
+                summary="One agent, probed now, with its uptime and recent state transitions",
+                response=AgentStatusDetail,
+                extra_responses={404: ErrorResponse},
+            )
+        )
+
+    async def fleet_status(self, request: web.Request, requester: Requester, data: None) -> FleetStatusOut:
+        fleet = await self.services.cluster.probe_all()
+        overview = await collect_overview(self.services, fleet)
+        summary = fleet_json(fleet)
+        return FleetStatusOut(
+            agents=[AgentStatusOut(**agent) for agent in _agents_out(fleet, overview)],
+            counts=summary["counts"],
+            took_ms=summary["took_ms"],
+        )
+
+    async def agent_status(self, request: web.Request, requester: Requester, data: None) -> AgentStatusDetail:
+        name = self.services.config.require_agent(request.match_info["agent"]).name
+        probed = await self.services.cluster.probe(name)
+        fleet = FleetStatus([probed], probed.readiness.latency_s)
+        [agent] = _agents_out(fleet, await collect_overview(self.services, fleet))
+        monitor = self.services.monitor
+        health = await monitor.health(name)
+        return AgentStatusDetail(
+            **agent,
+            uptime_7d=await monitor.uptime(name, 7 * 86_400),
+            confirmed=health.confirmed if health else None,
+            confirmed_since=health.confirmed_since if health else None,
+            silenced_by=health.silenced_by if health else None,
+            transitions=[TransitionOut(**vars(t)) for t in await monitor.transitions(name, 20)],
+        )
+
+    # --- tasks -----------------------------------------------------------------------------------
+
+    def _add_task_routes(self) -> None:
+        """Thin fronts of TaskBoard: the same rules, validation and history as /task, the CLI and #task-board.
+
+        Any caller may read; agents create tasks and change those assigned to them; operators and
+        admins change any. Writes that name a `version` (or If-Match) are refused with 409 when the
+        task changed since, never applied over someone else's change.
+        """
+        self.add(
+            Route(
+                "GET",
+                "/v1/tasks",
+                self.list_tasks,
+                summary="Tasks, most urgent first (open ones unless open=false or a status is given)",
+                response=TaskList,
+                query=TaskQuery,
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/tasks",
+                self.create_task,
+                summary="Add a task, created by the caller behind the token",
+                response=TaskRecord,
+                body=TaskIn,
+                status=201,
+                extra_responses={403: ErrorResponse},
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/tasks/{id}",
+                self.get_task,
+                summary="One task (T-42 or 42) with its history and delegations; ETag is its version",
+                response=TaskDetailOut,
+                extra_responses={404: ErrorResponse},
+            )
+        )
+        self.add(
+            Route(
+                "PATCH",
+                "/v1/tasks/{id}",
+                self.update_task,
+                summary="Move a task to another status and/or assign it",
+                response=TaskRecord,
+                body=TaskPatch,
+                extra_responses={403: ErrorResponse, 404: ErrorResponse, 409: ErrorResponse},
+                description='Send the `version` you read (or If-Match: "<version>"): if the task changed since, '
+                "the answer is 409 `conflict` and nothing is changed; reload and decide again. Without it the change "
+                "applies to the current task. 403: agents change only tasks assigned to them. With both a status "
+                "and an assignee, the status changes first (an agent may finish its task and hand it on); these are "
+                "two writes, so a change slipping in between them gets the 409 after the status has moved.",
+            )
+        )
+
+    async def list_tasks(self, request: web.Request, requester: Requester, query: TaskQuery) -> TaskList:
+        board = self.services.tasks
+        filters = {"assignee": query.assignee, "status": query.status, "open_only": query.open}
+        tasks = await board.list(**filters, limit=query.limit, offset=query.offset)
+        return TaskList(tasks=[TaskRecord.of(task) for task in tasks], total=await count_tasks(board, **filters))
+
+    async def create_task(self, request: web.Request, requester: Requester, body: TaskIn) -> web.Response:
+        task = await self.services.tasks.add(
+            requester, body.title, assignee=body.assignee, priority=body.priority, due=body.due,
+            description=body.description,
+        )  # fmt: skip
+        response = reply(TaskRecord.of(task), 201)
+        response.headers.update({"Location": f"/v1/tasks/{task.display_id}", "ETag": f'"{task.version}"'})
+        return response
+
+    async def get_task(self, request: web.Request, requester: Requester, data: None) -> web.Response:
+        detail = await self.services.tasks.show(request.match_info["id"])
+        response = reply(TaskDetailOut.of_detail(detail))
+        response.headers["ETag"] = f'"{detail.task.version}"'
+        return response
+
+    async def update_task(self, request: web.Request, requester: Requester, body: TaskPatch) -> web.Response:
+        board = self.services.tasks
+        version = _expected_version(body.version, request.headers.get("If-Match"))
+        reassign = "assignee" in body.model_fields_set
+        if body.status is None and not reassign:
+            raise InvalidInput("nothing to change: send a status, an assignee (null to unassign), or both")
+        # Check all the input before the first write, so a bad assignee cannot leave the status half-applied.
+        if body.status is not None:
+            clean_text(body.note or "", "note", NOTE_MAX, required=parse_status(body.status) == "blocked")
+        if reassign and body.assignee:
+            await board.list(assignee=body.assignee, limit=1)  # resolves the assignee as `assign` will
+        task_id = request.match_info["id"]
+        if body.status is None:
+            task = await board.assign(requester, task_id, body.assignee, note=body.note, expected_version=version)
+        else:
+            task = await board.move(requester, task_id, body.status, note=body.note, expected_version=version)
+            if reassign:
+                # The second write expects the first one's result: anyone slipping in between gets noticed.
+                then = task.version if version is not None else None
+                task = await board.assign(requester, task_id, body.assignee, expected_version=then)
+        response = reply(TaskRecord.of(task))
+        response.headers["ETag"] = f'"{task.version}"'
+        return response
+
     # --- OpenAPI ---------------------------------------------------------------------------------
 
     def openapi(self) -> dict[str, Any]:
@@ -667,6 +1057,21 @@ class LoopbackApi:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def _expected_version(body_version: int | None, if_match: str | None) -> int | None:
+    """The version a write expects, from the body or an If-Match header (`3`, `"3"` or `W/"3"`)."""
+    if if_match is None or not if_match.strip():
+        return body_version
+    text = if_match.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInput(f'If-Match: {if_match.strip()[:40]!r} is not a task version; send e.g. If-Match: "3"')
+    header_version = int(text)
+    if body_version is not None and body_version != header_version:
+        raise InvalidInput(
+            f"version: the body says {body_version} and If-Match says {header_version}; send one of them"
+        )
+    return header_version
 
 
 def _query_input(request: web.Request, model: type[BaseModel]) -> dict[str, Any]:

@@ -104,6 +104,22 @@ def paginate(
     ]
 
 
+def render_text(parts: list[BoardContent]) -> str:
+    """A board as a terminal shows it (the CLI, the demo): title, description, then each field indented."""
+    lines: list[str] = []
+    for part in parts:
+        lines += [f"┃ {part.title}"] + ([f"┃ {part.description}"] if part.description else [])
+        for item in part.fields:
+            value = item.value.replace("**", "").splitlines()
+            if item.inline:  # side by side in Discord: one line each here
+                lines.append(f"┃   {item.name:<16} {' · '.join(value)}")
+            else:
+                lines += [f"┃   {item.name}"] + [f"┃     {line}" for line in value]
+        if part.footer:
+            lines.append(f"┃ {part.footer}")
+    return "\n".join(lines)
+
+
 class BoardPublisher(Protocol):
     """How a board reaches Discord (or a test, or the demo's terminal)."""
 

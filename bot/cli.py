@@ -161,6 +161,65 @@ async def cmd_delegations(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_task(args: argparse.Namespace) -> int:
+    """The task board from the host: the same rules, validation and history as /task and the API."""
+    from bot.api import TaskDetailOut, TaskList, TaskRecord, count_tasks
+    from bot.authz import host_operator
+    from bot.boards import render_text
+    from bot.clock import utcnow
+    from bot.services import open_services
+    from bot.task_view import task_detail, task_line
+
+    settings, config = load_context(args)
+    requester = host_operator()
+    if getattr(args, "as_agent", None):
+        requester = requester.acting_as(args.as_agent, config)
+    today = utcnow().date()
+    async with open_services(settings, config) as services:
+        board = services.tasks
+        action: str = args.action
+        if action == "list":
+            if args.limit < 1:
+                raise InvalidInput("--limit must be at least 1")
+            filters = {"assignee": args.assignee, "status": args.status, "open_only": not args.all}
+            tasks = await board.list(**filters, limit=args.limit)
+            total = await count_tasks(board, **filters)
+            if args.json:  # the document GET /v1/tasks answers
+                print(TaskList(tasks=[TaskRecord.of(task) for task in tasks], total=total).model_dump_json(indent=2))
+                return 0
+            for task in tasks:
+                print(task_line(task, today))
+            what = "tasks" if args.all or args.status else "open tasks"
+            print(f"{len(tasks)} of {total} {what}" if total > len(tasks) else f"{total} {what}")
+            return 0
+        if action == "show":
+            detail = await board.show(args.id)
+            if args.json:
+                print(TaskDetailOut.of_detail(detail).model_dump_json(indent=2))
+            else:
+                print(render_text(task_detail(detail, today)))
+            return 0
+        if action == "add":
+            task = await board.add(
+                requester, args.title, assignee=args.assignee, priority=args.priority, due=args.due,
+                description=args.description,
+            )  # fmt: skip
+        elif action == "move":
+            task = await board.move(requester, args.id, args.status, note=args.note, expected_version=args.version)
+        elif action == "assign":
+            assignee = None if args.assignee.strip().lower() in ("none", "nobody", "-") else args.assignee
+            task = await board.assign(requester, args.id, assignee, note=args.note, expected_version=args.version)
+        elif action == "done":
+            task = await board.done(requester, args.id, args.note, expected_version=args.version)
+        else:
+            task = await board.block(requester, args.id, args.reason, expected_version=args.version)
+    if args.json:
+        print(TaskRecord.of(task).model_dump_json(indent=2))
+    else:
+        print(task_line(task, today))
+    return 0
+
+
 async def cmd_cluster(args: argparse.Namespace) -> int:
     """The agents' systemd units, as `cluster.sh` drove them: start, stop, restart, status, logs."""
     _, config = load_context(args)
@@ -418,6 +477,53 @@ def build_parser() -> argparse.ArgumentParser:
     dls.add_argument("--status", help="queued, accepted, failed, unconfirmed or expired")
     dls.add_argument("--limit", type=int, default=20)
     dls.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    tsk = add("task", cmd_task, "the task board: add, list, show, move, assign, done, block")
+    task_actions = tsk.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def task_action(name: str, help_text: str, *, writes: bool = True) -> argparse.ArgumentParser:
+        sub = task_actions.add_parser(name, help=help_text, description=help_text)
+        if writes:
+            sub.add_argument("--as", dest="as_agent", metavar="AGENT", help="act for an agent, under its authority")
+        sub.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        return sub
+
+    def versioned(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--version", type=int, metavar="V", help="the version you read: refused (exit 1) if the task changed since"
+        )
+
+    t_add = task_action("add", "add a task (open, status todo)")
+    t_add.add_argument("title", help="one line, at most 200 characters")
+    t_add.add_argument("--assignee", metavar="A", help="an agent (nx-expert) or a person (@name, user:<id>)")
+    t_add.add_argument("--priority", default="normal", metavar="P", help="low, normal (default), high or urgent")
+    t_add.add_argument("--due", metavar="D", help="YYYY-MM-DD, today, tomorrow, +3d or +2w")
+    t_add.add_argument("--description", metavar="TEXT", help="longer text, at most 2000 characters")
+    t_list = task_action("list", "tasks, most urgent first (open ones unless --all or --status)", writes=False)
+    t_list.add_argument("--assignee", metavar="A", help="only this agent's or person's")
+    t_list.add_argument("--status", metavar="S", help="only this status: todo, in_progress, blocked, review, ...")
+    t_list.add_argument("--all", action="store_true", help="done and cancelled tasks too")
+    t_list.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    t_show = task_action("show", "one task with its history and delegations", writes=False)
+    t_show.add_argument("id", help="T-42")
+    t_move = task_action("move", "move a task to another status")
+    t_move.add_argument("id", help="T-42")
+    t_move.add_argument("status", help="todo, in_progress, blocked, review, done or cancelled")
+    t_move.add_argument("--note", metavar="N", help="why (kept in the history); needed for blocked")
+    versioned(t_move)
+    t_assign = task_action("assign", "give a task to an agent or a person ('none' to unassign)")
+    t_assign.add_argument("id", help="T-42")
+    t_assign.add_argument("assignee", help="an agent (nx-expert), a person (@name, user:<id>), or none")
+    t_assign.add_argument("--note", metavar="N", help="why (kept in the history)")
+    versioned(t_assign)
+    t_done = task_action("done", "mark a task done")
+    t_done.add_argument("id", help="T-42")
+    t_done.add_argument("--note", metavar="N", help="what came out of it (kept in the history)")
+    versioned(t_done)
+    t_block = task_action("block", "mark a task blocked, saying why")
+    t_block.add_argument("id", help="T-42")
+    t_block.add_argument("reason", help="what it waits for")
+    versioned(t_block)
 
     status = add("status", cmd_status, "probe every agent at once and show the fleet")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bot.authz import AccessLevel, Requester
-from bot.boards import BoardContent
+from bot.boards import render_text
 from bot.config import load_cluster_config
 from bot.delegation import Delegation
 from bot.errors import NotAllowed
@@ -33,22 +33,6 @@ TECH_LEAD = Requester(kind="agent", name="tech-lead", front_end="demo")
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def render(parts: list[BoardContent]) -> str:
-    """An embed as a terminal shows it: title, description, then each field indented."""
-    lines: list[str] = []
-    for part in parts:
-        lines += [f"┃ {part.title}"] + ([f"┃ {part.description}"] if part.description else [])
-        for item in part.fields:
-            value = item.value.replace("**", "").splitlines()
-            if item.inline:  # side by side in Discord: one line each here
-                lines.append(f"┃   {item.name:<16} {' · '.join(value)}")
-            else:
-                lines += [f"┃   {item.name}"] + [f"┃     {line}" for line in value]
-        if part.footer:
-            lines.append(f"┃ {part.footer}")
-    return "\n".join(lines)
 
 
 def outcome(delegation: Delegation) -> str:
@@ -96,7 +80,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
             say("\n/status  (the same facts, as the embed in Discord)")
-            say(render(status_embed(status, overview)[:1]))
+            say(render_text(status_embed(status, overview)[:1]))
 
             technical = f"channel:{config.channels['technical']}" if "technical" in config.channels else None
             say('\n/delegate agent:nx-expert instruction:"Mesh the M2 mirror"   (Antoine, in #technical)')

@@ -18,7 +18,9 @@ from bot.cluster import ClusterService
 from bot.config import ClusterConfig
 from bot.delegation import DelegationService
 from bot.gateway import GatewayClient
+from bot.heartbeat import HeartbeatService
 from bot.monitor import MonitorPolicy, StatusMonitor
+from bot.project_log import ProjectLog
 from bot.settings import Settings
 from bot.store import Store
 from bot.systemd import SystemdUnits
@@ -36,6 +38,7 @@ class Services:
     delegation: DelegationService
     monitor: StatusMonitor
     tasks: TaskBoard
+    heartbeats: HeartbeatService
     systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
@@ -53,6 +56,8 @@ async def open_services(
             gateway = GatewayClient(http, settings.hooks_token_for, config.gateway)
             cluster = ClusterService(config, gateway)
             tasks = TaskBoard(config, store)
+            if config.taskboard.project_log:  # every front end's changes reach the agents' shared log
+                tasks.add_listener(ProjectLog(config.taskboard.project_log))
             yield Services(
                 settings=settings,
                 config=config,
@@ -63,6 +68,7 @@ async def open_services(
                 delegation=DelegationService(config, store, gateway, tasks=tasks),
                 monitor=StatusMonitor(config, store, cluster, policy=monitor_policy(config)),
                 tasks=tasks,
+                heartbeats=HeartbeatService(config, store, gateway),
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
             )

@@ -2,8 +2,10 @@
 
 Each gateway answers the hooks and health routes response for response as measured on the real
 gateway (docs: openclaw-hooks.md), with one profile per release, so the client, the CLI demo and the
-tests exercise the same wire behaviour they will meet in production. Faults (down, hung, slow,
-failing, expired model credentials, a long start-up) can be set per agent and changed while running.
+tests exercise the same wire behaviour they will meet in production. Where the real gateways turned out
+to differ from openclaw-hooks.md (make test-openclaw; docs/openclaw-conformance.md), the simulator
+follows the real gateways. Faults (down, hung, slow, failing, expired model credentials, a long
+start-up, no Discord channel plugin) can be set per agent and changed while running.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import contextlib
 import functools
 import hmac
 import json
+import math
 import random
+import re
 import socket
 import time
 import uuid
@@ -21,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from aiohttp import web
 
@@ -32,7 +36,12 @@ BODY_LIMIT = 262_144  # bytes; the gateway's own cap on a hook body
 
 BAD_TOKEN_LIMIT = 20  # bad tokens per client within BAD_TOKEN_WINDOW before answering 429
 BAD_TOKEN_WINDOW = 60.0  # seconds, on the injected clock
-WAKE_COALESCE_WINDOW = 1.0  # seconds: a wake this soon after a queued one joins it
+# 2026.9.6 drains the main session's pending system events this long after a `mode: "now"` wake (its
+# heartbeat-wake coalescing delay, 250 ms); a wake whose text repeats the last pending event is "coalesced".
+WAKE_DRAIN_DELAY = 0.25  # seconds, on the injected clock
+PENDING_EVENTS_MAX = 20  # the gateway keeps at most this many pending system events per session
+IDEMPOTENCY_KEY_MAX = 256  # longer keys are ignored by 2026.9.6
+DISCORD_CHANNEL = "discord"
 _SHUTDOWN_TIMEOUT = 0.1  # seconds aiohttp waits for handlers at shutdown; we cut them ourselves first
 
 QUERY_TOKEN_MESSAGE = (
@@ -43,10 +52,16 @@ CONTROL_UI_HTML = (
     '<!doctype html><html><head><meta charset="utf-8"><title>OpenClaw Control</title></head>'
     '<body><div id="app"></div><script type="module" src="/assets/index.js"></script></body></html>'
 )
-COMPLETION_OK: dict[str, str] = {"status": "ok", "reply": "HEARTBEAT_OK"}
-COMPLETION_MODEL_ERROR: dict[str, str] = {
-    "status": "error",
-    "error": "model/authentication: credentials expired or invalid",
+# `completion` of 2026.9.6 (2026.2.12 ignores waitForCompletion). Measured on a failed run (no model
+# credentials): {"status":"error","replyDisposition":"empty"}, with no error text, delivery or not.
+# A successful run was never observed (no credentials in the conformance runs): "visible" is what the
+# 2026.9.6 source reports for a run that ended with a visible reply ("silent" for NO_REPLY).
+COMPLETION_OK: dict[str, str] = {"status": "ok", "replyDisposition": "visible"}
+COMPLETION_MODEL_ERROR: dict[str, str] = {"status": "error", "replyDisposition": "empty"}
+_SESSION_KEY_SWITCH = "set hooks.allowRequestSessionKey=true to enable"
+SESSION_KEY_REFUSED = {  # measured texts; openclaw-hooks.md only says "refused (400)"
+    RELEASE_CURRENT: f"sessionKey is disabled for externally supplied hook payload values; {_SESSION_KEY_SWITCH}",
+    RELEASE_LEGACY: f"sessionKey is disabled for external /hooks/agent payloads; {_SESSION_KEY_SWITCH}",
 }
 _HEALTH_PATHS = frozenset({"/healthz", "/health", "/readyz", "/startupz"})
 _IDEMPOTENCY_HEADERS = ("Idempotency-Key", "X-OpenClaw-Idempotency-Key")
@@ -72,6 +87,14 @@ class SimAgentSpec:
     # slow or lost (the client times out after sending; the run happened all the same).
     reply_delay_ms: float = 0.0
     hooks_path: str = "/hooks"  # the gateway's `hooks.path`
+    # The Discord channel plugin is loaded (2026.2.12: plugins.entries.discord.enabled; 2026.9.6: installed
+    # with `openclaw plugins install npm:@openclaw/discord@<version>`). Without it every hook naming
+    # `"channel":"discord"` is refused: 400 "channel must be last" (measured on both releases).
+    discord_plugin: bool = True
+    # 2026.9.6 while starting: "503" answers every hooks request 503 "Plugin runtime is starting", as
+    # openclaw-hooks.md documents; "open" is what the conformance runs measured instead: hooks already
+    # answered normally (400 "message required" to `{}`) while /readyz still said 503 starting.
+    starting_hooks: Literal["503", "open"] = "503"
 
 
 @dataclass
@@ -99,9 +122,12 @@ class _ProcessState:
     """What a gateway keeps in memory: lost when it crashes or restarts, like the real process."""
 
     started_at: float
-    runs_by_key: dict[str, _Run] = field(default_factory=dict)
+    # By key *and* what the request asked for, as 2026.9.6 keys its replay cache (its source): the same key
+    # with another message, target… starts a new run.
+    runs_by_key: dict[tuple[str, tuple[Any, ...]], _Run] = field(default_factory=dict)
     bad_tokens: dict[str, deque[float]] = field(default_factory=dict)
-    last_queued_wake: float | None = None
+    pending_events: list[str] = field(default_factory=list)  # wake texts not yet drained (2026.9.6)
+    drain_at: float | None = None  # when a "now" wake drains pending_events
 
 
 def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -116,11 +142,256 @@ def _error(status: int, message: str) -> web.Response:
     return _json(status, {"ok": False, "error": message})
 
 
-def _present(value: Any) -> bool:
-    """A delivery field counts as set when it is a non-blank string (or any other non-null value)."""
-    if isinstance(value, str):
-        return bool(value.strip())
-    return value is not None
+# What JavaScript's String.prototype.trim removes (the gateway trims bodies and fields with it).
+_JS_SPACE = (
+    "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_AGENT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.IGNORECASE)
+
+
+def _string(value: Any) -> str | None:
+    """The gateway's normalizeOptionalString: a string trimmed, None when blank or not a string."""
+    if not isinstance(value, str):
+        return None
+    return value.strip(_JS_SPACE) or None
+
+
+def _agent_id(raw: str) -> str | None:
+    """The gateway's normalizeAgentIdStrict: the canonical agent id, None when nothing is left of it."""
+    trimmed = raw.strip(_JS_SPACE)
+    if _AGENT_ID.fullmatch(trimmed):
+        return trimmed.lower()
+    return re.sub(r"[^a-z0-9_-]+", "-", trimmed.lower()).strip("-")[:64] or None
+
+
+def _timeout_seconds(value: Any) -> int | None:
+    """timeoutSeconds as the gateway reads it: a finite positive number, floored (JSON numbers are doubles)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double is Infinity in JavaScript
+        return None
+    return math.floor(number) if math.isfinite(number) and number > 0 else None
+
+
+def parse_body(raw: bytes) -> tuple[Any, str | None]:
+    """A hook body as the gateway reads it: (value, None), or (None, JSON.parse's message as Node words it).
+
+    Decoded as UTF-8 with replacement characters and trimmed like JavaScript; an empty body is `{}`.
+    2026.2.12 answers the message prefixed with "SyntaxError: " (measured).
+    """
+    text = raw.decode("utf-8", errors="replace").strip(_JS_SPACE)
+    if not text:
+        return {}, None
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        pass
+    message = _NodeJsonCheck(text).error()
+    # None: valid JSON that Python cannot build (nested deeper than its recursion limit). The gateway would
+    # take it; here it counts as a body that is not an object.
+    return ({}, None) if message is None else (None, message)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python accepts NaN and Infinity; JSON.parse does not
+
+
+class _JsonSyntaxError(Exception):
+    pass
+
+
+class _NodeJsonCheck:
+    """Finds the first syntax error of a JSON text and words it as V8's JSON.parse does (Node 24).
+
+    Positions count UTF-16 code units, as JavaScript's do. Only run on text Python already refused.
+    """
+
+    _SPECIAL = frozenset({"NaN", "Infinity", "undefined", "[object Object]"})
+    _LITERALS: ClassVar[dict[str, str]] = {"t": "true", "f": "false", "n": "null"}
+    _ESCAPES = frozenset('"\\/bfnrt')
+    _HEX = frozenset("0123456789abcdefABCDEF")
+    _DIGITS = frozenset("0123456789")
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.n = len(text)
+        self.i = 0
+
+    def error(self) -> str | None:
+        try:
+            self._document()
+        except _JsonSyntaxError as exc:
+            return str(exc)
+        return None
+
+    # --- grammar ------------------------------------------------------------------------------
+
+    def _document(self) -> None:
+        open_containers: list[str] = []
+        want_value = True
+        while True:
+            if want_value:
+                self._skip()
+                char = self._peek()
+                if char in ("{", "["):
+                    self.i += 1
+                    self._skip()
+                    if self._peek() != ("}" if char == "{" else "]"):
+                        open_containers.append(char)
+                        if char == "{":
+                            self._member_name(first=True)
+                        continue
+                    self.i += 1
+                else:
+                    self._scalar()
+            self._skip()
+            if not open_containers:
+                break
+            char, in_object = self._peek(), open_containers[-1] == "{"
+            if char == ",":
+                self.i += 1
+                if in_object:
+                    self._skip()
+                    self._member_name(first=False)
+                want_value = True
+            elif char == ("}" if in_object else "]"):
+                self.i += 1
+                open_containers.pop()
+                want_value = False
+            elif in_object:
+                self._fail("Expected ',' or '}' after property value", self.i)
+            else:
+                self._fail("Expected ',' or ']' after array element", self.i)
+        if self.i < self.n:
+            self._fail("Unexpected non-whitespace character after JSON", self.i, in_json=False)
+
+    def _member_name(self, *, first: bool) -> None:
+        if self._peek() != '"':
+            self._fail("Expected property name or '}'" if first else "Expected double-quoted property name", self.i)
+        self._string()
+        self._skip()
+        if self._peek() != ":":
+            self._fail("Expected ':' after property name", self.i)
+        self.i += 1
+
+    def _scalar(self) -> None:
+        char = self._peek()
+        if char == '"':
+            self._string()
+        elif char == "-" or char in self._DIGITS:
+            self._number()
+        elif char in self._LITERALS:
+            for offset, expected in enumerate(self._LITERALS[char]):
+                if self.i + offset >= self.n or self.s[self.i + offset] != expected:
+                    self._unexpected(self.i + offset)
+            self.i += len(self._LITERALS[char])
+        else:
+            self._unexpected(self.i)
+
+    def _string(self) -> None:
+        self.i += 1  # the opening quote
+        while True:
+            if self.i >= self.n:
+                self._fail("Unterminated string", self.n)
+            char = self.s[self.i]
+            if char == '"':
+                self.i += 1
+                return
+            if char == "\\":
+                self.i += 1
+                escape = self._peek()
+                if escape == "":
+                    self._unexpected(self.i)
+                if escape == "u":
+                    for offset in range(1, 5):
+                        if self.i + offset >= self.n or self.s[self.i + offset] not in self._HEX:
+                            self._fail("Bad Unicode escape", self.i + offset)
+                    self.i += 5
+                    continue
+                if escape not in self._ESCAPES:
+                    if ord(escape) > 0xFF:  # V8 words an escape beyond Latin-1 as an unexpected token
+                        self._unexpected(self.i)
+                    self._fail("Bad escaped character", self.i)
+            elif ord(char) < 0x20:
+                self._fail("Bad control character in string literal", self.i)
+            self.i += 1
+
+    def _number(self) -> None:
+        if self._peek() == "-":
+            self.i += 1
+            if self._peek() not in self._DIGITS:  # "" (the end) is not in it either
+                self._fail("No number after minus sign", self.i)
+        if self._peek() == "0":
+            self.i += 1
+            if self._peek() in self._DIGITS:
+                self._fail("Unexpected number", self.i)
+        self._digits()
+        if self._peek() == ".":
+            self.i += 1
+            if not self._digits():
+                self._fail("Unterminated fractional number", self.i)
+        if self._peek() in ("e", "E"):
+            self.i += 1
+            if self._peek() in ("+", "-"):
+                self.i += 1
+            if not self._digits():
+                self._fail("Exponent part is missing a number", self.i)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _peek(self) -> str:
+        return self.s[self.i] if self.i < self.n else ""
+
+    def _skip(self) -> None:
+        while self.i < self.n and self.s[self.i] in " \t\n\r":
+            self.i += 1
+
+    def _digits(self) -> bool:
+        start = self.i
+        while self.i < self.n and self.s[self.i] in self._DIGITS:
+            self.i += 1
+        return self.i > start
+
+    def _units(self, end: int) -> int:
+        """Index `end` of the text in UTF-16 code units."""
+        return end + sum(1 for char in self.s[:end] if ord(char) > 0xFFFF)
+
+    def _fail(self, message: str, at: int, *, in_json: bool = True) -> None:
+        before = self.s[:at]
+        line = 1 + before.count("\n") + before.count("\r") - before.count("\r\n")
+        line_start = max(before.rfind("\n"), before.rfind("\r")) + 1
+        column = self._units(at) - self._units(line_start) + 1
+        where = " in JSON" if in_json else ""
+        raise _JsonSyntaxError(f"{message}{where} at position {self._units(at)} (line {line} column {column})")
+
+    def _unexpected(self, at: int) -> None:
+        if at >= self.n:
+            raise _JsonSyntaxError("Unexpected end of JSON input")
+        char = self.s[at]
+        if char == '"':
+            self._fail("Unexpected string", at)
+        if char == "-" or char in self._DIGITS:
+            self._fail("Unexpected number", at)
+        if self.s in self._SPECIAL:
+            raise _JsonSyntaxError(f'"{self.s}" is not valid JSON')
+        units = self.s.encode("utf-16-le", "surrogatepass")
+        length, position = len(units) // 2, self._units(at)
+
+        def part(start: int, end: int) -> str:
+            return units[2 * start : 2 * end].decode("utf-16-le", "surrogatepass")
+
+        if length <= 20:
+            context = f'"{self.s}"'
+        elif position < 10:
+            context = f'"{part(0, position + 10)}"...'
+        elif position < length - 10:
+            context = f'..."{part(position - 10, position + 10)}"...'
+        else:
+            context = f'..."{part(position - 10, length)}"'
+        token = part(position, position + 1)  # one UTF-16 unit, half of a character beyond the BMP
+        raise _JsonSyntaxError(f"Unexpected token '{token}', {context} is not valid JSON")
 
 
 def _bearer(header: str) -> str | None:
@@ -275,7 +546,7 @@ class _Gateway:
         path = request.path
         hooks = self.spec.hooks_path.rstrip("/")
         if path == hooks or path.startswith(hooks + "/"):
-            return await self._hooks(request, path[len(hooks) :].strip("/"))
+            return await self._hooks(request, path[len(hooks) :].lstrip("/"))
         if request.method not in ("GET", "HEAD"):
             return _text(404, "Not Found")
         if not self.legacy and path in _HEALTH_PATHS:
@@ -296,40 +567,39 @@ class _Gateway:
         return _json(200, {"ok": True, "status": "started", "version": RELEASE_CURRENT, "uptimeMs": uptime_ms})
 
     async def _hooks(self, request: web.Request, route: str) -> web.StreamResponse:
-        known = route in ("agent", "wake")
+        """The hooks handler, in the order the real one checks things (sources of both releases)."""
         if not self.spec.hooks_enabled:
             return _text(404, "Not Found")
-        # Assumption: while the plugin runtime starts nothing of the hooks handler runs, auth included.
-        if not self.legacy and not self._ready:
+        if not self.legacy and not self._ready and self.spec.starting_hooks == "503":
+            # Assumption: while the plugin runtime starts nothing of the hooks handler runs, auth included.
             return _text(503, "Plugin runtime is starting")
-        if any(key.lower().replace("-", "_").endswith("token") for key in request.query):
+        if "token" in request.query:  # exactly `token` (measured: `?hookToken=`, `?Token=` are ignored)
             return _text(400, QUERY_TOKEN_MESSAGE)
-        if not self.legacy and known and request.method != "POST":
+        if not self.legacy and request.method != "POST":  # every hooks path, before the token
             return _text(405, "Method Not Allowed", {"Allow": "POST"})
         denied = self._authenticate(request)
         if denied is not None:
             return denied
-        if not known:
-            return _text(404, "Not Found")
         if request.method != "POST":  # 2026.2.12 checks the token first
             return _text(405, "Method Not Allowed", {"Allow": "POST"})
+        if not route:
+            return _text(404, "Not Found")
 
         raw = await self._read_body(request)
         if raw is None:
             if self.legacy:
                 return await self._drop_connection(request)
             return _error(413, "payload too large")
-        payload: Any = {}
-        if raw.strip():
-            try:
-                payload = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                return _error(400, str(exc))
+        payload, problem = parse_body(raw)
+        if problem is not None:
+            return _error(400, f"SyntaxError: {problem}" if self.legacy else problem)
         if not isinstance(payload, dict):
             payload = {}
         if route == "wake":
             return await self._wake(request, payload)
-        return await self._agent(request, payload)
+        if route == "agent":
+            return await self._agent(request, payload)
+        return _text(404, "Not Found")  # no hook mappings configured
 
     def _authenticate(self, request: web.Request) -> web.Response | None:
         """None when the token is good; else 401, or 429 once a client sent too many bad tokens."""
@@ -370,36 +640,109 @@ class _Gateway:
         await asyncio.Event().wait()  # the abort cancels this handler (handler_cancellation)
         raise AssertionError("unreachable")
 
-    def _agent_error(self, payload: dict[str, Any]) -> str | None:
-        message = payload.get("message")
-        if not isinstance(message, str) or not message.strip():
-            return "message required"
-        if self.legacy and "model" in payload:
-            model = payload["model"]
-            if not isinstance(model, str) or not model.strip():
-                return "model required"
-        if payload.get("sessionKey") is not None:
-            return "sessionKey is not allowed"
+    def _channels(self) -> tuple[str, ...]:
+        """What `channel` may name: "last" and the loaded channel plugins."""
+        return ("last", DISCORD_CHANNEL) if self.spec.discord_plugin else ("last",)
+
+    def _channel(self, payload: dict[str, Any]) -> str | None:
+        """The gateway's resolveHookChannel: absent means "last"; None when it names no loaded channel."""
+        if "channel" not in payload:
+            return "last"
+        name = _string(payload["channel"])
+        name = name.lower() if name is not None else None
+        return name if name in self._channels() else None
+
+    def _channel_error(self) -> str:
+        return f"channel must be {'|'.join(self._channels())}"
+
+    def _unknown_agent(self, value: Any) -> str | None:
+        """2026.9.6: the error for an agentId naming no agent of this gateway (its own name or "main")."""
+        raw = _string(value)
+        if raw is None:
+            return None
+        agent_id = _agent_id(raw)
+        if agent_id is None:
+            return f'unknown agentId "{raw}"'
+        if agent_id in (_agent_id(self.spec.name), "main"):
+            return None
+        return f'unknown agentId "{agent_id}"'
+
+    def _check_current(self, payload: dict[str, Any]) -> tuple[str | None, tuple[Any, ...]]:
+        """2026.9.6: the first error of an agent hook, else the run it asks for (its replay scope)."""
+        if "waitForCompletion" in payload and not isinstance(payload["waitForCompletion"], bool):
+            return "waitForCompletion must be boolean", ()
+        message = _string(payload.get("message"))
+        if message is None:
+            return "message required", ()
+        if "agentId" in payload and _string(payload["agentId"]) is None:
+            return "agentId must be a non-empty string", ()
+        session_mode = payload.get("sessionMode", "isolated")
+        if session_mode not in ("isolated", "persistent"):
+            return "sessionMode must be isolated or persistent", ()
+        channel, to, account = "last", None, None
+        if payload.get("deliver") is not False:  # deliver:false skips every delivery check
+            channel = self._channel(payload)
+            if channel is None:
+                return self._channel_error(), ()
+            to, account = _string(payload.get("to")), _string(payload.get("accountId"))
+            has_channel, has_to, has_account = ("channel" in payload, "to" in payload, "accountId" in payload)
+            if has_to and to is None:
+                return "to must be a non-empty string for hook delivery", ()
+            if has_account and account is None:
+                return "accountId must be a non-empty string for hook delivery", ()
+            if has_account and (not has_channel or to is None):
+                return "accountId requires channel and to for hook delivery", ()
+            if (has_channel or has_to or has_account) and (not has_channel or to is None):
+                return "channel and to must be set together for hook delivery", ()
+            if (has_channel or has_to or has_account) and channel == "last":
+                return "channel must name a concrete channel for hook delivery", ()
+        model = _string(payload.get("model"))
+        if "model" in payload and model is None:
+            return "model required", ()  # measured: 2026.9.6 refuses it too (the doc said 2026.2.12 only)
+        unknown = self._unknown_agent(payload.get("agentId"))
+        if unknown is not None:
+            return unknown, ()
+        session_key = _string(payload.get("sessionKey"))
+        if session_mode == "persistent" and session_key is None:
+            return "sessionKey is required when sessionMode is persistent", ()
+        if session_key is not None:
+            return SESSION_KEY_REFUSED[RELEASE_CURRENT], ()
         agent_id = payload.get("agentId")
-        if _present(agent_id) and agent_id not in (self.spec.name, "main"):
-            return f'unknown agentId "{agent_id}"'
-        if not self.legacy:
-            # Stricter than needed when deliver is false, on purpose: a client must not rely on it.
-            has_channel, has_to = _present(payload.get("channel")), _present(payload.get("to"))
-            if has_channel != has_to:
-                return "channel and to must be set together for hook delivery"
-            if has_channel and str(payload["channel"]).strip() == "last":
-                return "channel must name a concrete channel for hook delivery"
+        scope = (
+            _agent_id(agent_id) if isinstance(agent_id, str) else "main",
+            message,
+            _string(payload.get("name")) or "Hook",
+            "next-heartbeat" if payload.get("wakeMode") == "next-heartbeat" else "now",
+            session_mode,
+            payload.get("deliver") is not False,
+            channel,
+            to,
+            account,
+            model,
+            _string(payload.get("thinking")),
+            _timeout_seconds(payload.get("timeoutSeconds")),
+        )
+        return None, scope
+
+    def _check_legacy(self, payload: dict[str, Any]) -> str | None:
+        """2026.2.12: the first error of an agent hook. It checks far less than 2026.9.6 (measured)."""
+        if _string(payload.get("message")) is None:
+            return "message required"
+        if self._channel(payload) is None:  # even with deliver:false
+            return self._channel_error()
+        if "model" in payload and _string(payload["model"]) is None:
+            return "model required"
+        # An unknown agentId runs on the default agent; channel "last" with a `to` is accepted.
+        if _string(payload.get("sessionKey")) is not None:
+            return SESSION_KEY_REFUSED[RELEASE_LEGACY]
         return None
 
     def _idempotency_key(self, request: web.Request, payload: dict[str, Any]) -> str | None:
-        key = payload.get("idempotencyKey")
-        if isinstance(key, str) and key.strip():
-            return key.strip()
-        for header in _IDEMPOTENCY_HEADERS:
-            value = request.headers.get(header, "").strip()
-            if value:
-                return value
+        """2026.9.6 reads the headers first, then the body; a key over 256 characters counts as none."""
+        for value in (*(request.headers.get(header) for header in _IDEMPOTENCY_HEADERS), payload.get("idempotencyKey")):
+            key = _string(value)
+            if key is not None and len(key) <= IDEMPOTENCY_KEY_MAX:
+                return key
         return None
 
     async def _admit(self) -> web.Response | None:
@@ -411,7 +754,10 @@ class _Gateway:
         return None
 
     async def _agent(self, request: web.Request, payload: dict[str, Any]) -> web.Response:
-        problem = self._agent_error(payload)
+        if self.legacy:
+            problem, scope = self._check_legacy(payload), ()
+        else:
+            problem, scope = self._check_current(payload)
         if problem is not None:
             return _error(400, problem)
         key = self._idempotency_key(request, payload)
@@ -419,12 +765,13 @@ class _Gateway:
         if failed is not None:
             return failed
         # No await from here on: the replay check and the bookkeeping happen atomically.
-        run = self._state.runs_by_key.get(key) if key is not None and not self.legacy else None
+        replay_key = (key, scope) if key is not None and not self.legacy else None
+        run = self._state.runs_by_key.get(replay_key) if replay_key is not None else None
         if run is None:
             completion = COMPLETION_OK if self.spec.model_ok else COMPLETION_MODEL_ERROR
             run = _Run(run_id=str(uuid.uuid4()), completion=completion)
-            if key is not None and not self.legacy:
-                self._state.runs_by_key[key] = run
+            if replay_key is not None:
+                self._state.runs_by_key[replay_key] = run
             self._record(
                 ReceivedHook(
                     agent=self.spec.name,
@@ -438,23 +785,25 @@ class _Gateway:
         answer: dict[str, Any] = {"ok": True, "runId": run.run_id}
         if self.spec.reply_delay_ms > 0:
             await asyncio.sleep(self.spec.reply_delay_ms / 1000)
+        if self.legacy:
+            return _json(202, answer)  # measured: 2026.2.12 ignores waitForCompletion and answers at once
         if payload.get("waitForCompletion") is True:
             answer["completion"] = dict(run.completion)
-        return _json(202 if self.legacy else 200, answer)
+        return _json(200, answer)
 
     async def _wake(self, request: web.Request, payload: dict[str, Any]) -> web.Response:
-        text = payload.get("text")
-        if not isinstance(text, str) or not text.strip():
+        text = _string(payload.get("text"))
+        if text is None:
             return _error(400, "text required")
         mode = "next-heartbeat" if payload.get("mode") == "next-heartbeat" else "now"
+        if not self.legacy:
+            problem = self._check_current_wake(payload, mode)
+            if problem is not None:
+                return _error(400, problem)
         failed = await self._admit()
         if failed is not None:
             return failed
-        now = self._clock()
-        last = self._state.last_queued_wake
-        outcome = "coalesced" if last is not None and now - last < WAKE_COALESCE_WINDOW else "queued"
-        if outcome == "queued":
-            self._state.last_queued_wake = now
+        outcome = self._queue_system_event(text, mode)
         self._record(
             ReceivedHook(
                 agent=self.spec.name,
@@ -468,6 +817,43 @@ class _Gateway:
         if self.legacy:
             return _json(200, {"ok": True, "mode": mode})
         return _json(200, {"ok": True, "mode": mode, "eventOutcome": outcome})
+
+    def _check_current_wake(self, payload: dict[str, Any], mode: str) -> str | None:
+        if "agentId" in payload and _string(payload["agentId"]) is None:
+            return "agentId must be a non-empty string"
+        session_key = _string(payload.get("sessionKey"))
+        if "sessionKey" in payload and session_key is None:
+            return "sessionKey must be a non-empty string"
+        if mode == "next-heartbeat" and session_key is not None:
+            return "sessionKey requires mode=now"
+        unknown = self._unknown_agent(payload.get("agentId"))
+        if unknown is not None:
+            return unknown
+        if session_key is not None:
+            return SESSION_KEY_REFUSED[RELEASE_CURRENT]
+        return None
+
+    def _queue_system_event(self, text: str, mode: str) -> str:
+        """Queue the wake's text as a system event of the main session: "queued" or "coalesced".
+
+        As measured on 2026.9.6: a text equal to the last event still pending is coalesced (any mode);
+        a "now" wake drains the pending events WAKE_DRAIN_DELAY later (the heartbeat it triggers reads
+        them), after which the same text is queued again. So next-heartbeat "x" → queued, now "x" →
+        coalesced, now "x" at once → coalesced, now "x" after 0.25 s → queued.
+        """
+        state, now = self._state, self._clock()
+        if state.drain_at is not None and now >= state.drain_at:
+            state.pending_events.clear()
+            state.drain_at = None
+        if state.pending_events and state.pending_events[-1] == text:
+            outcome = "coalesced"
+        else:
+            outcome = "queued"
+            state.pending_events.append(text)
+            del state.pending_events[:-PENDING_EVENTS_MAX]
+        if mode == "now" and state.drain_at is None:
+            state.drain_at = now + WAKE_DRAIN_DELAY
+        return outcome
 
 
 class SimulatedFleet:
@@ -584,6 +970,10 @@ class SimulatedFleet:
 
     def set_model_ok(self, agent: str, ok: bool) -> None:
         self._gateway(agent).spec.model_ok = ok
+
+    def set_discord_plugin(self, agent: str, loaded: bool) -> None:
+        """Load or unload the agent's Discord channel plugin (without it: 400 "channel must be last")."""
+        self._gateway(agent).spec.discord_plugin = loaded
 
     @property
     def urls(self) -> dict[str, str]:

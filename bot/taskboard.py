@@ -212,6 +212,11 @@ class TaskBoard:
     def add_listener(self, listener: TaskListener) -> None:
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: TaskListener) -> None:
+        """Stop telling `listener` (a cog being unloaded); one that was never added is ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # --- permissions --------------------------------------------------------------------------
 
     def _may_create(self, requester: Requester) -> None:

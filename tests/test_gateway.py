@@ -88,8 +88,8 @@ async def test_wait_for_completion_reports_a_run_that_failed_inside_the_gateway(
     good = await client.send_agent_hook(config.require_agent("manager"), hook)
     assert good.completion is not None and good.completion["status"] == "ok"
     broken = await client.send_agent_hook(config.require_agent("webster"), hook)
-    assert broken.completion is not None and broken.completion["status"] == "error"
-    assert "model/authentication" in broken.completion["error"]
+    # Measured on real 2026.9.6 (make test-openclaw): a failed run's completion carries no error text.
+    assert broken.completion == {"status": "error", "replyDisposition": "empty"}
 
 
 @BOTH

@@ -1,6 +1,8 @@
-"""The simulated gateway answers as openclaw-hooks.md measured the real one, for each release profile.
+"""The simulated gateway answers as the real one does, for each release profile.
 
-Every test talks to real loopback servers with plain httpx, as the gateway client will.
+openclaw-hooks.md is the starting point; where the real gateways answered otherwise (make test-openclaw,
+docs/openclaw-conformance.md) the tests assert what the real gateways do. Every test talks to real
+loopback servers with plain httpx, as the gateway client will.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bot.simulator import (
     SimAgentSpec,
     SimulatedFleet,
     free_ports,
+    parse_body,
     parse_release_option,
     serve_forever,
 )
@@ -160,14 +163,25 @@ async def test_missing_or_bad_token_is_401_text(make_fleet: MakeFleet, client, r
 
 
 @by_release
-@pytest.mark.parametrize("param", ["token", "hook_token"])
 @pytest.mark.parametrize("route", ["agent", "wake"])
-async def test_token_in_query_is_refused_even_with_a_good_header(make_fleet: MakeFleet, client, release, param, route):
+async def test_token_in_query_is_refused_even_with_a_good_header(make_fleet: MakeFleet, client, release, route):
     fleet = await make_fleet(release)
     body = {"message": "hi", "text": "hi"}
-    response = await client.post(hook(fleet, route), params={param: TOKEN}, json=body, headers=AUTH)
+    response = await client.post(hook(fleet, route), params={"token": TOKEN}, json=body, headers=AUTH)
     assert (response.status_code, response.text) == (400, QUERY_TOKEN_TEXT)
     assert fleet.received() == []
+
+
+@by_release
+@pytest.mark.parametrize("param", ["hookToken", "hook_token", "Token", "access_token"])
+async def test_other_query_keys_are_ignored(make_fleet: MakeFleet, client, release, param):
+    # Measured on both releases: only `?token=` is refused; any other key is ignored, the header decides.
+    fleet = await make_fleet(release)
+    assert_accepted(
+        await client.post(hook(fleet), params={param: TOKEN}, json={"message": "hi"}, headers=AUTH), release
+    )
+    response = await client.post(hook(fleet), params={param: TOKEN}, json={"message": "hi"})
+    assert (response.status_code, response.text) == (401, "Unauthorized")
 
 
 @by_release
@@ -211,8 +225,17 @@ async def test_bad_token_window_is_sixty_seconds_on_the_clock(make_fleet: MakeFl
         pytest.param(b"[1, 2]", "message required", id="not-an-object"),
         pytest.param(b'{"name": "Hook"}', "message required", id="no-message"),
         pytest.param(b'{"message": "  "}', "message required", id="blank-message"),
-        pytest.param(b'{"message": "hi", "agentId": "nope"}', 'unknown agentId "nope"', id="unknown-agent-id"),
-        pytest.param(b'{"message": "hi", "sessionKey": "k"}', "sessionKey is not allowed", id="session-key"),
+        pytest.param(b'{"message": 5}', "message required", id="message-not-a-string"),
+        pytest.param(b'{"message": "hi", "model": ""}', "model required", id="empty-model"),
+        pytest.param(b'{"message": "hi", "model": null}', "model required", id="null-model"),
+        pytest.param(
+            b'{"message": "hi", "channel": "", "to": "channel:1"}', "channel must be last|discord", id="empty-channel"
+        ),
+        pytest.param(
+            b'{"message": "hi", "channel": "telegram", "to": "channel:1"}',
+            "channel must be last|discord",
+            id="channel-not-loaded",
+        ),
     ],
 )
 async def test_body_refused_with_400_json(make_fleet: MakeFleet, client, release, content, error):
@@ -223,13 +246,62 @@ async def test_body_refused_with_400_json(make_fleet: MakeFleet, client, release
 
 
 @by_release
-async def test_invalid_json_is_400_with_the_parser_message(make_fleet: MakeFleet, client, release):
+@pytest.mark.parametrize("route", ["agent", "wake"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [  # measured on both real gateways
+        (b"{not json", "Expected property name or '}' in JSON at position 1 (line 1 column 2)"),
+        (b'{"message": ', "Unexpected end of JSON input"),
+        (b"nope", "Unexpected token 'o', \"nope\" is not valid JSON"),
+        (b"NaN", '"NaN" is not valid JSON'),
+    ],
+)
+async def test_invalid_json_is_400_with_node_s_parser_message(
+    make_fleet: MakeFleet, client, release, route, content, message
+):
     fleet = await make_fleet(release)
-    response = await client.post(hook(fleet), content=b'{"message": ', headers=AUTH)
-    assert response.status_code == 400
-    answer = response.json()
-    assert answer["ok"] is False
-    assert isinstance(answer["error"], str) and answer["error"] not in ("", "message required")
+    response = await client.post(hook(fleet, route), content=content, headers=AUTH)
+    # Measured: 2026.2.12 prefixes JSON.parse's message with "SyntaxError: ", 2026.9.6 does not.
+    assert_json_error(response, 400, message if release == RELEASE_CURRENT else f"SyntaxError: {message}")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [  # JSON.parse of Node 24.21 (the gateways' runtime), input already trimmed as the gateways do
+        ('{"message": "hi"', "Expected ',' or '}' after property value in JSON at position 16 (line 1 column 17)"),
+        ('{"message" "hi"}', "Expected ':' after property name in JSON at position 11 (line 1 column 12)"),
+        ('{"a":1,}', "Expected double-quoted property name in JSON at position 7 (line 1 column 8)"),
+        ("[1 2]", "Expected ',' or ']' after array element in JSON at position 3 (line 1 column 4)"),
+        ('{"a":1} x', "Unexpected non-whitespace character after JSON at position 8 (line 1 column 9)"),
+        ('"abc', "Unterminated string in JSON at position 4 (line 1 column 5)"),
+        ('{"a":"x\ny"}', "Bad control character in string literal in JSON at position 7 (line 1 column 8)"),
+        ('{"a":"\\q"}', "Bad escaped character in JSON at position 7 (line 1 column 8)"),
+        ('{"a":"\\u12"}', "Bad Unicode escape in JSON at position 10 (line 1 column 11)"),
+        ('{"a":-}', "No number after minus sign in JSON at position 6 (line 1 column 7)"),
+        ('{"a":01}', "Unexpected number in JSON at position 6 (line 1 column 7)"),
+        ('{"a":1.}', "Unterminated fractional number in JSON at position 7 (line 1 column 8)"),
+        ("1e+", "Exponent part is missing a number in JSON at position 3 (line 1 column 4)"),
+        ('tru"x"', "Unexpected string in JSON at position 3 (line 1 column 4)"),
+        ("tru", "Unexpected end of JSON input"),
+        ("Infinity", '"Infinity" is not valid JSON'),
+        ("-Infinity", "No number after minus sign in JSON at position 1 (line 1 column 2)"),
+        ('{"a":}', 'Unexpected token \'}\', "{"a":}" is not valid JSON'),
+        ("xyzxyzxyzxyzxyzxyzxyzxyzxyz", "Unexpected token 'x', \"xyzxyzxyzx\"... is not valid JSON"),
+        ('{"a":1,"b":2,"c":3,"d":@}', 'Unexpected token \'@\', ...""c":3,"d":@}" is not valid JSON'),
+        ("[\n1\n2]", "Expected ',' or ']' after array element in JSON at position 4 (line 3 column 1)"),
+        ('"\U0001f600\U0001f600" x', "Unexpected non-whitespace character after JSON at position 7 (line 1 column 8)"),
+    ],
+)
+def test_json_errors_are_worded_as_node_s(text, message):
+    assert parse_body(text.encode()) == (None, message)
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [(b"", {}), (b" \n\t", {}), (b'\xef\xbb\xbf{"a":1}\xc2\xa0', {"a": 1}), (b'{"a":"\xff"}', {"a": "\ufffd"})],
+)
+def test_bodies_are_decoded_and_trimmed_as_node_does(content, value):
+    assert parse_body(content) == (value, None)
 
 
 @by_release
@@ -242,35 +314,63 @@ async def test_own_agent_id_and_main_are_known(make_fleet: MakeFleet, client, re
 
 CHANNEL_PAIR_ERROR = "channel and to must be set together for hook delivery"
 CONCRETE_CHANNEL_ERROR = "channel must name a concrete channel for hook delivery"
+NOT_LOADED_ERROR = "channel must be last|discord"  # "last" and the loaded channel plugins
+SWITCH = "set hooks.allowRequestSessionKey=true to enable"
+SESSION_KEY_CURRENT = f"sessionKey is disabled for externally supplied hook payload values; {SWITCH}"
+SESSION_KEY_LEGACY = f"sessionKey is disabled for external /hooks/agent payloads; {SWITCH}"
+EMPTY_TO = "to must be a non-empty string for hook delivery"
+UNKNOWN_AGENT = 'unknown agentId "nope"'
 
 
+def row(body: dict[str, Any], current: str | None, legacy: str | None, name: str) -> Any:
+    return pytest.param(body, {RELEASE_CURRENT: current, RELEASE_LEGACY: legacy}, id=name)
+
+
+# Measured on the real gateways (make test-openclaw and a probe of both releases), except "persistent"
+# (read in the 2026.9.6 source: a persistent session needs a sessionKey, which is refused anyway).
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        pytest.param(
-            {"message": "hi", "deliver": True, "channel": "discord"},
-            {RELEASE_CURRENT: CHANNEL_PAIR_ERROR, RELEASE_LEGACY: None},
-            id="channel-without-to",
+        row({"message": "hi", "deliver": True, "channel": "discord"}, CHANNEL_PAIR_ERROR, None, "channel-without-to"),
+        row({"message": "hi", "to": "user:456"}, CHANNEL_PAIR_ERROR, None, "to-without-channel"),
+        # openclaw-hooks.md listed this 400 for both releases: 2026.2.12 accepts it.
+        row({"message": "hi", "channel": "last", "to": "channel:123"}, CONCRETE_CHANNEL_ERROR, None, "channel-last"),
+        row({"message": "hi", "channel": "discord", "to": "123456789012345678"}, None, None, "bare-numeric-to"),
+        row({"message": "hi", "channel": " Discord ", "to": "channel:1"}, None, None, "channel-normalized"),
+        row({"message": "hi", "channel": "discord", "to": ""}, EMPTY_TO, None, "empty-to"),
+        # 2026.9.6 skips every delivery check when deliver is false; 2026.2.12 still checks the channel.
+        row(
+            {"message": "hi", "deliver": False, "channel": "telegram", "to": "c:1"},
+            None,
+            NOT_LOADED_ERROR,
+            "no-delivery-bad-channel",
         ),
-        pytest.param(
-            {"message": "hi", "to": "user:456"},
-            {RELEASE_CURRENT: CHANNEL_PAIR_ERROR, RELEASE_LEGACY: None},
-            id="to-without-channel",
+        row({"message": "hi", "deliver": False, "channel": "discord"}, None, None, "no-delivery-channel-without-to"),
+        # openclaw-hooks.md listed this 400 for both releases: 2026.2.12 runs it on its default agent.
+        row({"message": "hi", "agentId": "nope"}, UNKNOWN_AGENT, None, "unknown-agent-id"),
+        row({"message": "hi", "agentId": "  "}, "agentId must be a non-empty string", None, "blank-agent-id"),
+        row({"message": "hi", "sessionKey": "k"}, SESSION_KEY_CURRENT, SESSION_KEY_LEGACY, "session-key"),
+        row({"message": "hi", "sessionKey": "  "}, None, None, "blank-session-key"),
+        row(
+            {"message": "hi", "agentId": "nope", "sessionKey": "k"},
+            UNKNOWN_AGENT,
+            SESSION_KEY_LEGACY,
+            "agent-id-before-session-key",
         ),
-        pytest.param(
-            {"message": "hi", "channel": "last", "to": "channel:123"},
-            {RELEASE_CURRENT: CONCRETE_CHANNEL_ERROR, RELEASE_LEGACY: None},
-            id="channel-last",
+        row(
+            {"message": "hi", "waitForCompletion": "yes"}, "waitForCompletion must be boolean", None, "wait-not-boolean"
         ),
-        pytest.param(
-            {"message": "hi", "channel": "discord", "to": "123456789012345678"},
-            {RELEASE_CURRENT: None, RELEASE_LEGACY: None},
-            id="bare-numeric-to",
+        row(
+            {"message": "hi", "sessionMode": "bogus"},
+            "sessionMode must be isolated or persistent",
+            None,
+            "bad-session-mode",
         ),
-        pytest.param(
-            {"message": "hi", "model": ""},
-            {RELEASE_CURRENT: None, RELEASE_LEGACY: "model required"},
-            id="empty-model",
+        row(
+            {"message": "hi", "sessionMode": "persistent"},
+            "sessionKey is required when sessionMode is persistent",
+            None,
+            "persistent",
         ),
     ],
 )
@@ -286,6 +386,37 @@ async def test_rows_where_the_releases_differ(make_fleet: MakeFleet, client, rel
     else:
         assert_json_error(response, 400, error)
         assert fleet.received() == []
+
+
+# --- the Discord channel plugin -----------------------------------------------------------------
+
+
+@by_release
+async def test_without_the_discord_plugin_every_delivered_hook_is_refused(make_fleet: MakeFleet, client, release):
+    # Measured on both releases: `channel` must name a loaded channel plugin; without Discord's only "last" is.
+    fleet = await make_fleet(release, discord_plugin=False)
+    for channel in ("discord", "telegram", ""):
+        body = {"message": "hi", "channel": channel, "to": "channel:123"}
+        assert_json_error(await client.post(hook(fleet), json=body, headers=AUTH), 400, "channel must be last")
+    # What needs no channel still works.
+    assert_accepted(await client.post(hook(fleet), json={"message": "hi"}, headers=AUTH), release)
+    quiet = await client.post(hook(fleet), json={"message": "hi", "deliver": False, "channel": "discord"}, headers=AUTH)
+    if release == RELEASE_CURRENT:  # deliver:false skips the delivery checks
+        assert_accepted(quiet, release)
+    else:
+        assert_json_error(quiet, 400, "channel must be last")
+    last = await client.post(hook(fleet), json={"message": "hi", "channel": "last", "to": "c:1"}, headers=AUTH)
+    if release == RELEASE_CURRENT:
+        assert_json_error(last, 400, CONCRETE_CHANNEL_ERROR)
+    else:
+        assert_accepted(last, release)
+
+    fleet.set_discord_plugin("webster", True)  # loaded now: the same hook is accepted
+    delivered = {"message": "hi", "channel": "discord", "to": "channel:123"}
+    assert_accepted(await client.post(hook(fleet), json=delivered, headers=AUTH), release)
+    assert fleet.spec("webster").discord_plugin is True
+    fleet.set_discord_plugin("webster", False)
+    assert_json_error(await client.post(hook(fleet), json=delivered, headers=AUTH), 400, "channel must be last")
 
 
 @by_release
@@ -370,24 +501,56 @@ async def test_a_restart_forgets_idempotency_keys(make_fleet: MakeFleet, client)
     assert assert_accepted(await client.post(hook(fleet), **request), RELEASE_CURRENT) != first
 
 
+async def test_current_replays_only_the_same_request(make_fleet: MakeFleet, client):
+    """2026.9.6 keys its replay cache on the key and what the request asks for (its source)."""
+    fleet = await make_fleet(RELEASE_CURRENT)
+
+    async def send(message: str) -> str:
+        response = await client.post(hook(fleet), json={"message": message}, headers={**AUTH, "Idempotency-Key": "k"})
+        return assert_accepted(response, RELEASE_CURRENT)
+
+    first, other = await send("one"), await send("two")
+    assert other != first
+    assert (await send("two"), await send("one")) == (other, first)
+    assert len(fleet.received()) == 2
+
+
+async def test_current_reads_the_key_from_the_headers_first(make_fleet: MakeFleet, client):
+    fleet = await make_fleet(RELEASE_CURRENT)
+    body = {"message": "hi", "idempotencyKey": "in-body"}
+    await client.post(hook(fleet), json=body, headers={**AUTH, "Idempotency-Key": "in-header"})
+    await client.post(hook(fleet), json={"message": "hi"}, headers={**AUTH, "X-OpenClaw-Idempotency-Key": "k2"})
+    too_long = "k" * 257  # over 256 characters a key counts as none
+    await client.post(hook(fleet), json={"message": "hi", "idempotencyKey": too_long}, headers=AUTH)
+    await client.post(hook(fleet), json={"message": "hi", "idempotencyKey": too_long}, headers=AUTH)
+    assert [h.idempotency_key for h in fleet.received()] == ["in-header", "k2", None, None]
+
+
 # --- completion and model credentials -----------------------------------------------------------
 
 
-@by_release
-async def test_wait_for_completion_reports_the_run_outcome(make_fleet: MakeFleet, client, release):
-    fleet = await make_fleet(release)
+async def test_current_wait_for_completion_reports_the_run_outcome(make_fleet: MakeFleet, client):
+    fleet = await make_fleet(RELEASE_CURRENT)
     body = {"message": "hi", "waitForCompletion": True}
     answer = (await client.post(hook(fleet), json=body, headers=AUTH)).json()
-    assert answer["completion"] == {"status": "ok", "reply": "HEARTBEAT_OK"}
+    # Never observed (the conformance runs have no model credentials): the shape the 2026.9.6 source gives.
+    assert answer["completion"] == {"status": "ok", "replyDisposition": "visible"}
 
     fleet.set_model_ok("webster", False)
     response = await client.post(hook(fleet), json=body, headers=AUTH)
-    assert_accepted(response, release)  # the hook is still accepted; the run fails inside the gateway
-    assert response.json()["completion"] == {
-        "status": "error",
-        "error": "model/authentication: credentials expired or invalid",
-    }
+    assert_accepted(response, RELEASE_CURRENT)  # the hook is still accepted; the run fails inside the gateway
+    # Measured: no error text, only the status and an empty reply.
+    assert response.json()["completion"] == {"status": "error", "replyDisposition": "empty"}
     assert len(fleet.received()) == 2
+
+
+@pytest.mark.parametrize("model_ok", [True, False])
+async def test_legacy_ignores_wait_for_completion(make_fleet: MakeFleet, client, model_ok):
+    # Measured: 2026.2.12 answers 202 at once, without a completion object.
+    fleet = await make_fleet(RELEASE_LEGACY, model_ok=model_ok)
+    response = await client.post(hook(fleet), json={"message": "hi", "waitForCompletion": True}, headers=AUTH)
+    assert_accepted(response, RELEASE_LEGACY)
+    assert set(response.json()) == {"ok", "runId"}
 
 
 async def test_expired_model_without_waiting_looks_like_success(make_fleet: MakeFleet, client):
@@ -400,23 +563,60 @@ async def test_expired_model_without_waiting_looks_like_success(make_fleet: Make
 # --- wake ---------------------------------------------------------------------------------------
 
 
-async def test_current_wake_is_queued_then_coalesced_within_a_second(make_fleet: MakeFleet, client):
+async def wake_outcomes(client, fleet: SimulatedFleet, clock: FakeClock, *steps: tuple[float, str, str]) -> list[str]:
+    """(seconds to wait first, mode, text) per wake; the eventOutcome of each answer."""
+    outcomes = []
+    for wait, mode, text in steps:
+        clock.advance(wait)
+        response = await client.post(hook(fleet, "wake"), json={"text": text, "mode": mode}, headers=AUTH)
+        assert response.status_code == 200
+        assert response.json()["mode"] == mode
+        outcomes.append(response.json()["eventOutcome"])
+    return outcomes
+
+
+async def test_current_wake_coalesces_a_text_still_pending(make_fleet: MakeFleet, client):
+    """As measured on 2026.9.6: a "now" wake drains the pending events about 0.25 s later."""
     clock = FakeClock()
     fleet = await make_fleet(RELEASE_CURRENT, clock=clock)
-    wake = {"text": "check the board", "mode": "now"}
-    outcomes = []
-    for step in (0.0, 0.5, 0.6):  # t=0 queued, t=0.5 coalesced, t=1.1 queued again
-        clock.advance(step)
-        response = await client.post(hook(fleet, "wake"), json=wake, headers=AUTH)
-        assert response.status_code == 200
-        outcomes.append(response.json())
-    assert outcomes == [
-        {"ok": True, "mode": "now", "eventOutcome": "queued"},
-        {"ok": True, "mode": "now", "eventOutcome": "coalesced"},
-        {"ok": True, "mode": "now", "eventOutcome": "queued"},
-    ]
+    steps = [(0, "next-heartbeat", "x"), (0, "now", "x"), (0.1, "now", "x"), (0.25, "now", "x")]
+    assert await wake_outcomes(client, fleet, clock, *steps) == ["queued", "coalesced", "coalesced", "queued"]
     received = fleet.received("webster")
-    assert [(h.path, h.run_id, h.body) for h in received] == [("/hooks/wake", None, wake)] * 3
+    assert [(h.path, h.run_id, h.body["text"]) for h in received] == [("/hooks/wake", None, "x")] * 4
+
+
+async def test_current_wake_coalesces_only_the_same_text_as_the_last_pending_one(make_fleet: MakeFleet, client):
+    clock = FakeClock()
+    fleet = await make_fleet(RELEASE_CURRENT, clock=clock)
+    steps = [(0, "next-heartbeat", t) for t in ("e", "e", "f", "e")] + [(0, "now", "c")]
+    assert await wake_outcomes(client, fleet, clock, *steps) == ["queued", "coalesced", "queued", "queued", "queued"]
+
+
+async def test_current_next_heartbeat_wakes_stay_pending_until_a_restart(make_fleet: MakeFleet, client):
+    clock = FakeClock()
+    fleet = await make_fleet(RELEASE_CURRENT, clock=clock)
+    steps = [(0, "next-heartbeat", "x"), (600, "next-heartbeat", "x")]
+    assert await wake_outcomes(client, fleet, clock, *steps) == ["queued", "coalesced"]
+    await fleet.restart("webster")  # pending events live in the process
+    assert await wake_outcomes(client, fleet, clock, (0, "next-heartbeat", "x")) == ["queued"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"text": "x", "sessionKey": "k"}, SESSION_KEY_CURRENT),
+        ({"text": "x", "sessionKey": "k", "mode": "next-heartbeat"}, "sessionKey requires mode=now"),
+        ({"text": "x", "sessionKey": " "}, "sessionKey must be a non-empty string"),
+        ({"text": "x", "agentId": "nope"}, 'unknown agentId "nope"'),
+        ({"text": "x", "agentId": ""}, "agentId must be a non-empty string"),
+    ],
+)
+async def test_current_wake_checks_agent_id_and_session_key(make_fleet: MakeFleet, client, body, error):
+    fleet = await make_fleet(RELEASE_CURRENT)  # from the 2026.9.6 source; 2026.2.12 reads only text and mode
+    assert_json_error(await client.post(hook(fleet, "wake"), json=body, headers=AUTH), 400, error)
+    legacy = await make_fleet(RELEASE_LEGACY)
+    response = await client.post(hook(legacy, "wake"), json=body, headers=AUTH)
+    assert (response.status_code, response.json()["ok"]) == (200, True)
 
 
 async def test_current_wake_echoes_next_heartbeat_mode(make_fleet: MakeFleet, client):
@@ -479,6 +679,22 @@ async def test_unknown_hook_route_is_404_after_auth(make_fleet: MakeFleet, clien
     fleet = await make_fleet(release)
     assert (await client.post(hook(fleet, "nope"), json={}, headers=AUTH)).status_code == 404
     assert (await client.post(hook(fleet, "nope"), json={})).status_code == 401
+    base = fleet.urls["webster"] + "/hooks"  # the hooks base itself (measured)
+    assert (await client.post(base, json={}, headers=AUTH)).status_code == 404
+    # Both sources read the body before looking the route up.
+    response = await client.post(hook(fleet, "nope"), content=b"{", headers=AUTH)
+    assert response.status_code == 400 and "JSON" in response.json()["error"]
+
+
+@by_release
+@pytest.mark.parametrize("path", ["/hooks", "/hooks/nope", "/hooks/wake"])
+async def test_get_on_any_hooks_path_is_405(make_fleet: MakeFleet, client, release, path):
+    # Measured: every path under hooks.path refuses GET (2026.2.12 after the token check).
+    fleet = await make_fleet(release)
+    response = await client.get(fleet.urls["webster"] + path, headers=AUTH)
+    assert (response.status_code, response.headers["Allow"]) == (405, "POST")
+    anonymous = await client.get(fleet.urls["webster"] + path)
+    assert anonymous.status_code == (405 if release == RELEASE_CURRENT else 401)
 
 
 @by_release
@@ -486,8 +702,8 @@ async def test_unknown_hook_route_is_404_after_auth(make_fleet: MakeFleet, clien
 async def test_unknown_paths_answer_the_control_ui_html(make_fleet: MakeFleet, client, release, path):
     fleet = await make_fleet(release)
     response = await client.get(fleet.urls["webster"] + path, headers=AUTH if path == "/hooks" else {})
-    if path == "/hooks":  # the hooks base itself belongs to the hooks handler
-        assert response.status_code == 404
+    if path == "/hooks":  # the hooks base itself belongs to the hooks handler, which takes only POST (measured)
+        assert response.status_code == 405
         return
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
@@ -541,6 +757,20 @@ async def test_current_start_up_window_then_ready(make_fleet: MakeFleet, client)
     assert startup.json() == {"ok": True, "status": "started", "version": "2026.9.6", "uptimeMs": 2500}
     live = await client.get(url + "/healthz")
     assert (live.status_code, live.json()) == (200, {"ok": True, "status": "live"})
+
+
+async def test_current_start_up_with_hooks_already_open(make_fleet: MakeFleet, client):
+    """What the conformance runs measured on 2026.9.6: no 503 from hooks, /readyz still 503 starting."""
+    fleet = await make_fleet(RELEASE_CURRENT, startup=None, starting_hooks="open")
+    url = fleet.urls["webster"]
+    assert_json_error(await client.post(hook(fleet), json={}, headers=AUTH), 400, "message required")
+    assert_accepted(await client.post(hook(fleet), json={"message": "hi"}, headers=AUTH), RELEASE_CURRENT)
+    assert (await client.post(hook(fleet), json={"message": "hi"})).status_code == 401
+    ready = await client.get(url + "/readyz")
+    assert (ready.status_code, ready.json()) == (503, {"ready": False, "failing": ["startup-sidecars"]})
+    assert (await client.get(url + "/startupz")).status_code == 503
+    fleet.finish_startup("webster")
+    assert (await client.get(url + "/readyz")).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -17,3 +17,13 @@ class AtomizerView(discord.ui.View):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any], /) -> None:
         await interaction.client.tree.on_error(interaction, error)  # type: ignore[attr-defined,arg-type]
+
+
+class AtomizerModal(discord.ui.Modal):
+    """Base for the bot's modals: like AtomizerView, a refused submit is answered by the tree's handler.
+
+    discord.py's `Modal.on_error` only logs, so without this the user would see "Something went wrong".
+    """
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, /) -> None:
+        await interaction.client.tree.on_error(interaction, error)  # type: ignore[attr-defined,arg-type]
