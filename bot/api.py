@@ -983,7 +983,9 @@ class LoopbackApi:
             raise InvalidInput("nothing to change: send a status, an assignee (null to unassign), or both")
         # Check all the input before the first write, so a bad assignee cannot leave the status half-applied.
         if body.status is not None:
-            clean_text(body.note or "", "note", NOTE_MAX, required=parse_status(body.status) == "blocked")
+            if parse_status(body.status) == "blocked" and not (body.note or "").strip():
+                raise InvalidInput("say why the task is blocked (a note, e.g. 'waiting for the NX licence')")
+            clean_text(body.note or "", "note", NOTE_MAX, required=False)
         if reassign and body.assignee:
             await board.list(assignee=body.assignee, limit=1)  # resolves the assignee as `assign` will
         task_id = request.match_info["id"]

@@ -228,9 +228,10 @@ class TaskBoard:
         if requester.is_agent:
             if task.assignee_kind == "agent" and task.assignee == requester.name:
                 return
+            owner = "is unassigned" if task.assignee is None else f"is assigned to {task.assignee_text}"
             raise NotAllowed(
-                f"{requester.name} may change only tasks assigned to it; {task.display_id} is assigned to "
-                f"{task.assignee_text}. Ask an operator, or its assignee"
+                f"{requester.name} may change only tasks assigned to it; {task.display_id} {owner}. "
+                "Ask an operator, or its assignee"
             )
         if requester.level < AccessLevel.OPERATOR:
             raise NotAllowed(f"changing tasks needs the operator level; {requester.describe()} may only read them")
@@ -382,7 +383,9 @@ class TaskBoard:
         authorized: bool = False,
     ) -> Task:
         target = parse_status(status)
-        clean_note = clean_text(note or "", "note", NOTE_MAX, required=target == "blocked")
+        if target == "blocked" and not (note or "").strip():
+            raise InvalidInput("say why the task is blocked (a note, e.g. 'waiting for the NX licence')")
+        clean_note = clean_text(note or "", "note", NOTE_MAX, required=False)
 
         def change(task: Task) -> tuple[dict[str, Any], str, str | None, str | None]:
             fields: dict[str, Any] = {"status": target, "blocked_reason": clean_note if target == "blocked" else None}
@@ -470,7 +473,7 @@ class TaskBoard:
         note: str | None,
         now: str,
     ) -> TaskEvent:
-        actor = requester.name if not requester.via else f"{requester.name} (via {requester.via})"
+        actor = requester.name if not requester.via else f"{requester.name} via {requester.via}"
         await tx.execute(
             "INSERT INTO task_events (task_id, at, actor_kind, actor, front_end, action, old_value, new_value, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

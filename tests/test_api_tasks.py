@@ -236,13 +236,15 @@ async def test_an_agent_changes_its_own_task(hq: Hq) -> None:
 
 
 @pytest.mark.parametrize(
-    ("assignee", "shown"), [("optimizer", "optimizer"), (None, "unassigned")], ids=["another-agent", "nobody"]
+    ("assignee", "shown"),
+    [("optimizer", "is assigned to optimizer"), (None, "is unassigned")],
+    ids=["another-agent", "nobody"],
 )
 async def test_an_agent_may_not_change_another_task(hq: Hq, assignee: str | None, shown: str) -> None:
     await hq.services.tasks.add(ANTOINE, "Tune the optimizer", assignee=assignee)
     for change in ({"status": "done"}, {"assignee": "nx-expert"}):
         detail = assert_error(await hq.patch("T-1", "nx-expert", **change), 403, "forbidden")
-        assert detail.startswith(f"nx-expert may change only tasks assigned to it; T-1 is assigned to {shown}")
+        assert detail.startswith(f"nx-expert may change only tasks assigned to it; T-1 {shown}")
     task = await hq.record("T-1")
     assert (task["status"], task["version"]) == ("todo", 1)
 
@@ -282,7 +284,7 @@ async def test_an_agent_finishes_its_task_and_hands_it_on(hq: Hq) -> None:
         ({}, "nothing to change"),
         ({"note": "just a note"}, "nothing to change"),
         ({"status": "frozen"}, "unknown status 'frozen'"),
-        ({"status": "blocked"}, "the note is empty"),
+        ({"status": "blocked"}, "say why the task is blocked"),
         ({"status": "done", "note": "x" * 501}, "the note is 501 characters"),
         ({"status": "done", "version": 0}, "version: Input should be greater than or equal to 1"),
         ({"status": "done", "version": "two"}, "version: Input should be a valid integer"),

@@ -53,7 +53,7 @@ async def test_every_event_is_one_line_in_the_agents_format(
         "2026-11-25 09:00 UTC · T-1 created by antoine (discord): Mesh the M2 mirror (assigned to nx-expert)",
         "2026-11-25 10:02 UTC · T-1 todo → in_progress by nx-expert (task-board)",
         "2026-11-25 10:02 UTC · T-1 in_progress → blocked by nx-expert (task-board): waiting for the NX licence",
-        "2026-11-25 10:02 UTC · T-1 blocked → in_progress by nx-expert (via antoine) (discord)",
+        "2026-11-25 10:02 UTC · T-1 blocked → in_progress by nx-expert via antoine (discord)",
         "2026-11-25 10:02 UTC · T-1 in_progress → done by nx-expert (task-board): meshed, 42k elements",
         "2026-11-25 10:02 UTC · T-1 assigned to auditor by antoine (discord): please review",
     ]
