@@ -17,7 +17,19 @@ if TYPE_CHECKING:
     from bot.monitor import AgentHealth, Transition
     from bot.services import Services
 
-COLUMNS = ("agent", "state", "port", "model", "latency", "release", "since", "up 24h", "last delegation", "detail")
+COLUMNS = (
+    "agent",
+    "state",
+    "unit",
+    "port",
+    "model",
+    "latency",
+    "release",
+    "since",
+    "up 24h",
+    "last delegation",
+    "detail",
+)
 STATE_STYLE = {
     "ready": "green",
     "starting": "yellow",
@@ -33,6 +45,7 @@ def agent_row(agent: AgentStatus, item: AgentOverview | None = None) -> dict[str
     return {
         "agent": agent.name,
         "state": agent.state,
+        "unit": item.unit if item else "-",
         "port": str(agent.port),
         "model": agent.model or "-",
         "latency": latency,
@@ -73,7 +86,9 @@ def fleet_json(fleet: FleetStatus, overview: list[AgentOverview] | None = None) 
         }
         item = items.get(a.name)
         if item is not None:
-            entry.update(since=item.since, uptime_24h=item.uptime_24h, last_delegation=item.last_delegation)
+            entry.update(
+                since=item.since, uptime_24h=item.uptime_24h, last_delegation=item.last_delegation, unit=item.unit
+            )
         agents.append(entry)
     return {
         "agents": agents,
@@ -132,12 +147,14 @@ class AgentOverview:
     uptime_24h: float | None = None
     last_delegation: str | None = None
     silenced_until: str | None = None
+    unit: str = "unknown"  # systemd's word on the agent's unit: active, failed, ... or unknown without systemd
     extra: dict[str, str] = field(default_factory=dict)
 
 
 async def collect_overview(services: Services, fleet: FleetStatus) -> list[AgentOverview]:
     """Join a probe round with the monitor's history and the delegations table."""
     latest = await services.delegation.latest_by_agent()
+    units = {u.agent: u.state for u in await services.systemd.states([a.name for a in fleet.agents])}
     last = {name: f"{d.display_id} {d.status} {_hhmm(d.updated_at)}" for name, d in latest.items()}
     overview = []
     for agent in fleet.agents:
@@ -149,6 +166,7 @@ async def collect_overview(services: Services, fleet: FleetStatus) -> list[Agent
                 uptime_24h=await services.monitor.uptime(agent.name, 86_400),
                 last_delegation=last.get(agent.name),
                 silenced_until=health.silenced_until if health else None,
+                unit=units.get(agent.name, "unknown"),
             )
         )
     return overview
@@ -171,7 +189,8 @@ def status_embed(fleet: FleetStatus, overview: list[AgentOverview]) -> list[Boar
         agent, readiness = item.status, item.status.readiness
         lines = [
             f"**{agent.state}** · :{agent.port} · {agent.model or '-'}"
-            + ("" if agent.state == "down" else f" · {readiness.latency_s * 1000:.0f} ms"),
+            + ("" if agent.state == "down" else f" · {readiness.latency_s * 1000:.0f} ms")
+            + ("" if item.unit == "unknown" else f" · unit {item.unit}"),
             f"since {_hhmm(item.since)} · up 24 h: "
             + ("-" if item.uptime_24h is None else f"{item.uptime_24h * 100:.1f} %"),
             f"last delegation: {item.last_delegation or '-'}",

@@ -144,7 +144,9 @@ async def apply_board_message(board: TaskBoard, requester: Requester, text: str)
     """Read a message and apply it exactly as the API would for this requester."""
     parsed = parse_board_message(text)
     if parsed is None:
-        if requester.is_agent:  # an agent that posts here is talking to the board: never silently ignored
+        # An agent that names a task is trying to update it: never silently ignored. Other posts (an
+        # agent's answer delivered to this channel, say) are just talk: a hint to each would be noise.
+        if requester.is_agent and _TASK_REF.search(tidy(text)):
             return MessageOutcome(False, HINT)
         return MessageOutcome(False, None)
     if isinstance(parsed, NotUnderstood):

@@ -70,7 +70,7 @@ async def test_status_plain_text_is_a_table(start_fleet: FleetStarter, tmp_path:
     code, out, _ = await run_cli("--config", str(path), "status", env=cli_env(tmp_path))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["agent", "state", "port"]
+    assert lines[0].split()[:4] == ["agent", "state", "unit", "port"]
     assert any(line.startswith("auditor") and " down " in line for line in lines)
     assert "8 agents: 7 ready, 1 down" in out
 

@@ -634,7 +634,8 @@ async def test_an_agents_post_that_cannot_be_read_gets_a_one_line_hint(rig: Rig)
     agent = rig.agent()
 
     unreadable = await rig.post("T-1 is looking good I think", agent)
-    chatter = await rig.post("hello board", agent)
+    chatter = await rig.post("the report for T-1, as asked", agent)
+    talk = await rig.post("Here is the thermal report you asked for.", agent)
     no_reason = await rig.post("T-1 blocked", agent)
 
     [hint] = rig.replies_to(unreadable)
@@ -642,6 +643,7 @@ async def test_an_agents_post_that_cannot_be_read_gets_a_one_line_hint(rig: Rig)
     assert hint.payload["allowed_mentions"] == {"parse": [], "replied_user": False}
     assert hint.payload["message_reference"]["fail_if_not_exists"] is False
     assert [r.content for r in rig.replies_to(chatter)] == [HINT]
+    assert rig.replies_to(talk) == []  # an answer delivered to this channel is not a board update
     assert [r.content for r in rig.replies_to(no_reason)] == ["Say why T-1 is blocked: `T-1 blocked: <reason>`."]
     assert rig.my_reactions(unreadable) == [] and (await rig.services.tasks.get(1)).version == 1
 

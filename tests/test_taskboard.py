@@ -164,12 +164,14 @@ async def test_agent_messages_are_applied_as_the_api_would_and_always_answered(b
         ("T-2 done", False, "nx-expert may change only tasks assigned to it"),
         ("T-9 done", False, "no task T-9"),
         ("new task: Check the mesh quality @auditor !high", True, "T-3 created: Check the mesh quality (auditor)"),
-        ("hello board", False, "I couldn't read that as a board update"),
+        ("I think I finished T-1 yesterday", False, "I couldn't read that as a board update"),
         ("T-1 blocked", False, "Say why T-1 is blocked"),
     ]
     for text, applied, reply in cases:
         outcome = await apply_board_message(board, nx, text)
         assert (outcome.applied, reply in (outcome.reply or "")) == (applied, True), (text, outcome)
+    # An agent's ordinary post (e.g. an answer delivered here) is not a board update: no hint, no change.
+    assert (await apply_board_message(board, nx, "Here is the mesh report you asked for.")).reply is None
     # A person's ordinary talk is left alone; an operator using the grammar is applied.
     assert (await apply_board_message(board, OPERATOR, "nice work all")).reply is None
     assert (await apply_board_message(board, OPERATOR, "T-2 done")).applied
