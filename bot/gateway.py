@@ -347,7 +347,7 @@ def _interpret(agent: str, response: httpx.Response, latency: float) -> _Answer:
         raise AgentUnavailable(agent, f"the gateway failed (HTTP {status}): {snippet}", sent=True)
     if status == 404:
         raise HookRejected(agent, status, "hooks are disabled on this gateway (hooks.enabled) or hooks.path differs")
-    if status == 400 and gateway_error.startswith("channel must be last"):
+    if status == 400 and gateway_error.startswith("channel must be last") and "discord" not in gateway_error:
         # Measured on real gateways: "discord" is refused like this when the Discord channel plugin is not loaded.
         raise HookRejected(
             agent,

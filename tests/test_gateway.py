@@ -430,3 +430,14 @@ async def test_the_token_appears_in_no_log_line_error_or_repr(
     assert any("rate limiting" in t for t in texts) and any("refused" in t for t in texts)
     assert HOOKS_TOKEN not in everything
     assert HOOKS_TOKEN[::-1] not in everything
+
+
+async def test_a_gateway_without_the_discord_plugin_is_explained(
+    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+) -> None:
+    config, fleet = await start_fleet(specs={"auditor": {"discord_plugin": False}})
+    with pytest.raises(HookRejected) as caught:
+        await client_for(http_client).send_agent_hook(config.require_agent("auditor"), delivered())
+    assert caught.value.gateway_error.startswith("channel must be last (the gateway has no Discord channel plugin")
+    assert "openclaw plugins install npm:@openclaw/discord" in str(caught.value)
+    assert fleet.received() == []
