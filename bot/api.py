@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -27,11 +27,13 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from bot.authz import Requester, api_requester
+from bot.authz import AccessLevel, Requester, api_requester
+from bot.clock import iso, parse_duration, utcnow
 from bot.cluster import FleetStatus
 from bot.delegation import Delegation, Status, parse_id
-from bot.errors import AtomizerError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from bot.errors import AtomizerError, InvalidInput, NotAllowed, NotAuthenticated, PayloadTooLarge
 from bot.gateway import ReadinessState
+from bot.heartbeat import HeartbeatRun, JobStatus
 from bot.services import Services
 from bot.status_view import AgentOverview, collect_overview, fleet_json
 from bot.taskboard import NOTE_MAX, Task, TaskBoard, TaskDetail, TaskEvent, clean_text, parse_status
@@ -435,6 +437,100 @@ async def count_tasks(board: TaskBoard, *, assignee: str | None, status: str | N
     return total + len(batch)
 
 
+# --- models of the heartbeat routes ------------------------------------------------------------
+
+MAX_PAUSE_S = 90 * 86_400  # longer than a quarter: pause until resumed instead
+
+
+def pause_seconds(duration: str | None) -> float | None:
+    """A heartbeat pause's length from "2h", "1d"…; None (or blank) pauses until resumed.
+
+    One reading for /heartbeat pause, `atomizer-hq heartbeat pause --for` and the API.
+    """
+    if duration is None or not duration.strip():
+        return None
+    seconds = parse_duration(duration)
+    if seconds <= 0:
+        raise InvalidInput("a pause of 0 is no pause; leave the duration out to pause until resumed, or resume")
+    if seconds > MAX_PAUSE_S:
+        raise InvalidInput(
+            f"{duration.strip()[:40]!r} is longer than {MAX_PAUSE_S // 86_400} days; "
+            "leave the duration out to pause until resumed"
+        )
+    return seconds
+
+
+class HeartbeatRunOut(BaseModel):
+    """One heartbeat slot as recorded: how far it got (level) and how it ended (status)."""
+
+    agent: str
+    slot: str = Field(description="The slot's time (ISO 8601, UTC); a manual run's is when it was asked for.")
+    trigger: str = Field(description="schedule, catch_up or manual")
+    status: str = Field(
+        description="ok, skipped, down, not_ready, rejected, unconfirmed, run_failed, no_completion (running while "
+        "under way)"
+    )
+    level: str | None = Field(description="The last level verified: live, ready, accepted, completed; null if none.")
+    run_id: str | None = Field(description="The gateway's runId, once the hook was accepted.")
+    detail: str | None
+    started_at: str
+    finished_at: str | None
+    failed: bool = Field(description="Counts towards the dead-man's switch.")
+
+    @classmethod
+    def of(cls, run: HeartbeatRun) -> HeartbeatRunOut:
+        return cls(**asdict(run), failed=run.failed)
+
+
+class HeartbeatJobOut(BaseModel):
+    """One heartbeat atomizer-hq sends: its schedule and policy, what comes next, and how the last one went."""
+
+    agent: str
+    schedule: str = Field(description="e.g. 'every 30 min 00 s' or 'cron 0 9 * * 1-5', with active hours")
+    method: str = Field(description="agent (a hook run, verified to completion) or wake")
+    missed: str = Field(description="The policy for slots missed while atomizer-hq was down: skip or catch_up_once")
+    next_slot: str | None = Field(description="The next slot within a week (ISO 8601, UTC), paused or not.")
+    last: HeartbeatRunOut | None = Field(description="The latest finished slot, skipped ones included.")
+    paused_until: str | None = Field(description="No heartbeats until then; 9999-12-31… means until resumed.")
+    failures: int = Field(description="Failed runs in a row; failures_alert of them raise an alert in #it-ops.")
+
+    @classmethod
+    def of(cls, job: JobStatus) -> HeartbeatJobOut:
+        return cls(
+            agent=job.agent, schedule=job.schedule, method=job.method, missed=job.missed, next_slot=job.next_slot,
+            last=HeartbeatRunOut.of(job.last) if job.last else None, paused_until=job.paused_until,
+            failures=job.failures,
+        )  # fmt: skip
+
+
+class HeartbeatList(BaseModel):
+    """Every heartbeat atomizer-hq sends, in config order."""
+
+    heartbeats: list[HeartbeatJobOut]
+
+
+class HeartbeatPauseIn(BaseModel):
+    """How long to pause; send {} to pause until resumed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration: str | None = Field(
+        default=None, description=f"e.g. 30m, 2h, 1d (at most {MAX_PAUSE_S // 86_400} days); absent: until resumed."
+    )
+
+
+class HeartbeatPaused(BaseModel):
+    agent: str
+    paused_until: str | None = Field(description="null once resumed; 9999-12-31… means until resumed.")
+
+
+class HeartbeatSeen(BaseModel):
+    """The agent's own heartbeat was recorded as seen (the dead-man's switch for agents with their own)."""
+
+    agent: str
+    seen_at: str
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 
@@ -537,6 +633,7 @@ class LoopbackApi:
         self._add_delegation_routes()
         self._add_status_routes()
         self._add_task_routes()
+        self._add_heartbeat_routes()
 
     # --- registration ----------------------------------------------------------------------------
 
@@ -1000,6 +1097,108 @@ class LoopbackApi:
         response = reply(TaskRecord.of(task))
         response.headers["ETag"] = f'"{task.version}"'
         return response
+
+    # --- heartbeats ------------------------------------------------------------------------------
+
+    def _add_heartbeat_routes(self) -> None:
+        """Thin fronts of HeartbeatService: the same decisions as /heartbeat and `atomizer-hq heartbeat`.
+
+        Anyone may list; running one by hand needs an operator or admin token (an agent's token is
+        refused even for its own heartbeat: the heartbeat supervises the agent, and the core decides
+        that the same way for every front end); pausing and resuming need the admin token. An agent
+        reports its own heartbeat with `seen`, for itself only.
+        """
+        refused = {403: ErrorResponse, 404: ErrorResponse}
+        self.add(
+            Route(
+                "GET",
+                "/v1/heartbeats",
+                self.list_heartbeats,
+                summary="The heartbeats atomizer-hq sends: schedule, policy, next slot, last result, pause",
+                response=HeartbeatList,
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/heartbeats/{agent}/run",
+                self.run_heartbeat,
+                summary="Send an agent's heartbeat now and verify it level by level (operator or admin)",
+                response=HeartbeatRunOut,
+                extra_responses={400: ErrorResponse, **refused},
+                description="Answers when the run ends (up to the job's completion_timeout): 200 with the recorded "
+                "run, whatever its status (`failed` says whether it counts as a failure). 400: atomizer-hq sends "
+                "no heartbeat for that agent. 403: agents' tokens, even for their own heartbeat.",
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/heartbeats/{agent}/pause",
+                self.pause_heartbeat,
+                summary="Pause an agent's heartbeats for a while, or until resumed (admin)",
+                response=HeartbeatPaused,
+                body=HeartbeatPauseIn,
+                extra_responses=refused,
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/heartbeats/{agent}/resume",
+                self.resume_heartbeat,
+                summary="Resume an agent's paused heartbeats (admin)",
+                response=HeartbeatPaused,
+                extra_responses=refused,
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/heartbeats/{agent}/seen",
+                self.heartbeat_seen,
+                summary="Report an agent's own heartbeat: the agent itself, or an operator",
+                response=HeartbeatSeen,
+                extra_responses=refused,
+                description="For agents that run their own heartbeat ([heartbeat.<agent>] expect_every): without "
+                "a sign for that long (plus seen_grace), #it-ops is alerted. A post by the agent's account in "
+                "#daily-standup counts too. 403: another agent's token.",
+            )
+        )
+
+    async def list_heartbeats(self, request: web.Request, requester: Requester, data: None) -> HeartbeatList:
+        return HeartbeatList(heartbeats=[HeartbeatJobOut.of(job) for job in await self.services.heartbeats.status()])
+
+    async def run_heartbeat(self, request: web.Request, requester: Requester, data: None) -> HeartbeatRunOut:
+        run = await self.services.heartbeats.run_now(requester, request.match_info["agent"])
+        return HeartbeatRunOut.of(run)
+
+    async def pause_heartbeat(
+        self, request: web.Request, requester: Requester, body: HeartbeatPauseIn
+    ) -> HeartbeatPaused:
+        seconds = pause_seconds(body.duration)
+        agent = self.services.config.require_agent(request.match_info["agent"]).name
+        until = await self.services.heartbeats.pause(requester, agent, seconds)
+        return HeartbeatPaused(agent=agent, paused_until=until)
+
+    async def resume_heartbeat(self, request: web.Request, requester: Requester, data: None) -> HeartbeatPaused:
+        agent = self.services.config.require_agent(request.match_info["agent"]).name
+        await self.services.heartbeats.resume(requester, agent)
+        return HeartbeatPaused(agent=agent, paused_until=None)
+
+    async def heartbeat_seen(self, request: web.Request, requester: Requester, data: None) -> HeartbeatSeen:
+        named = request.match_info["agent"]
+        if requester.is_agent and requester.name != named:
+            raise NotAllowed(
+                f"agent {requester.name} may report only its own heartbeat, not {named}'s; "
+                f"call /v1/heartbeats/{requester.name}/seen"
+            )
+        if not requester.is_agent and requester.level < AccessLevel.OPERATOR:
+            raise NotAllowed(f"reporting an agent's heartbeat needs the operator level; {requester.describe()} is not")
+        agent = self.services.config.require_agent(named).name
+        now = utcnow()
+        await self.services.heartbeats.seen(agent, now)
+        return HeartbeatSeen(agent=agent, seen_at=iso(now))
 
     # --- OpenAPI ---------------------------------------------------------------------------------
 

@@ -220,6 +220,96 @@ async def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_heartbeat(args: argparse.Namespace) -> int:
+    """Heartbeats from the host: the same decisions and records as /heartbeat and the API (as admin)."""
+    from bot.api import HeartbeatJobOut, HeartbeatList, HeartbeatRunOut, pause_seconds
+    from bot.authz import host_operator
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    action: str = args.action
+    if action == "run":
+        require_secrets(settings, config, "heartbeat")
+    requester = host_operator()
+    async with open_services(settings, config) as services:
+        heartbeats = services.heartbeats
+        if action == "list":
+            jobs = await heartbeats.status()
+            if args.json:
+                print(HeartbeatList(heartbeats=[HeartbeatJobOut.of(job) for job in jobs]).model_dump_json(indent=2))
+            else:
+                print_heartbeat_jobs(jobs, [name for name in heartbeats.watched() if name not in heartbeats.jobs()])
+            return 0
+        agent = config.require_agent(args.agent).name
+        if action == "run":
+            run = await heartbeats.run_now(requester, agent)
+            if args.json:
+                print(HeartbeatRunOut.of(run).model_dump_json(indent=2))
+            else:
+                print(describe_run(run))
+            return 0 if run.status == "ok" else 1
+        if action == "pause":
+            until = await heartbeats.pause(requester, agent, pause_seconds(args.duration))
+            when = "until resumed" if until.startswith("9999") else f"until {until[:16].replace('T', ' ')} UTC"
+            print(f"{agent}: heartbeats paused {when}; `atomizer-hq heartbeat resume {agent}` resumes them")
+            return 0
+        await heartbeats.resume(requester, agent)
+        [job] = [job for job in await heartbeats.status() if job.agent == agent]
+        upcoming = f"; next slot {_utc(job.next_slot)}" if job.next_slot else ""
+        print(f"{agent}: heartbeats resumed{upcoming}")
+    return 0
+
+
+def _utc(moment: str | None) -> str:
+    return "-" if not moment else f"{moment[:16].replace('T', ' ')} UTC"
+
+
+def describe_run(run: Any) -> str:
+    """One run as an operator reads it: how far it got, how it ended, and why."""
+    level = f", verified up to {run.level}" if run.level else ""
+    run_id = f", runId {run.run_id}" if run.run_id else ""
+    detail = f": {run.detail}" if run.detail and run.detail not in ("completed", "accepted") else ""
+    return f"{run.agent} heartbeat ({run.trigger}, {_utc(run.slot)}): {run.status}{level}{run_id}{detail}"
+
+
+def print_heartbeat_jobs(jobs: Sequence[Any], watched: Sequence[str]) -> None:
+    if not jobs:
+        print("atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to the cluster file")
+    else:
+        rows = [("agent", "schedule", "method", "missed", "next", "last", "paused")]
+        for job in jobs:
+            last = "-" if job.last is None else f"{job.last.status} {_utc(job.last.slot)}"
+            paused = "-"
+            if job.paused_until:
+                paused = "until resumed" if job.paused_until.startswith("9999") else f"until {_utc(job.paused_until)}"
+            rows.append((job.agent, job.schedule, job.method, job.missed, _utc(job.next_slot), last, paused))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        for job in jobs:
+            if job.last is not None and job.last.failed:
+                print(f"  {job.agent}: last run {job.last.status}: {job.last.detail} ({job.failures} failed in a row)")
+    if watched:
+        print(f"watched (their own heartbeat): {', '.join(watched)}")
+
+
+async def cmd_standup(args: argparse.Namespace) -> int:
+    """The standup as text; posting it needs the running bot (this process has no Discord connection)."""
+    from bot.services import open_services
+    from bot.standup import StandupNotPosted, standup_for
+
+    settings, config = load_context(args)
+    if args.post:
+        raise StandupNotPosted(
+            "--post needs the running bot's Discord connection, which this command does not open: use "
+            "/standup post:true in Discord, or let `atomizer-hq run` post it at "
+            f"{config.heartbeats.standup_time} {config.heartbeats.standup_timezone}. Without --post it is printed here"
+        )
+    async with open_services(settings, config) as services:
+        print(await standup_for(services).text())
+    return 0
+
+
 async def cmd_cluster(args: argparse.Namespace) -> int:
     """The agents' systemd units, as `cluster.sh` drove them: start, stop, restart, status, logs."""
     _, config = load_context(args)
@@ -524,6 +614,47 @@ def build_parser() -> argparse.ArgumentParser:
     t_block.add_argument("id", help="T-42")
     t_block.add_argument("reason", help="what it waits for")
     versioned(t_block)
+
+    hb = add("heartbeat", cmd_heartbeat, "the heartbeats atomizer-hq sends: list, run one now, pause, resume")
+    hb_actions = hb.add_subparsers(dest="action", metavar="ACTION", required=True)
+    hb_list = hb_actions.add_parser(
+        "list", help="schedule, policy, next slot, last result", description="schedule, policy, next slot, last result"
+    )
+    hb_list.add_argument("--json", action="store_true", help="one JSON document on stdout (as GET /v1/heartbeats)")
+    hb_run = hb_actions.add_parser(
+        "run",
+        help="send an agent's heartbeat now and verify it (exit 1 if the run failed)",
+        description="Send an agent's heartbeat now and verify it level by level: live, ready, hook accepted, run "
+        "completed. Exit 0 when it completed, 1 when it failed.",
+    )
+    hb_run.add_argument("agent", help="an agent atomizer-hq sends heartbeats for, e.g. manager")
+    hb_run.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    hb_pause = hb_actions.add_parser(
+        "pause",
+        help="no heartbeats for an agent for a while, or until resumed",
+        description="No heartbeats for an agent for a while, or until resumed; the running bot sees it at its next "
+        "tick.",
+    )
+    hb_pause.add_argument("agent", help="e.g. webster")
+    hb_pause.add_argument(
+        "--for", dest="duration", metavar="DURATION", help="e.g. 30m, 2h, 1d (default: until resumed)"
+    )
+    hb_resume = hb_actions.add_parser(
+        "resume", help="resume an agent's heartbeats", description="resume an agent's heartbeats"
+    )
+    hb_resume.add_argument("agent", help="e.g. webster")
+
+    su = add(
+        "standup",
+        cmd_standup,
+        "print the daily standup (the last 24 hours, agent by agent) as the bot would post it",
+    )
+    su.add_argument(
+        "--post",
+        action="store_true",
+        help="not available here: posting needs the running bot's Discord connection (exit 1 says so); "
+        "use /standup post:true in Discord, or let `atomizer-hq run` post it daily",
+    )
 
     status = add("status", cmd_status, "probe every agent at once and show the fleet")
     status.add_argument("--json", action="store_true", help="one JSON document on stdout")

@@ -458,7 +458,11 @@ def semantic_problems(config: ClusterConfig) -> list[str]:
                     f"agents.{agent.name}.delegates_to: an agent never delegates to itself; remove {target!r}"
                 )
 
-    for section, key in (("monitor", "alerts_channel"), ("monitor", "board_channel"), ("taskboard", "board_channel")):
+    channel_keys = (
+        ("monitor", "alerts_channel"), ("monitor", "board_channel"), ("taskboard", "board_channel"),
+        ("heartbeats", "standup_channel"),
+    )  # fmt: skip
+    for section, key in channel_keys:
         role = getattr(getattr(config, section), key)
         if role not in CHANNEL_ROLES:
             problems.append(f"{section}.{key}: unknown channel role {role!r}; valid: {', '.join(CHANNEL_ROLES)}")

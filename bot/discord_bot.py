@@ -277,7 +277,9 @@ class AtomizerBot(commands.Bot):
     closes them, after the bot is closed. That keeps one shutdown order for the bot, the CLI and tests.
     """
 
-    initial_extensions: tuple[str, ...] = ("cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks")
+    initial_extensions: tuple[str, ...] = (
+        "cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks", "cogs.heartbeat",
+    )  # fmt: skip
 
     def __init__(self, services: Services, *, sync_commands: bool = True, background_tasks: bool = True) -> None:
         super().__init__(

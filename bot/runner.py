@@ -6,12 +6,120 @@ loopback API -> Discord bot. Shutdown runs the same list backwards, whatever sto
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.clock import human_duration
 from bot.config import ClusterConfig
+from bot.heartbeat import HeartbeatRun
+from bot.services import Services
 from bot.settings import HUMAN_IDENTITIES, Settings
+from bot.standup import standup_for
 
 log = logging.getLogger(__name__)
+
+TICK_JOB = "heartbeat-tick"
+STANDUP_JOB = "daily-standup"
+STANDUP_MISFIRE_S = 15 * 60  # a standup this late (a busy loop, a clock jump) is still posted
+STOP_GRACE_S = 5.0  # at shutdown, a tick under way gets this long before it is cancelled
+
+
+class Schedule:
+    """The timed work of `run` on the process's one scheduler: heartbeat ticks and the daily standup.
+
+    Every copy of atomizer-hq on a database ticks, but only the one holding the database's
+    `scheduler` lease acts (HeartbeatService.tick checks it); the others stand by and take over when
+    the lease is released at shutdown, or expires because its holder died.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.standup = standup_for(services)
+        self._under_way: set[asyncio.Task[object]] = set()
+
+    async def start(self) -> None:
+        """Say at once whether this process leads or stands by, then add the jobs and start the scheduler."""
+        settings = self.services.config.heartbeats
+        if settings.tick >= settings.lease_ttl:
+            log.warning(
+                "heartbeats.tick (%g s) is not shorter than heartbeats.lease_ttl (%g s): the lease lapses between "
+                "ticks and another copy may take it; make the tick shorter",
+                settings.tick, settings.lease_ttl,
+            )  # fmt: skip
+        await self.services.heartbeats.hold_lease()  # logs "holds the lease" or "standing by"
+        scheduler = self.services.scheduler
+        scheduler.add_job(
+            self.tick, IntervalTrigger(seconds=settings.tick), id=TICK_JOB, name="heartbeat tick",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )  # fmt: skip
+        hour, minute = (int(part) for part in settings.standup_time.split(":"))
+        scheduler.add_job(
+            self.post_standup,
+            CronTrigger(hour=hour, minute=minute, timezone=ZoneInfo(settings.standup_timezone)),
+            id=STANDUP_JOB, name="daily standup", max_instances=1, coalesce=True, misfire_grace_time=STANDUP_MISFIRE_S,
+        )  # fmt: skip
+        scheduler.start()
+        log.info(
+            "scheduler: heartbeats checked every %s; the standup daily at %s %s",
+            human_duration(settings.tick), settings.standup_time, settings.standup_timezone,
+        )  # fmt: skip
+
+    async def tick(self) -> list[HeartbeatRun]:
+        """The tick job: run what is due if we hold the lease (renewing it), else only look at the lease."""
+        with self._tracked():
+            try:
+                return await self.services.heartbeats.tick()
+            except Exception:
+                log.exception("heartbeats: a tick failed; the next one runs as usual")
+                return []
+
+    async def post_standup(self) -> str | None:
+        """The standup job: only the lease holder posts, once a day; the message id, or None."""
+        with self._tracked():
+            try:
+                if not await self.services.heartbeats.hold_lease():
+                    log.info("standup: another atomizer-hq holds the scheduler lease; it posts the standup")
+                    return None
+                return await self.standup.post_scheduled()
+            except Exception:
+                log.exception("standup: the daily post failed; /standup post:true posts it by hand")
+                return None
+
+    async def stop(self) -> None:
+        """No more jobs; a job under way finishes (or is cancelled after a grace); then the lease is free."""
+        scheduler = self.services.scheduler
+        if scheduler.running:
+            scheduler.pause()
+        if self._under_way:
+            await asyncio.wait(set(self._under_way), timeout=STOP_GRACE_S)
+        under_way = set(self._under_way)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)  # cancels the jobs still under way
+        for task in under_way:
+            task.cancel()
+        if under_way:
+            await asyncio.wait(under_way)
+        # Released only now, so no job of ours takes it again; another copy can take over at its next tick.
+        await self.services.heartbeats.release_lease()
+        log.info("scheduler: stopped; the lease is released")
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - jobs always run as tasks
+            yield
+            return
+        self._under_way.add(task)
+        try:
+            yield
+        finally:
+            self._under_way.discard(task)
 
 
 async def run_service(settings: Settings, config: ClusterConfig) -> None:
@@ -22,15 +130,19 @@ async def run_service(settings: Settings, config: ClusterConfig) -> None:
 
     identities = settings.api_identities([*config.agent_names, *HUMAN_IDENTITIES])
     async with open_services(settings, config) as services:
-        services.scheduler.start()
-        outbox = OutboxWorker(services.delegation)
-        await outbox.start()
-        api = LoopbackApi(services, identities)
+        schedule = Schedule(services)
+        await schedule.start()
         try:
-            await api.start(config.api.host, config.api.port)
-            log.info("loopback API on %s (%d callers)", api.url, len(identities))
-            await run_bot(services)
+            outbox = OutboxWorker(services.delegation)
+            await outbox.start()
+            api = LoopbackApi(services, identities)
+            try:
+                await api.start(config.api.host, config.api.port)
+                log.info("loopback API on %s (%d callers)", api.url, len(identities))
+                await run_bot(services)
+            finally:
+                await api.stop()
+                await outbox.stop()
         finally:
-            await api.stop()
-            await outbox.stop()
+            await schedule.stop()
             log.info("stopped")

@@ -22,6 +22,7 @@ from bot.heartbeat import HeartbeatService
 from bot.monitor import MonitorPolicy, StatusMonitor
 from bot.project_log import ProjectLog
 from bot.settings import Settings
+from bot.standup import StandupService
 from bot.store import Store
 from bot.systemd import SystemdUnits
 from bot.taskboard import TaskBoard
@@ -39,6 +40,7 @@ class Services:
     monitor: StatusMonitor
     tasks: TaskBoard
     heartbeats: HeartbeatService
+    standup: StandupService
     systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
@@ -56,6 +58,7 @@ async def open_services(
             gateway = GatewayClient(http, settings.hooks_token_for, config.gateway)
             cluster = ClusterService(config, gateway)
             tasks = TaskBoard(config, store)
+            monitor = StatusMonitor(config, store, cluster, policy=monitor_policy(config))
             if config.taskboard.project_log:  # every front end's changes reach the agents' shared log
                 tasks.add_listener(ProjectLog(config.taskboard.project_log))
             yield Services(
@@ -66,9 +69,10 @@ async def open_services(
                 gateway=gateway,
                 cluster=cluster,
                 delegation=DelegationService(config, store, gateway, tasks=tasks),
-                monitor=StatusMonitor(config, store, cluster, policy=monitor_policy(config)),
+                monitor=monitor,
                 tasks=tasks,
                 heartbeats=HeartbeatService(config, store, gateway),
+                standup=StandupService(config, store, monitor),
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
             )

@@ -1,19 +1,33 @@
 """The daily standup: one message in #daily-standup about the last 24 hours, agent by agent.
 
 Everything comes from what the other services recorded (the monitor's history, heartbeat runs,
-delegations, tasks), so the standup is a read of the database, never a probe.
+delegations, tasks), so the standup is a read of the database, never a probe. `StandupService` posts it
+through a poster the Discord cog registers, daily (the runner's timer, lease holder only, once a day)
+or on demand (`/standup post:true`), and audits every post.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
+from bot.authz import AccessLevel, Requester
 from bot.boards import TOTAL_MAX, BoardContent, BoardField, paginate
-from bot.clock import iso
+from bot.clock import Clock, iso, utcnow
 from bot.config import ClusterConfig
+from bot.errors import AtomizerError, NotAllowed
 from bot.monitor import StatusMonitor
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.services import Services
+
+log = logging.getLogger(__name__)
 
 STATE_ICON = {"ready": "🟢", "starting": "🟡", "degraded": "🟠", "down": "🔴", "foreign": "🟣"}
 MAX_EMBEDS = 10  # per message
@@ -145,3 +159,102 @@ def standup_text(parts: list[BoardContent]) -> str:
             lines.append(item.name)
             lines += [f"  {line}" for line in item.value.replace("**", "").splitlines()]
     return "\n".join(lines).rstrip()
+
+
+# --- posting: the core decides and records, a front end (the Discord cog) delivers ------------------
+
+StandupPoster = Callable[[list[BoardContent]], Awaitable[str]]  # posts one message; returns its id
+SCHEDULER = "scheduler"  # the audit trail's actor and front end for the daily post
+
+
+class StandupNotPosted(AtomizerError):
+    """There is no Discord connection in this process to post the standup with."""
+
+    code = "standup_not_posted"
+    http_status = 503
+
+
+class StandupService:
+    """Composes the standup from the database, and posts it through the poster a front end registered.
+
+    The core stays Discord-free: the Discord cog sets `post` when it loads (and clears it when it
+    unloads); without it (the CLI, the API alone) the standup can be read but not posted.
+    """
+
+    def __init__(self, config: ClusterConfig, store: Store, monitor: StatusMonitor, *, clock: Clock = utcnow) -> None:
+        self._config = config
+        self._store = store
+        self._monitor = monitor
+        self._clock = clock
+        self.post: StandupPoster | None = None
+
+    async def compose(self, now: datetime | None = None) -> list[BoardContent]:
+        """The standup of the 24 hours up to `now`: one message, at most 10 embeds."""
+        return render_standup(await collect_standup(self._config, self._store, self._monitor, now or self._clock()))
+
+    async def text(self, now: datetime | None = None) -> str:
+        return standup_text(await self.compose(now))
+
+    def local_day(self, now: datetime) -> str:
+        """The standup's day, in the standup's time zone: the daily post is once per such day."""
+        return now.astimezone(ZoneInfo(self._config.heartbeats.standup_timezone)).date().isoformat()
+
+    async def post_now(self, requester: Requester) -> str:
+        """`/standup post:true`: post it now in the standup channel (operators and up); the message id."""
+        now = self._clock()
+        if requester.is_agent or requester.level < AccessLevel.OPERATOR:
+            reason = (
+                f"posting the standup needs the operator level; {requester.describe()} is not. "
+                "Without posting, /standup shows it to you alone"
+            )
+            await self._audit(requester.kind, requester.name, requester.front_end, now, "refused", {"reason": reason})
+            raise NotAllowed(reason)
+        return await self._post(requester.kind, requester.name, requester.front_end, now)
+
+    async def post_scheduled(self, now: datetime | None = None) -> str | None:
+        """The daily post, at most once a day whoever tries; call it only while holding the scheduler lease.
+
+        None when today's was already posted (say by a process that held the lease before us).
+        """
+        now = now or self._clock()
+        posted = await self._store.fetchone(
+            "SELECT at FROM audit_log WHERE action = 'standup.post' AND front_end = ? AND subject = ? "
+            "AND decision = 'allowed'",
+            (SCHEDULER, self.local_day(now)),
+        )
+        if posted is not None:
+            log.info("standup: today's was already posted at %s; not again", posted["at"])
+            return None
+        return await self._post("system", SCHEDULER, SCHEDULER, now)
+
+    async def _post(self, kind: str, actor: str, front_end: str, now: datetime) -> str:
+        if self.post is None:
+            reason = (
+                "posting the standup needs the running bot's Discord connection (`atomizer-hq run`); "
+                "`atomizer-hq standup` prints it, /standup post:true posts it from Discord"
+            )
+            await self._audit(kind, actor, front_end, now, "failed", {"reason": reason})
+            raise StandupNotPosted(reason)
+        parts = await self.compose(now)
+        try:
+            message_id = await self.post(parts)
+        except Exception as exc:
+            await self._audit(kind, actor, front_end, now, "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]})
+            raise
+        await self._audit(kind, actor, front_end, now, "allowed", {"message_id": message_id, "embeds": len(parts)})
+        log.info("standup for %s posted (message %s, by %s)", self.local_day(now), message_id, actor)
+        return message_id
+
+    async def _audit(
+        self, kind: str, actor: str, front_end: str, now: datetime, decision: str, detail: dict[str, Any]
+    ) -> None:
+        await self._store.execute(
+            "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
+            "VALUES (?, ?, ?, ?, 'standup.post', ?, ?, ?)",
+            (iso(now), kind, actor, front_end, self.local_day(now), decision, json.dumps(detail)),
+        )
+
+
+def standup_for(services: Services) -> StandupService:
+    """The process's one StandupService: the runner's timer and the Discord cog share it."""
+    return services.standup

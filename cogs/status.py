@@ -66,7 +66,11 @@ class Status(commands.Cog):
         """One probe round: history and alerts recorded, the board edited if it changed, alerts posted."""
         async with self._round:
             fleet, _ = await self.services.monitor.probe_round()
-            await self.refresh_board(fleet)
+            try:
+                await self.refresh_board(fleet)
+            except discord.HTTPException as exc:
+                # Redrawn next round; the alerts are what someone must act on, so they never wait for the board.
+                log.warning("status board: Discord refused the update (HTTP %s); redrawing next round", exc.status)
             await self.post_alerts()
             return fleet
 
@@ -82,7 +86,10 @@ class Status(commands.Cog):
         if not isinstance(channel, discord.abc.Messageable):
             return
         for alert in await self.services.monitor.unposted_alerts():
-            icon = {"down": "🔴", "recovered": "🟢", "flapping": "🟠", "reminder": "🔴"}.get(alert.kind, "")
+            icon = {
+                "down": "🔴", "recovered": "🟢", "flapping": "🟠", "reminder": "🔴",
+                "heartbeat_failing": "💔", "heartbeat_recovered": "💚", "heartbeat_missing": "🔕",
+            }.get(alert.kind, "")  # fmt: skip
             try:
                 await channel.send(f"{icon} {discord.utils.escape_markdown(alert.text)}", allowed_mentions=NO_MENTIONS)
             except discord.HTTPException as exc:
