@@ -90,10 +90,15 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    """Whether the process answers and its database works (503 with the same shape when it does not)."""
+    """Whether the process and its parts work (503 with the same shape when any does not)."""
 
     ok: bool
     database: str
+    checks: dict[str, str] = Field(
+        default_factory=dict,
+        description="each part's result, 'ok' or 'error: …': database (writable), and under `run` "
+        "scheduler (running) and discord (connected)",
+    )
     version: str
 
 
@@ -826,6 +831,16 @@ class LoopbackApi:
         self.add(
             Route(
                 "GET",
+                "/metrics",
+                self.metrics,
+                summary="Prometheus metrics: delegations, agents up, probe latency, heartbeats, Discord calls",
+                response=None,
+                auth=False,
+            )
+        )
+        self.add(
+            Route(
+                "GET",
                 "/v1/whoami",
                 self.whoami,
                 summary="Who your token says you are (to debug a token)",
@@ -834,13 +849,19 @@ class LoopbackApi:
         )
 
     async def healthz(self, request: web.Request, requester: None, data: None) -> web.Response:
-        try:
-            await self.services.store.fetchone("SELECT 1")
-        except Exception as exc:
-            log.warning("health check: the database does not answer: %s", exc)
-            reason = str(exc) or type(exc).__name__
-            return reply(Health(ok=False, database=f"error: {reason}", version=VERSION), 503)
-        return reply(Health(ok=True, database="ok", version=VERSION))
+        checks = await self.services.health.run()
+        failing = {name: result for name, result in checks.items() if result != "ok"}
+        if failing:
+            log.warning("health check failing: %s", ", ".join(f"{k} ({v})" for k, v in failing.items()))
+        health = Health(ok=not failing, database=checks.get("database", "ok"), checks=checks, version=VERSION)
+        return reply(health, 503 if failing else 200)
+
+    async def metrics(self, request: web.Request, requester: None, data: None) -> web.Response:
+        """Prometheus text format; unauthenticated like /healthz (the API listens on loopback only)."""
+        from bot.health import render_metrics
+
+        body = await render_metrics(self.services)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
 
     async def openapi_json(self, request: web.Request, requester: None, data: None) -> web.Response:
         return web.json_response(self.openapi())

@@ -270,6 +270,19 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
+class _RateLimitCounter(logging.Filter):
+    """discord.py waits out 429s itself and only logs them: count those lines."""
+
+    def __init__(self, counters: Any) -> None:
+        super().__init__()
+        self.counters = counters
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "rate limited" in record.getMessage().lower():
+            self.counters.rate_limited += 1
+        return True
+
+
 class AtomizerBot(commands.Bot):
     """The supervisory bot: wires the core services into the cogs and syncs the guild's commands.
 
@@ -296,6 +309,32 @@ class AtomizerBot(commands.Bot):
         # The same redaction the log formatter applies, for replies and for log handlers that
         # were not set up by bot.logsetup (discord.py's own, pytest's).
         self.redactor = Redactor(services.settings.secret_values())
+        self._count_discord_calls()
+
+        async def connected() -> str | None:
+            return None if self.is_ready() and not self.is_closed() else "not connected to Discord"
+
+        services.health.register("discord", connected)
+
+    def _count_discord_calls(self) -> None:
+        """Count calls to Discord's API and its 429s for /metrics (discord.py retries 429s itself)."""
+        counters = self.services.health.discord
+        original = self.http.request
+
+        async def counted(route: Any, **kwargs: Any) -> Any:
+            counters.calls[route.method] = counters.calls.get(route.method, 0) + 1
+            try:
+                return await original(route, **kwargs)
+            except discord.HTTPException as exc:
+                if exc.status == 429:
+                    counters.rate_limited += 1
+                else:
+                    counters.errors += 1
+                raise
+
+        self.http.request = counted  # type: ignore[method-assign]
+        self._rate_limit_counter = _RateLimitCounter(counters)
+        logging.getLogger("discord.http").addFilter(self._rate_limit_counter)
 
     async def setup_hook(self) -> None:
         for extension in self.initial_extensions:
@@ -319,6 +358,7 @@ class AtomizerBot(commands.Bot):
     async def close(self) -> None:
         """Close the Discord connection and unload the cogs; the services stay open for their owner."""
         log.info("closing the Discord bot")
+        logging.getLogger("discord.http").removeFilter(self._rate_limit_counter)
         await super().close()
 
 

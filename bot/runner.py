@@ -132,6 +132,11 @@ async def run_service(settings: Settings, config: ClusterConfig) -> None:
     async with open_services(settings, config) as services:
         schedule = Schedule(services)
         await schedule.start()
+
+        async def scheduler_running() -> str | None:
+            return None if services.scheduler.running else "the scheduler is not running"
+
+        services.health.register("scheduler", scheduler_running)
         try:
             outbox = OutboxWorker(services.delegation)
             await outbox.start()

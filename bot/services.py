@@ -18,6 +18,7 @@ from bot.cluster import ClusterService
 from bot.config import ClusterConfig
 from bot.delegation import DelegationService
 from bot.gateway import GatewayClient
+from bot.health import HealthChecks, database_writable
 from bot.heartbeat import HeartbeatService
 from bot.monitor import MonitorPolicy, StatusMonitor
 from bot.project_log import ProjectLog
@@ -41,6 +42,7 @@ class Services:
     tasks: TaskBoard
     heartbeats: HeartbeatService
     standup: StandupService
+    health: HealthChecks  # what GET /healthz checks; the runner and the bot add theirs
     systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
 
@@ -61,7 +63,7 @@ async def open_services(
             monitor = StatusMonitor(config, store, cluster, policy=monitor_policy(config))
             if config.taskboard.project_log:  # every front end's changes reach the agents' shared log
                 tasks.add_listener(ProjectLog(config.taskboard.project_log))
-            yield Services(
+            services = Services(
                 settings=settings,
                 config=config,
                 store=store,
@@ -73,9 +75,12 @@ async def open_services(
                 tasks=tasks,
                 heartbeats=HeartbeatService(config, store, gateway),
                 standup=StandupService(config, store, monitor),
+                health=HealthChecks(),
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
             )
+            services.health.register("database", database_writable(services))
+            yield services
     finally:
         if scheduler.running:
             scheduler.shutdown(wait=False)

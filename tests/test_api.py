@@ -125,7 +125,45 @@ def assert_error(response: httpx.Response, status: int, code: str) -> str:
 async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
     response = await client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"ok": True, "database": "ok", "version": "0.1.0"}
+    assert response.json() == {"ok": True, "database": "ok", "checks": {"database": "ok"}, "version": "0.1.0"}
+
+
+async def test_healthz_reports_every_registered_part(client: httpx.AsyncClient, services: Services) -> None:
+    async def discord_down() -> str | None:
+        return "not connected to Discord"
+
+    async def scheduler_ok() -> str | None:
+        return None
+
+    services.health.register("discord", discord_down)
+    services.health.register("scheduler", scheduler_ok)
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"] == {
+        "database": "ok", "discord": "error: not connected to Discord", "scheduler": "ok",
+    }  # fmt: skip
+
+
+async def test_metrics_are_prometheus_text_from_the_records(client: httpx.AsyncClient, services: Services) -> None:
+    await services.store.execute(
+        "INSERT INTO agent_health (agent, observed, observed_since, confirmed, confirmed_since, last_probe_at, "
+        "latency_ms) VALUES ('webster', 'down', 'x', 'down', 'x', 'x', NULL), ('manager', 'ready', 'x', 'up', 'x', "
+        "'x', 12.5)"
+    )
+    await services.store.execute(
+        "INSERT INTO heartbeat_runs (agent, slot, trigger, status, level, started_at) "
+        "VALUES ('manager', 's1', 'schedule', 'run_failed', 'accepted', 's1')"
+    )
+    services.health.discord.calls["PATCH"] = 3
+    services.health.discord.rate_limited = 1
+    response = await client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'atomizer_agent_up{agent="webster"} 0.0' in text and 'atomizer_agent_up{agent="manager"} 1.0' in text
+    assert 'atomizer_probe_latency_seconds{agent="manager"} 0.0125' in text
+    assert 'atomizer_heartbeat_runs_total{agent="manager",level="accepted",status="run_failed"} 1.0' in text
+    assert 'atomizer_discord_api_calls_total{method="PATCH"} 3.0' in text
+    assert "atomizer_discord_rate_limited_total 1.0" in text
 
 
 async def test_healthz_answers_503_when_the_database_is_closed(client: httpx.AsyncClient, services: Services) -> None:

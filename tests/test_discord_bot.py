@@ -459,3 +459,11 @@ async def test_requester_for_reads_the_interaction_user(bot: AtomizerBot, driver
     await driver.invoke("whoami", user=member_at(bot, AccessLevel.ADMIN, "Antoine"))
 
     assert [(r.kind, r.name, r.level) for r in seen] == [("person", "Antoine", AccessLevel.ADMIN)]
+
+
+async def test_the_bot_reports_its_connection_and_counts_discord_calls(services: Services) -> None:
+    bot = AtomizerBot(services, sync_commands=False, background_tasks=False)
+    assert (await services.health.run())["discord"] == "error: not connected to Discord"
+    logging.getLogger("discord.http").warning("We are being rate limited. PATCH /channels/1/messages/2")
+    assert services.health.discord.rate_limited == 1
+    await bot.close()
