@@ -420,7 +420,7 @@ class TaskQuery(BaseModel):
     status: str | None = Field(default=None, description="Only those in this status (then `open` does not apply).")
     open: bool = Field(default=True, description="Only open tasks (todo, in_progress, blocked, review); false: all.")
     limit: int = Field(default=25, ge=1, le=200, description="At most this many.")
-    offset: int = Field(default=0, ge=0, description="Skip this many (paging).")
+    offset: int = Field(default=0, ge=0, le=10**9, description="Skip this many (paging).")
 
 
 class TaskList(BaseModel):
@@ -812,7 +812,7 @@ class LoopbackApi:
                 "GET",
                 "/healthz",
                 self.healthz,
-                summary="Whether the API answers and its database works",
+                summary="Whether this process and its parts work: database, scheduler, Discord",
                 response=Health,
                 auth=False,
                 extra_responses={503: Health},
