@@ -499,6 +499,20 @@ async def _until_signalled(main: Awaitable[None]) -> None:
             print("stopped", file=sys.stderr)
 
 
+async def cmd_doctor(args: argparse.Namespace) -> int:
+    from bot.doctor import cli_doctor
+
+    settings, config = load_context(args)
+    return await cli_doctor(args, settings, config)
+
+
+async def cmd_install_systemd(args: argparse.Namespace) -> int:
+    from bot.install_systemd import cli_install_systemd
+
+    settings, config = load_context(args)
+    return await cli_install_systemd(args, settings, config)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -674,6 +688,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--yes", "-y", action="store_true", help="stop all / restart all without asking")
     cl.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    doc = add("doctor", cmd_doctor, "check what the agents run (openclaw.json, workspace, unit) against atomizer-hq")
+    doc.add_argument("--instances-dir", type=Path, help="the agents' instances (default: ~/atomizer/instances)")
+    doc.add_argument("--workspaces-dir", type=Path, help="the agents' workspaces (default: as openclaw.json says)")
+    doc.add_argument(
+        "--units-dir", type=Path, action="append",
+        help="where the agents' unit files are; repeatable (default: ~/.config/systemd/user, /etc/systemd/user)",
+    )  # fmt: skip
+    doc.add_argument("--fix", action="store_true", help="rewrite bare targets that resolve (backup beside each file)")
+    doc.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    ins = add("install-systemd", cmd_install_systemd, "write the bot's and the agents' systemd units for this host")
+    ins.add_argument("--user", action="store_true", help="user units (default: the bot as a system service)")
+    ins.add_argument("--dry-run", action="store_true", help="print the units, check the paths they name; write nothing")
+    ins.add_argument("--run-as", metavar="USER", help="the service's User= (default: $SUDO_USER or you)")
+    ins.add_argument("--node", type=Path, help="Node for the agents (default: node on PATH)")
+    ins.add_argument("--openclaw", type=Path, help="the package's openclaw.mjs (default: behind openclaw on PATH)")
+    ins.add_argument("--units-dir", type=Path, help="write both units here instead of where systemd looks")
+    ins.add_argument("--instances-dir", type=Path, help="the agents' instances (default: ~/atomizer/instances)")
+    ins.add_argument("--force", action="store_true", help="write even when a path the units name is missing")
     return parser
 
 
