@@ -11,6 +11,7 @@ import argparse
 import secrets
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.authz import AccessLevel, Requester
@@ -18,10 +19,12 @@ from bot.boards import render_text
 from bot.config import load_cluster_config
 from bot.delegation import Delegation
 from bot.errors import NotAllowed
-from bot.services import open_services
+from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, SimAgentSpec, SimulatedFleet, free_ports
 from bot.status_view import collect_overview, print_fleet_status, status_embed
+from bot.task_grammar import apply_board_message
+from bot.task_view import task_board, task_line
 
 # The story's faults: auditor is restarting (port closed), optimizer is wedged (never answers),
 # webster still runs the old release (no health routes).
@@ -29,6 +32,7 @@ DOWN, WEDGED, LEGACY = "auditor", "optimizer", "webster"
 PROBE_TIMEOUT_S = 1.0
 ANTOINE = Requester(kind="person", name="antoine", front_end="demo", level=AccessLevel.ADMIN, user_id=None)
 TECH_LEAD = Requester(kind="agent", name="tech-lead", front_end="demo")
+NX_EXPERT = Requester(kind="agent", name="nx-expert", front_end="task-board")
 
 
 def say(text: str = "") -> None:
@@ -113,4 +117,38 @@ async def run_demo(args: argparse.Namespace) -> int:
             delivered = await services.delegation.get(queued.id)
             say(f"  → later, in the same conversation: delivered to webster (runId {delivered.run_id})")
             say(f"  webster ran it {len(fleet.received('webster'))} time(s)")
+
+            await tour_tasks(services)
+            await tour_heartbeat_and_standup(services, fleet)
     return 0
+
+
+async def tour_tasks(services: Services) -> None:
+    today = datetime.now(UTC).date()
+    say('\n/task add title:"Mesh the M2 mirror" assignee:nx-expert priority:high   (Antoine)')
+    task = await services.tasks.add(ANTOINE, "Mesh the M2 mirror", assignee="nx-expert", priority="high")
+    say(f"  → {task_line(task, today)}")
+    await services.tasks.add(ANTOINE, "Find the CTE of Zerodur Class 0", assignee="webster")
+    say(f"/task move id:{task.display_id} status:in_progress")
+    moved = await services.tasks.move(ANTOINE, task.id, "in_progress")
+    say(f"  → {task_line(moved, today)}")
+    post = f"{task.display_id} done: meshed, 42k elements"
+    say(f"\n#task-board, nx-expert's bot account posts: {post}")
+    outcome = await apply_board_message(services.tasks, NX_EXPERT, post)
+    say(f"  → the bot reacts ✅ ({outcome.reply})")
+    board = task_board(await services.tasks.list(open_only=True), await services.tasks.count(open_only=True), today)
+    say("\n#task-board, the live board (edited in place, at most once per 2 s):")
+    say(render_text(board))
+    say(f"\n{task.display_id} history:")
+    for event in (await services.tasks.show(task.id)).history:
+        say(f"  {event.describe()}")
+
+
+async def tour_heartbeat_and_standup(services: Services, fleet: SimulatedFleet) -> None:
+    say("\n/heartbeat run agent:manager   (manager's own heartbeat is off: atomizer-hq sends it)")
+    run = await services.heartbeats.run_now(ANTOINE, "manager")
+    [hook] = [h for h in fleet.received("manager") if h.body.get("name") == "atomizer-hq heartbeat"][-1:]
+    say(f"  → {run.status}: level {run.level}, runId {run.run_id}")
+    say(f"  sent with channel={hook.body['channel']!r} to={hook.body['to']!r}: never a bare id, never a DM")
+    say("\n/standup   (posted daily at 09:00 in #daily-standup)")
+    say(render_text(await services.standup.compose()))

@@ -151,6 +151,11 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert "→ refused: tech-lead may not delegate to manager" in out
     assert "→ queued: webster is unavailable (connection refused" in out
     assert "delivered to webster (runId " in out and "webster ran it 1 time(s)" in out
+    assert "→ ❗ T-1 ⬜ todo · nx-expert · Mesh the M2 mirror" in out
+    assert "→ the bot reacts ✅ (T-1 → done)" in out
+    assert "T-1 in_progress → done by nx-expert: meshed, 42k elements (task-board)" in out
+    assert "sent with channel='discord' to='channel:100000000000000103'" in out
+    assert "┃ Daily standup · 24 h to " in out and "delegations 1 in / 1 accepted / 0 failed · tasks 1 done" in out
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
 
 
