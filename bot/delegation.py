@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,12 +42,13 @@ Status = Literal["queued", "sending", "accepted", "failed", "unconfirmed", "expi
 FINAL_STATUSES: frozenset[str] = frozenset({"accepted", "failed", "unconfirmed", "expired"})
 STATUSES: tuple[str, ...] = ("queued", "sending", "accepted", "failed", "unconfirmed", "expired")
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+_INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")  # what the task board drops from titles
 
 
 def parse_id(text: str | int) -> int:
     """`D-42`, `d42` or `42` -> 42."""
     raw = str(text).strip().upper().removeprefix("D").removeprefix("-")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" is a digit to isdigit; SQLite stops at 2**63
         raise InvalidInput(f"{text!r} is not a delegation id; write it as D-42 (or 42)")
     return int(raw)
 
@@ -110,6 +113,24 @@ class Delegation:
 
 
 _COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  # type: ignore[attr-defined]
+_INSERT_DELEGATION = (
+    "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, requester_user_id, via, "
+    "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, NULL, ?) RETURNING {_COLUMNS}"
+)
+
+
+def _audit_row(
+    requester: Requester, agent: str, decision: str, detail: dict[str, Any], now: datetime
+) -> tuple[str, tuple[Any, ...]]:
+    """The audit record of a delegation decision, as a statement and its parameters."""
+    if requester.via:
+        detail = {**detail, "via": requester.via}
+    return (
+        "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
+        "VALUES (?, ?, ?, ?, 'delegate', ?, ?, ?)",
+        (iso(now), requester.kind, requester.name, requester.front_end, agent, decision, json.dumps(detail)),
+    )
 
 
 def _row_to_delegation(row: Any) -> Delegation:
@@ -176,19 +197,23 @@ class DelegationService:
 
     def authorize(self, requester: Requester, agent: str) -> Decision:
         """One model for people (by level) and agents (by the matrix in config)."""
-        who_could = self._who_could(agent)
+        # "Who could" scans the whole delegation matrix: worked out only for a refusal, which shows it.
         if requester.is_agent:
             if requester.name == agent:
-                return Decision(False, f"{agent} may not delegate to itself. {who_could}")
+                return Decision(False, f"{agent} may not delegate to itself. {self._who_could(agent)}")
             allowed = self._config.delegation_targets(requester.name)
             if agent in allowed:
                 return Decision(True, f"{requester.name} may delegate to {agent} (delegates_to in config)")
             scope = f"may delegate only to {', '.join(allowed)}" if allowed else "may not delegate to any agent"
-            return Decision(False, f"{requester.name} may not delegate to {agent}: it {scope}. {who_could}")
+            return Decision(
+                False, f"{requester.name} may not delegate to {agent}: it {scope}. {self._who_could(agent)}"
+            )
         if requester.level >= AccessLevel.OPERATOR:
             return Decision(True, f"{requester.name} is {requester.level.label}: may delegate to any agent")
         level = "has no atomizer-hq role" if requester.level is AccessLevel.NONE else "is a viewer"
-        return Decision(False, f"{requester.name} {level}: delegating needs the operator level. {who_could}")
+        return Decision(
+            False, f"{requester.name} {level}: delegating needs the operator level. {self._who_could(agent)}"
+        )
 
     def _who_could(self, agent: str) -> str:
         agents = [a for a in self._config.agent_names if agent in self._config.delegation_targets(a)]
@@ -272,7 +297,7 @@ class DelegationService:
         """The agent's name, the instruction, the normalized target and the hook, or a typed error."""
         name = self._config.require_agent(agent).name
         text = message.strip()
-        if not text:
+        if not _INVISIBLE.sub("", text).strip():  # zero-width characters alone say nothing either
             raise InvalidInput("the instruction is empty; write what the agent should do")
         delivery = self._resolve_target(target, origin, directory) if deliver else None
         hook = self._hook(text, deliver, delivery, "D-new")
@@ -321,36 +346,24 @@ class DelegationService:
         decision: Decision,
     ) -> Delegation:
         now = self._clock()
-        async with self._store.transaction() as tx:
-            cursor = await tx.execute(
-                "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, "
-                "requester_user_id, via, front_end, agent, message, deliver, target, task, status, attempts, "
-                "next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, NULL, ?)",
-                (
-                    uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
-                    requester.via, requester.front_end, agent, message, int(deliver), target, task,
-                    iso(now + self.retry_window),
-                ),
-            )  # fmt: skip
-            delegation_id = cursor.lastrowid
-            await self._audit_in(tx, requester, agent, "allowed", {"delegation": f"D-{delegation_id}"}, now)
-        return await self.get(delegation_id or 0)
+        values = (
+            uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
+            requester.via, requester.front_end, agent, message, int(deliver), target, task,
+            iso(now + self.retry_window),
+        )  # fmt: skip
+
+        def record(conn: sqlite3.Connection) -> Any:
+            # The row and its audit record in one transaction and one trip to the database thread;
+            # RETURNING gives the row as stored, so it is not read again.
+            row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
+            conn.execute(*_audit_row(requester, agent, "allowed", {"delegation": f"D-{row['id']}"}, now))
+            return row
+
+        return _row_to_delegation(await self._store.atomically(record))
 
     async def _audit(self, requester: Requester, agent: str, decision: str, detail: dict[str, Any]) -> None:
-        async with self._store.transaction() as tx:
-            await self._audit_in(tx, requester, agent, decision, detail, self._clock())
-
-    @staticmethod
-    async def _audit_in(
-        tx: Any, requester: Requester, agent: str, decision: str, detail: dict[str, Any], now: datetime
-    ) -> None:
-        if requester.via:
-            detail = {**detail, "via": requester.via}
-        await tx.execute(
-            "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
-            "VALUES (?, ?, ?, ?, 'delegate', ?, ?, ?)",
-            (iso(now), requester.kind, requester.name, requester.front_end, agent, decision, json.dumps(detail)),
-        )
+        row = _audit_row(requester, agent, decision, detail, self._clock())
+        await self._store.atomically(lambda conn: conn.execute(*row))
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -530,12 +543,12 @@ class DelegationService:
         due = now + timedelta(seconds=delay_s)
         if due >= datetime.fromisoformat(delegation.expires_at):
             return await self._finish(delegation, "expired", error=f"{reason}; retry window over")
-        await self._store.execute(
+        rows = await self._store.returning(
             "UPDATE delegations SET status = 'queued', last_error = ?, next_attempt_at = ?, updated_at = ? "
-            "WHERE id = ?",
+            f"WHERE id = ? RETURNING {_COLUMNS}",
             (reason, iso(due), iso(now), delegation.id),
         )
-        return await self._changed(delegation.id)
+        return await self._changed(delegation.id, rows)
 
     async def _finish(
         self,
@@ -547,17 +560,17 @@ class DelegationService:
         latency_ms: float | None = None,
     ) -> Delegation:
         now = iso(self._clock())
-        await self._store.execute(
+        rows = await self._store.returning(
             "UPDATE delegations SET status = ?, last_error = coalesce(?, last_error), run_id = coalesce(?, run_id), "
             "latency_ms = coalesce(?, latency_ms), next_attempt_at = NULL, updated_at = ?, "
-            "accepted_at = CASE WHEN ? = 'accepted' THEN ? ELSE accepted_at END WHERE id = ?",
+            f"accepted_at = CASE WHEN ? = 'accepted' THEN ? ELSE accepted_at END WHERE id = ? RETURNING {_COLUMNS}",
             (status, error, run_id, latency_ms, now, status, now, delegation.id),
         )
         if status != "accepted":
             log.warning("delegation %s to %s %s: %s", delegation.display_id, delegation.agent, status, error)
         elif delegation.task and self._tasks is not None:
             await self._link_task(delegation)
-        return await self._changed(delegation.id)
+        return await self._changed(delegation.id, rows)
 
     async def _link_task(self, delegation: Delegation) -> None:
         """The task follows its delegation: assigned to the agent, in progress (by whoever delegated)."""
@@ -587,10 +600,11 @@ class DelegationService:
             async with self.changed:
                 self.changed.notify_all()
 
-    async def _changed(self, delegation_id: int) -> Delegation:
+    async def _changed(self, delegation_id: int, rows: list[Any]) -> Delegation:
+        """Wake whoever waits on a delegation; `rows` is what the write's RETURNING gave (read again if none)."""
         async with self.changed:
             self.changed.notify_all()
-        return await self.get(delegation_id)
+        return _row_to_delegation(rows[0]) if rows else await self.get(delegation_id)
 
 
 class UnknownDelegation(InvalidInput):

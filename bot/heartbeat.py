@@ -224,6 +224,7 @@ class HeartbeatService:
         if not await self.hold_lease():
             return []
         now = self._clock()
+        await self._close_abandoned_runs(now)
         recorded: list[HeartbeatRun] = []
         for agent, job in self.jobs().items():
             if await self._paused(agent, now):
@@ -257,6 +258,20 @@ class HeartbeatService:
         for slot in on_time:
             recorded.append(await self.run_slot(agent, slot, "schedule"))
         return recorded
+
+    async def _close_abandoned_runs(self, now: datetime) -> None:
+        """A run still `running` long after any run's timeout was cut by a crash: it may have reached the agent,
+        so it is not sent again, but it is reported (unconfirmed) instead of vanishing from every report."""
+        longest = max((job.completion_timeout for job in self.jobs().values()), default=120.0)
+        cutoff = now - timedelta(seconds=SEND_ATTEMPTS * (longest + 15) + 60)
+        closed = await self._store.update(
+            "UPDATE heartbeat_runs SET status = 'unconfirmed', finished_at = ?, "
+            "detail = 'atomizer-hq stopped during this run; it may have reached the agent and was not resent' "
+            "WHERE status = 'running' AND started_at < ?",
+            (iso(now), iso(cutoff)),
+        )
+        if closed:
+            log.warning("heartbeats: %d run(s) cut by a stop were closed as unconfirmed", closed)
 
     async def _skip(self, agent: str, slot: datetime, why: str) -> HeartbeatRun:
         now = iso(self._clock())

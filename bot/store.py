@@ -12,12 +12,12 @@ import asyncio
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -31,6 +31,7 @@ DEFAULT_BUSY_TIMEOUT_MS = 5_000
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 Params = Sequence[Any] | dict[str, Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class Store:
         row = await self.fetchone("PRAGMA user_version")
         return int(row[0]) if row else 0
 
+    # Every method below is one trip to the database thread: a trip costs far more than the statement
+    # (a thread hand-off and a wake-up of the event loop), so the hot paths count them.
+
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one write statement on its own; returns the last row id."""
         async with self._lock:
@@ -168,19 +172,54 @@ class Store:
             cursor = await self._run(sql, params)
             return cursor.rowcount
 
+    async def returning(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one write statement with a RETURNING clause on its own; returns the rows it wrote.
+
+        Every row is read before the trip ends, so the statement completes (and commits) within it.
+        """
+        return await self._call(lambda conn: _fetch_all(conn, sql, params))
+
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as tx:
             await tx.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        async with self._lock:
-            cursor = await self._run(sql, params)
-            return await cursor.fetchone()
+        return await self._call(lambda conn: _fetch_one(conn, sql, params))
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        return await self._call(lambda conn: _fetch_all(conn, sql, params))
+
+    async def atomically(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work(connection)` in one transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK if it raises),
+        in a single trip to the database thread.
+
+        For hot paths whose statements are known up front: `work` runs on the database thread, so it
+        must only run statements and plain Python, never await or block on anything else.
+        """
+
+        def transaction(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self._call(transaction)
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` on the database thread, in one trip, serialized with every other access."""
         async with self._lock:
-            cursor = await self._run(sql, params)
-            return list(await cursor.fetchall())
+            db = self._conn
+            try:
+                # aiosqlite runs every call of a connection on its one thread, in order; `_execute` is how
+                # its own helpers queue a call there (stable across the pinned aiosqlite versions).
+                return await db._execute(work, db._conn)
+            except sqlite3.OperationalError as exc:
+                raise StoreError(_explain_operational(self.path, exc)) from None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -193,14 +232,20 @@ class Store:
                 raise StoreError(_explain_operational(self.path, exc)) from None
             try:
                 yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk, an I/O error): a second
+                # ROLLBACK would fail and hide the real cause behind "no transaction is active".
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreError(_explain_operational(self.path, exc)) from None
                 raise
             else:
                 try:
                     await db.execute("COMMIT")
                 except sqlite3.Error as exc:
-                    await db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
                     raise StoreError(_explain_operational(self.path, exc)) from None
 
     async def _run(self, sql: str, params: Params) -> aiosqlite.Cursor:
@@ -208,6 +253,19 @@ class Store:
             return await self._conn.execute(sql, params)
         except sqlite3.OperationalError as exc:
             raise StoreError(_explain_operational(self.path, exc)) from None
+
+
+def _fetch_one(conn: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+    cursor = conn.execute(sql, params)
+    try:
+        row: sqlite3.Row | None = cursor.fetchone()
+        return row
+    finally:
+        cursor.close()
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
 
 
 def inspect_file(path: Path, latest: int) -> FileState:
@@ -282,5 +340,6 @@ def _explain_operational(path: Path, exc: sqlite3.Error) -> str:
     if "readonly" in text or "read-only" in text:
         return f"the database {path} is read-only; nothing was written: make it writable for this user"
     if "disk" in text and ("full" in text or "I/O" in text):
-        return f"the database {path} could not be written ({text}); nothing was written: free disk space"
+        advice = "free disk space" if "full" in text else "check the disk and its file system (dmesg)"
+        return f"the database {path} could not be written ({text}); nothing was written: {advice}"
     return f"database error on {path}: {text}"
