@@ -41,5 +41,9 @@ simulate: $(STAMP)
 check-config: $(STAMP)
 	$(BIN)/atomizer-hq check-config
 
+# Not part of `make test`: figures live in bench/, never in timed unit tests (bench/README.md; about 2 minutes).
+bench: $(STAMP)  ## the benchmarks: one table on stdout, the figures in bench/results.json
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) build *.egg-info
