@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from bot.config import AgentConfig, ClusterConfig
 from bot.gateway import GatewayClient, Readiness
 
+PROBE_WAVE = 32
+
 
 @dataclass(frozen=True)
 class AgentStatus:
@@ -47,7 +49,15 @@ class ClusterService:
     async def probe_all(self, timeout: float | None = None) -> FleetStatus:
         """Probe every agent concurrently; the round is bounded by the probe timeout."""
         started = time.perf_counter()
-        results = await asyncio.gather(*(self._gateway.readiness(agent, timeout) for agent in self._config.agents))
+        # Past a few dozen requests in flight, one HTTP pool spends more time scanning its queue than
+        # probing: waves of PROBE_WAVE keep a big fleet's round short; a fleet of 8 is one wave.
+        gate = asyncio.Semaphore(PROBE_WAVE)
+
+        async def probe(agent: AgentConfig) -> Readiness:
+            async with gate:
+                return await self._gateway.readiness(agent, timeout)
+
+        results = await asyncio.gather(*(probe(agent) for agent in self._config.agents))
         agents = [_status(agent, result) for agent, result in zip(self._config.agents, results, strict=True)]
         return FleetStatus(agents, time.perf_counter() - started)
 

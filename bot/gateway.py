@@ -32,6 +32,7 @@ from bot.errors import (
 TokenLookup = Callable[[str], SecretStr | None]
 ReadinessState = Literal["ready", "starting", "degraded", "down", "foreign"]
 STARTING_TEXT = "Plugin runtime is starting"
+HOOKS_IN_FLIGHT_PER_AGENT = 8
 _SNIPPET = 160
 
 
@@ -117,6 +118,9 @@ class GatewayClient:
         self._tokens = tokens
         self._config = config
         self._health_routes: dict[str, bool] = {}  # agent -> last seen release has health routes
+        # Hooks in flight per agent: a gateway admits runs one by one anyway, and one HTTP pool with
+        # hundreds of waiting requests spends its time scanning them (measured in bench/).
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     def honours_idempotency(self, agent: str) -> bool | None:
         """Whether the agent's gateway replays a runId for a repeated key, as last seen; None if never seen."""
@@ -200,6 +204,8 @@ class GatewayClient:
             headers["Idempotency-Key"] = idempotency_key
         url = f"{agent.base_url}{agent.hooks_path}{route}"
         timeout = _timeout(self._config.connect_timeout, read_timeout or self._config.read_timeout)
+        gate = self._gates.setdefault(agent.name, asyncio.Semaphore(HOOKS_IN_FLIGHT_PER_AGENT))
+        await gate.acquire()
         started = time.perf_counter()
         try:
             response = await self._http.post(url, content=payload, headers=headers, timeout=timeout)
@@ -213,6 +219,8 @@ class GatewayClient:
             raise AgentUnavailable(
                 agent.name, "the connection dropped before an answer; the request may have arrived", sent=True
             ) from None
+        finally:
+            gate.release()
         return _interpret(agent.name, response, time.perf_counter() - started)
 
     # --- readiness ----------------------------------------------------------------------------
