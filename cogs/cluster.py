@@ -19,12 +19,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.authz import AccessLevel
+from bot.boards import clip
 from bot.clock import human_duration, parse_duration, utcnow
 from bot.cluster_control import ClusterControl, Silence
 from bot.discord_bot import NO_MENTIONS, redact, redact_all, requester_for, require_level, send_ephemeral
 from bot.errors import SystemdUnavailable
 from bot.systemd import DEFAULT_LOG_LINES, MAX_LOG_LINES, Action, UnitActionResult, check_lines
-from cogs.utils.paginator import clip
 from cogs.utils.views import AtomizerView
 
 if TYPE_CHECKING:

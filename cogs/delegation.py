@@ -15,11 +15,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.authz import AccessLevel
+from bot.boards import clip
 from bot.delegation import STATUSES, Delegation, DelegationService
 from bot.discord_bot import NO_MENTIONS, log_unexpected, redact_all, requester_for, require_level
 from bot.errors import InvalidInput
 from cogs.utils.directory import DiscordGuildDirectory
-from cogs.utils.paginator import FIELD_VALUE_LIMIT, EmbedPaginator, clip, pack_fields
+from cogs.utils.paginator import FIELD_VALUE_LIMIT, send_listing
 from cogs.utils.views import AtomizerView
 
 if TYPE_CHECKING:
@@ -368,17 +369,14 @@ class Delegations(commands.Cog):
             description = (description + "\n" if description else "") + "No delegations match."
         elif len(rows) == LISTING_LIMIT:
             description = (description + "\n" if description else "") + f"The newest {LISTING_LIMIT} are shown."
-        pages = pack_fields(
+        await send_listing(
+            interaction,
             "Delegations",
             [listing_field(delegation, self.bot) for delegation in rows],
             description=description,
             per_page=PAGE_SIZE,
-            colour=discord.Colour.blurple(),
+            views=self.views,
         )
-        paginator = EmbedPaginator(pages, owner_id=interaction.user.id)
-        await paginator.start(interaction, ephemeral=True)
-        if not paginator.is_finished():
-            self.views.add(paginator)
 
     # --- autocomplete -------------------------------------------------------------------------
 

@@ -17,14 +17,13 @@ from discord.ext import commands
 
 from bot.api import pause_seconds
 from bot.authz import AccessLevel
-from bot.boards import BoardContent, BoardField, paginate
+from bot.boards import BoardContent, BoardField, clip, paginate
 from bot.clock import parse_iso
 from bot.discord_bot import NO_MENTIONS, enforce_level, requester_for, requester_for_user, require_level
 from bot.errors import InvalidInput
 from bot.heartbeat import FOREVER, HeartbeatRun, HeartbeatService, JobStatus
 from bot.standup import MAX_EMBEDS, StandupService, standup_for
 from cogs.utils.boards import to_embed
-from cogs.utils.paginator import clip
 
 if TYPE_CHECKING:
     from bot.discord_bot import AtomizerBot

@@ -23,7 +23,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.authz import AccessLevel, Requester
-from bot.boards import TOTAL_MAX, BoardContent, CoalescedBoard, LiveBoard, Monotonic, Sleep
+from bot.boards import TOTAL_MAX, BoardContent, CoalescedBoard, LiveBoard, Monotonic, Sleep, clip
 from bot.clock import utcnow
 from bot.discord_bot import (
     GENERIC_FAILURE,
@@ -53,7 +53,7 @@ from bot.taskboard import (
 )
 from cogs.utils.boards import DiscordBoardPublisher, to_embed
 from cogs.utils.directory import DiscordGuildDirectory
-from cogs.utils.paginator import EmbedPaginator, clip, pack_fields
+from cogs.utils.paginator import send_listing
 from cogs.utils.views import AtomizerModal, AtomizerView
 
 if TYPE_CHECKING:
@@ -526,17 +526,14 @@ class Tasks(commands.Cog):
             description += "\nNo tasks match."
         elif len(found) == LIST_LIMIT:
             description += f"\nThe first {LIST_LIMIT} are shown."
-        pages = pack_fields(
+        await send_listing(
+            interaction,
             "Tasks",
             [listing_field(task) for task in found],
             description=description,
             per_page=PAGE_SIZE,
-            colour=discord.Colour.blurple(),
+            views=self.views,
         )
-        paginator = EmbedPaginator(pages, owner_id=interaction.user.id)
-        await paginator.start(interaction, ephemeral=True)
-        if not paginator.is_finished():
-            self.views.add(paginator)
 
     # --- autocomplete -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import discord
 
+from bot.boards import clip
 from bot.discord_bot import NO_MENTIONS, send_ephemeral
 from cogs.utils.views import AtomizerView
 
@@ -18,11 +19,6 @@ FIELD_NAME_LIMIT = 256
 FIELD_VALUE_LIMIT = 1024
 EMBED_TOTAL_LIMIT = 6000
 FOOTER_RESERVE = 40  # room for the "Page 12/34" footer the paginator adds
-
-
-def clip(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def pack_fields(
@@ -122,3 +118,20 @@ class EmbedPaginator(AtomizerView):
     @discord.ui.button(label="Next", style=discord.ButtonStyle.secondary)
     async def next(self, interaction: discord.Interaction, button: discord.ui.Button[EmbedPaginator]) -> None:
         await self._show(interaction, self.index + 1)
+
+
+async def send_listing(
+    interaction: discord.Interaction,
+    title: str,
+    fields: Sequence[tuple[str, str]],
+    *,
+    description: str | None,
+    per_page: int,
+    views: set[discord.ui.View],
+) -> None:
+    """A private, paginated listing; its view is kept in `views` so the cog can stop it on unload."""
+    pages = pack_fields(title, fields, description=description, per_page=per_page, colour=discord.Colour.blurple())
+    paginator = EmbedPaginator(pages, owner_id=interaction.user.id)
+    await paginator.start(interaction, ephemeral=True)
+    if not paginator.is_finished():
+        views.add(paginator)
