@@ -338,7 +338,7 @@ async def cmd_cluster(args: argparse.Namespace) -> int:
             print("aborted: no unit was touched", file=sys.stderr)
             return 1
         await asyncio.sleep(0)  # a Ctrl-C during the question cancels us here, before anything runs
-    results = await units.apply(action, agents)
+    results = await _audited_unit_action(args, action, args.agent or "all")
     failed = [r for r in results if not r.ok]
     if args.json:
         print(json.dumps({"action": action, "ok": not failed, "results": [r.to_dict() for r in results]}, indent=2))
@@ -352,6 +352,18 @@ async def cmd_cluster(args: argparse.Namespace) -> int:
         names = ", ".join(r.agent for r in failed)
         print(f"atomizer-hq: {action} failed for {len(failed)} of {len(results)} agents: {names}", file=sys.stderr)
     return 1 if failed else 0
+
+
+async def _audited_unit_action(args: argparse.Namespace, action: str, agent: str) -> list[Any]:
+    """The same core call /cluster makes, so the host operator's actions land in the audit trail too."""
+    from bot.authz import host_operator
+    from bot.cluster_control import ClusterControl
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    async with open_services(settings, config) as services:
+        control = ClusterControl(config, services.store, services.systemd, services.monitor)
+        return await control.act(host_operator(), action, agent)  # type: ignore[arg-type]
 
 
 def _print_unit_states(states: Sequence[UnitState], *, as_json: bool) -> int:

@@ -307,3 +307,14 @@ async def test_logs_into_a_closed_pipe_end_quietly(tmp_path: Path, config_path: 
     _, err = await process.communicate()
     assert process.returncode == 0
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+async def test_host_actions_are_in_the_audit_trail(cluster: Any, fake: FakeSystemd, tmp_path: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    code, _, err = await cluster("restart", "webster")
+    assert code == 0, err
+    with closing(sqlite3.connect(tmp_path / "atomizer.db")) as db:
+        rows = db.execute("SELECT actor_kind, front_end, action, subject, decision FROM audit_log").fetchall()
+    assert rows == [("person", "cli", "cluster.restart", "webster", "allowed")]
