@@ -31,6 +31,7 @@ from bot.errors import (
     InvalidTarget,
     NotAllowed,
     PayloadTooLarge,
+    StoreError,
 )
 from bot.gateway import AgentHook, GatewayClient, encode_body
 from bot.store import Store
@@ -192,6 +193,8 @@ class DelegationService:
         self.directory: GuildDirectory = directory or StaticDirectory.from_config(config)
         self.changed = asyncio.Condition()  # notified whenever a delegation's status changes
         self._tasks = tasks
+        # Accepted by the agent while the database could not record it: recorded on the next round.
+        self._unrecorded: dict[int, tuple[Delegation, str, float]] = {}
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -450,6 +453,9 @@ class DelegationService:
 
     async def process_due(self) -> int:
         """Send every queued delegation whose time has come (concurrently across agents); returns how many."""
+        for delegation_id, (delegation, run_id, latency_ms) in list(self._unrecorded.items()):
+            await self._finish(delegation, "accepted", run_id=run_id, latency_ms=latency_ms)
+            del self._unrecorded[delegation_id]
         now = self._clock()
         await self._expire(now)
         rows = await self._store.fetchall(
@@ -517,9 +523,18 @@ class DelegationService:
             return await self._finish(delegation, "failed", error=exc.reason)
         except AtomizerError as exc:  # e.g. no hooks token configured
             return await self._finish(delegation, "failed", error=str(exc))
-        return await self._finish(
-            delegation, "accepted", run_id=accepted.run_id, latency_ms=round(accepted.latency_s * 1000, 1)
-        )
+        latency_ms = round(accepted.latency_s * 1000, 1)
+        try:
+            return await self._finish(delegation, "accepted", run_id=accepted.run_id, latency_ms=latency_ms)
+        except StoreError as exc:
+            # The agent has the work: never let this read as "nothing happened" (a caller would send it
+            # again). Keep the answer and record it as soon as the database answers (process_due).
+            self._unrecorded[delegation.id] = (delegation, accepted.run_id, latency_ms)
+            raise DelegationUnrecorded(
+                f"{delegation.display_id} was accepted by {delegation.agent} (runId {accepted.run_id}), but the "
+                f"database could not record it ({str(exc).split(';')[0]}); do not send it again: it is recorded "
+                "as soon as the database answers"
+            ) from None
 
     async def _maybe_sent(self, delegation: Delegation, reason: str) -> Delegation:
         """The request may have arrived: retry only where a repeat replays the same run."""
@@ -605,6 +620,12 @@ class DelegationService:
         async with self.changed:
             self.changed.notify_all()
         return _row_to_delegation(rows[0]) if rows else await self.get(delegation_id)
+
+
+class DelegationUnrecorded(StoreError):
+    """The agent accepted the delegation, but the database could not record that yet."""
+
+    code = "accepted_unrecorded"
 
 
 class UnknownDelegation(InvalidInput):

@@ -225,12 +225,6 @@ class FaultAfterSend:
             self.active = False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a store fault after the gateway accepted (the answer cannot be recorded) reaches the caller as "
-    "'nothing was written' (API: 503, so the caller may delegate again: a second run), and the delegation stays "
-    "`sending` until the bot restarts (only OutboxWorker.start runs recover())",
-)
 async def test_a_store_fault_after_the_agent_accepted_is_not_reported_as_nothing_written(
     services_on_fleet: ServicesOnFleet,
 ) -> None:
