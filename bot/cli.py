@@ -73,6 +73,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
     from bot.services import open_services
 
     settings, config = load_context(args)
+    if args.timeout is not None and not 0 < args.timeout <= 60:
+        raise InvalidInput(f"--timeout is in seconds, more than 0 and at most 60; not {args.timeout:g}")
     require_secrets(settings, config, "status")
     async with open_services(settings, config) as services:
         fleet = await services.cluster.probe_all(timeout=args.timeout)

@@ -88,7 +88,13 @@ class Store:
     async def open(self) -> Store:
         state = await asyncio.to_thread(inspect_file, self.path, self.latest_version)
         if not state.exists:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseRefused(  # a place we cannot use is bad configuration (exit 2)
+                    f"cannot create the database's directory {self.path.parent} ({exc.strerror}); "
+                    "point ATOMIZER_DB or --db at a writable place"
+                ) from None
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:

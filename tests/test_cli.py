@@ -193,3 +193,21 @@ async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path)
     code, out, _ = await run_cli(*base, "delegations", "show", "D-2", env=env)
     assert code == 0 and "D-2 to webster: queued" in out
     assert len(fleet.received()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--db", "/proc/no-such-dir/atomizer.db", "status"],
+            "cannot create the database's directory /proc/no-such-dir",
+        ),
+        (["status", "--timeout", "-1"], "--timeout is in seconds, more than 0 and at most 60; not -1"),
+    ],
+)
+async def test_bad_places_and_numbers_are_clear_errors_not_tracebacks(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    code, out, err = await run_cli("--config", str(SHIPPED_CONFIG), *args, env=cli_env(tmp_path))
+    assert code == 2 and out == ""
+    assert message in err and "Traceback" not in err
