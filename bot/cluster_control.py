@@ -7,11 +7,11 @@ any other front end that adopts it) gets the same decision and the same record.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
 from bot.config import ClusterConfig
@@ -133,13 +133,4 @@ class ClusterControl:
     async def _audit(
         self, requester: Requester, action: str, subject: str, decision: str, detail: dict[str, Any]
     ) -> None:
-        if requester.via:
-            detail = {**detail, "via": requester.via}
-        await self._store.execute(
-            "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                iso(self._clock()), requester.kind, requester.name, requester.front_end, action, subject[:100],
-                decision, json.dumps(detail),
-            ),
-        )  # fmt: skip
+        await self._store.execute(*audit_row(requester, action, subject, decision, detail, self._clock()))

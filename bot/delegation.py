@@ -9,7 +9,6 @@ the same work twice; otherwise the delegation becomes `unconfirmed` and a person
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import sqlite3
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
 from bot.config import HOOK_BODY_LIMIT, ClusterConfig
@@ -119,19 +119,6 @@ _INSERT_DELEGATION = (
     "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at) "
     f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, NULL, ?) RETURNING {_COLUMNS}"
 )
-
-
-def _audit_row(
-    requester: Requester, agent: str, decision: str, detail: dict[str, Any], now: datetime
-) -> tuple[str, tuple[Any, ...]]:
-    """The audit record of a delegation decision, as a statement and its parameters."""
-    if requester.via:
-        detail = {**detail, "via": requester.via}
-    return (
-        "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
-        "VALUES (?, ?, ?, ?, 'delegate', ?, ?, ?)",
-        (iso(now), requester.kind, requester.name, requester.front_end, agent, decision, json.dumps(detail)),
-    )
 
 
 def _row_to_delegation(row: Any) -> Delegation:
@@ -359,13 +346,13 @@ class DelegationService:
             # The row and its audit record in one transaction and one trip to the database thread;
             # RETURNING gives the row as stored, so it is not read again.
             row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
-            conn.execute(*_audit_row(requester, agent, "allowed", {"delegation": f"D-{row['id']}"}, now))
+            conn.execute(*audit_row(requester, "delegate", agent, "allowed", {"delegation": f"D-{row['id']}"}, now))
             return row
 
         return _row_to_delegation(await self._store.atomically(record))
 
     async def _audit(self, requester: Requester, agent: str, decision: str, detail: dict[str, Any]) -> None:
-        row = _audit_row(requester, agent, decision, detail, self._clock())
+        row = audit_row(requester, "delegate", agent, decision, detail, self._clock())
         await self._store.atomically(lambda conn: conn.execute(*row))
 
     # --- reading ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ or on demand (`/standup post:true`), and audits every post.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from bot.audit import actor_audit_row
 from bot.authz import AccessLevel, Requester
 from bot.boards import TOTAL_MAX, BoardContent, BoardField, paginate
 from bot.clock import Clock, iso, utcnow
@@ -248,11 +248,8 @@ class StandupService:
     async def _audit(
         self, kind: str, actor: str, front_end: str, now: datetime, decision: str, detail: dict[str, Any]
     ) -> None:
-        await self._store.execute(
-            "INSERT INTO audit_log (at, actor_kind, actor, front_end, action, subject, decision, detail) "
-            "VALUES (?, ?, ?, ?, 'standup.post', ?, ?, ?)",
-            (iso(now), kind, actor, front_end, self.local_day(now), decision, json.dumps(detail)),
-        )
+        row = actor_audit_row(kind, actor, front_end, "standup.post", self.local_day(now), decision, detail, now)
+        await self._store.execute(*row)
 
 
 def standup_for(services: Services) -> StandupService:
