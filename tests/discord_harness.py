@@ -31,6 +31,7 @@ from typing import Any
 
 import discord
 import discord.ext.test as dpytest
+import pytest
 from discord import app_commands
 from discord.ext.test import factories as dpytest_factories
 from discord.webhook.async_ import AsyncWebhookAdapter
@@ -533,3 +534,31 @@ def _fake_response(
     if call.method == "DELETE":
         return None
     return _message_dict(call.message, channel_id, author)
+
+
+@dataclass
+class Recorder:
+    """Records what the bot sends to Discord outside SlashDriver.dispatch: background followups, clicks."""
+
+    calls: list[RecordedCall] = field(default_factory=list)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Replace AsyncWebhookAdapter.request (a method: it gets the adapter first) for the test."""
+
+        async def request(
+            adapter: AsyncWebhookAdapter,
+            route: discord.http.Route,
+            session: Any = None,
+            *,
+            payload: dict[str, Any] | None = None,
+            multipart: list[dict[str, Any]] | None = None,
+            params: dict[str, Any] | None = None,
+            **_: Any,
+        ) -> Any:
+            if payload is None and multipart:
+                payload = next((json.loads(p["value"]) for p in multipart if p.get("name") == "payload_json"), None)
+            call = RecordedCall(route.method, route.path, route.url, payload, params)
+            self.calls.append(call)
+            return _fake_response(call, str(next_snowflake()), "0", None)
+
+        monkeypatch.setattr(AsyncWebhookAdapter, "request", request)

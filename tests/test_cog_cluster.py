@@ -25,6 +25,7 @@ from cogs.cluster import INLINE_LOG_LIMIT, Cluster, ConfirmView, log_reply
 from tests.conftest import HOOKS_TOKEN
 from tests.discord_harness import (
     RecordedCall,
+    Recorder,
     SlashDriver,
     _channel_dict,
     _member_dict,
@@ -36,7 +37,7 @@ from tests.discord_harness import (
     running_test_bot,
     single_message,
 )
-from tests.test_cog_delegation import VIEW_TASK_PREFIX, Recorder, shape
+from tests.test_cog_delegation import VIEW_TASK_PREFIX, shape
 from tests.test_systemd import FakeSystemd
 
 NO_MENTIONS = {"parse": []}

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 import discord
 import pytest
 from discord import app_commands
-from discord.webhook.async_ import AsyncWebhookAdapter
 
 from bot.authz import AccessLevel, Requester
 from bot.clock import iso, utcnow
@@ -29,9 +27,9 @@ from cogs.utils.paginator import EMBED_TOTAL_LIMIT, FIELD_VALUE_LIMIT, pack_fiel
 from tests.conftest import ServicesOnFleet
 from tests.discord_harness import (
     RecordedCall,
+    Recorder,
     SlashDriver,
     _channel_dict,
-    _fake_response,
     _member_dict,
     _message_dict,
     give_level,
@@ -47,34 +45,6 @@ VIEW_TASK_PREFIX = "discord-ui-view-dispatch"  # the name discord.py gives the t
 
 
 # --- harness ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Recorder:
-    """Records what the bot sends to Discord outside SlashDriver.dispatch: background followups, clicks."""
-
-    calls: list[RecordedCall] = field(default_factory=list)
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Replace AsyncWebhookAdapter.request (a method: it gets the adapter first) for the test."""
-
-        async def request(
-            adapter: AsyncWebhookAdapter,
-            route: discord.http.Route,
-            session: Any = None,
-            *,
-            payload: dict[str, Any] | None = None,
-            multipart: list[dict[str, Any]] | None = None,
-            params: dict[str, Any] | None = None,
-            **_: Any,
-        ) -> Any:
-            if payload is None and multipart:
-                payload = next((json.loads(p["value"]) for p in multipart if p.get("name") == "payload_json"), None)
-            call = RecordedCall(route.method, route.path, route.url, payload, params)
-            self.calls.append(call)
-            return _fake_response(call, str(next_snowflake()), "0", None)
-
-        monkeypatch.setattr(AsyncWebhookAdapter, "request", request)
 
 
 @dataclass

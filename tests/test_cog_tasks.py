@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -13,7 +12,6 @@ import discord
 import discord.ext.test as dpytest
 import pytest
 from discord import app_commands
-from discord.webhook.async_ import AsyncWebhookAdapter
 
 from bot.authz import AccessLevel, Requester, api_requester
 from bot.discord_bot import AtomizerBot
@@ -24,9 +22,9 @@ from cogs.tasks import ACK, Tasks
 from cogs.utils.directory import DiscordGuildDirectory
 from tests.discord_harness import (
     RecordedCall,
+    Recorder,
     SlashDriver,
     _channel_dict,
-    _fake_response,
     _member_dict,
     _message_dict,
     give_level,
@@ -216,28 +214,6 @@ class Rig:
         return await self._run(payload, MODAL_TASK_PREFIX)
 
 
-def record_webhooks(monkeypatch: pytest.MonkeyPatch, calls: list[RecordedCall]) -> None:
-    """Interaction responses outside SlashDriver.dispatch (clicks, modal submits) are recorded, not sent."""
-
-    async def request(
-        adapter: AsyncWebhookAdapter,
-        route: discord.http.Route,
-        session: Any = None,
-        *,
-        payload: dict[str, Any] | None = None,
-        multipart: list[dict[str, Any]] | None = None,
-        params: dict[str, Any] | None = None,
-        **_: Any,
-    ) -> Any:
-        if payload is None and multipart:
-            payload = next((json.loads(p["value"]) for p in multipart if p.get("name") == "payload_json"), None)
-        call = RecordedCall(route.method, route.path, route.url, payload, params)
-        calls.append(call)
-        return _fake_response(call, str(next_snowflake()), "0", None)
-
-    monkeypatch.setattr(AsyncWebhookAdapter, "request", request)
-
-
 def patch_fake_discord(monkeypatch: pytest.MonkeyPatch, bot: AtomizerBot, rig: Rig) -> None:
     """Fill three gaps of dpytest 0.7 against discord.py 2.7, as Discord itself behaves."""
     http = type(bot.http)
@@ -271,8 +247,9 @@ def patch_fake_discord(monkeypatch: pytest.MonkeyPatch, bot: AtomizerBot, rig: R
 
 @pytest.fixture
 async def rig(services: Services, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
-    calls: list[RecordedCall] = []
-    record_webhooks(monkeypatch, calls)
+    recorder = Recorder()  # clicks and modal submits, answered outside SlashDriver.dispatch
+    recorder.install(monkeypatch)
+    calls = recorder.calls
     async with running_test_bot(services) as bot:
         board_channel = dpytest.backend.make_text_channel("task-board", guild_of(bot), id_num=TASK_BOARD)
         clock = FakeTime()

@@ -30,10 +30,17 @@ from bot.targets import StaticDirectory, Target, TargetNormalizer
 from bot.task_grammar import BoardCommand, NotUnderstood, apply_board_message, parse_board_message
 from bot.taskboard import PRIORITIES, STATUSES, TaskBoard
 from tests.conftest import SHIPPED_CONFIG, ServicesOnFleet
-from tests.discord_harness import SlashDriver, give_level, guild_of, make_member, running_test_bot, single_message
-from tests.test_cog_delegation import Recorder
+from tests.discord_harness import (
+    Recorder,
+    SlashDriver,
+    give_level,
+    guild_of,
+    make_member,
+    running_test_bot,
+    single_message,
+)
 from tests.test_cog_delegation import Rig as DelegationRig
-from tests.test_cog_tasks import NX_EXPERT, TASK_BOARD, FakeTime, patch_fake_discord, record_webhooks
+from tests.test_cog_tasks import NX_EXPERT, TASK_BOARD, FakeTime, patch_fake_discord
 from tests.test_cog_tasks import Rig as TasksRig
 from tests.test_targets import OUTPUT_RE
 
@@ -224,8 +231,9 @@ def test_any_instruction_is_sent_verbatim_or_refused_clearly(text: str) -> None:
 @pytest.fixture
 async def tasks_rig(services: Services, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TasksRig]:
     """tests/test_cog_tasks.py's rig: channel sends, edits and interaction answers all recorded."""
-    calls: list[Any] = []
-    record_webhooks(monkeypatch, calls)
+    recorder = Recorder()
+    recorder.install(monkeypatch)
+    calls: list[Any] = recorder.calls
     async with running_test_bot(services) as bot:
         board_channel = dpytest.backend.make_text_channel("task-board", guild_of(bot), id_num=TASK_BOARD)
         clock = FakeTime()
