@@ -24,10 +24,10 @@ from bot.boards import BoardContent
 from bot.services import Services
 from cogs.utils.boards import to_embed
 from tests.conftest import ServicesOnFleet
-from tests.discord_harness import SlashDriver, guild_of, running_test_bot
+from tests.discord_harness import Recorder, SlashDriver, guild_of, running_test_bot
 from tests.test_cog_status import IT_OPS, Posted
 from tests.test_cog_status import Rig as StatusRig
-from tests.test_cog_tasks import TASK_BOARD, FakeTime, patch_fake_discord, record_webhooks
+from tests.test_cog_tasks import TASK_BOARD, FakeTime, patch_fake_discord
 from tests.test_cog_tasks import Rig as TasksRig
 
 OPERATOR = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR)
@@ -99,8 +99,9 @@ def rendered(parts: list[BoardContent]) -> list[tuple[Any, ...]]:
 @pytest.fixture
 async def tasks_rig(services: Services, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[TasksRig, Flaky]]:
     """tests/test_cog_tasks.py's rig (fake clock for the coalescer), with Discord refusing on demand."""
-    calls: list[Any] = []
-    record_webhooks(monkeypatch, calls)
+    recorder = Recorder()
+    recorder.install(monkeypatch)
+    calls: list[Any] = recorder.calls
     flaky = Flaky()
     async with running_test_bot(services) as bot:
         board_channel = dpytest.backend.make_text_channel("task-board", guild_of(bot), id_num=TASK_BOARD)
