@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.cluster import ClusterService
@@ -34,7 +34,7 @@ class Services:
     settings: Settings
     config: ClusterConfig
     store: Store
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     gateway: GatewayClient
     cluster: ClusterService
     delegation: DelegationService

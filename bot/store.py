@@ -77,7 +77,9 @@ class Store:
         self.busy_timeout_ms = busy_timeout_ms
         self.migrations = migrations if migrations is not None else load_migrations()
         self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one trip or one transaction() at a time
+        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @property
     def latest_version(self) -> int:
@@ -116,6 +118,8 @@ class Store:
         return self
 
     async def close(self) -> None:
+        if self._committer is not None:  # writes already queued are committed, not dropped
+            await asyncio.shield(self._committer)
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
@@ -164,26 +168,23 @@ class Store:
         return int(row[0]) if row else 0
 
     # Every method below is one trip to the database thread: a trip costs far more than the statement
-    # (a thread hand-off and a wake-up of the event loop), so the hot paths count them.
+    # (a thread hand-off and a wake-up of the event loop), so the hot paths count them. Writes go
+    # further: those that arrive while a trip is under way share the next one (group commit).
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        """Run one write statement on its own; returns the last row id."""
-        async with self._lock:
-            cursor = await self._run(sql, params)
-            return cursor.lastrowid or 0
+        """Run one write statement in its own transaction; returns the last row id."""
+        return await self.atomically(lambda conn: conn.execute(sql, params).lastrowid or 0)
 
     async def update(self, sql: str, params: Params = ()) -> int:
-        """Run one UPDATE/DELETE on its own; returns how many rows it changed (claims rely on it)."""
-        async with self._lock:
-            cursor = await self._run(sql, params)
-            return cursor.rowcount
+        """Run one UPDATE/DELETE in its own transaction; returns how many rows it changed (claims rely on it)."""
+        return await self.atomically(lambda conn: conn.execute(sql, params).rowcount)
 
     async def returning(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run one write statement with a RETURNING clause on its own; returns the rows it wrote.
+        """Run one write statement with a RETURNING clause in its own transaction; returns the rows it wrote.
 
-        Every row is read before the trip ends, so the statement completes (and commits) within it.
+        Every row is read before the transaction ends, so the statement completes (and commits) within it.
         """
-        return await self._call(lambda conn: _fetch_all(conn, sql, params))
+        return await self.atomically(lambda conn: _fetch_all(conn, sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as tx:
@@ -196,25 +197,60 @@ class Store:
         return await self._call(lambda conn: _fetch_all(conn, sql, params))
 
     async def atomically(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work(connection)` in one transaction (BEGIN IMMEDIATE … COMMIT, ROLLBACK if it raises),
-        in a single trip to the database thread.
+        """Run `work(connection)` atomically: all of its statements are committed, or none.
 
-        For hot paths whose statements are known up front: `work` runs on the database thread, so it
-        must only run statements and plain Python, never await or block on anything else.
+        `work` runs on the database thread, so it must only run statements and plain Python, never await
+        or block on anything else. Calls that arrive while the database thread is busy are committed
+        together, each in a savepoint of one BEGIN IMMEDIATE … COMMIT: a `work` that raises is rolled
+        back alone and raises to its caller; the others commit. Nobody hears back before the COMMIT, so
+        an answer still means "on disk" (as far as synchronous=NORMAL in WAL mode promises).
         """
+        if self._db is None:
+            raise StoreError("the database is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((work, future))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_writes())
+        return await future
 
-        def transaction(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return result
+    async def _commit_writes(self) -> None:
+        """Drain the write queue, one transaction per trip, until nobody waits."""
+        try:
+            while self._writes:
+                async with self._lock:
+                    batch = [(work, future) for work, future in self._writes if not future.cancelled()]
+                    self._writes = []
+                    if not batch:
+                        continue
+                    try:
+                        db = self._conn
+                        outcomes = await db._execute(_commit_group, db._conn, [work for work, _ in batch])
+                    except BaseException as exc:  # the whole transaction failed: nothing of it was kept
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_exception(self._write_error(exc))
+                        if not isinstance(exc, Exception):
+                            raise
+                        continue
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(self._write_error(value))
+        finally:
+            self._committer = None
+            for _, future in self._writes:  # cancelled while queued behind a failure: never left hanging
+                if not future.done():
+                    future.set_exception(StoreError("the database writer stopped; try again"))
+            self._writes = []
 
-        return await self._call(transaction)
+    def _write_error(self, exc: BaseException) -> BaseException:
+        """What a writer hears: SQLite's operational errors explained (one instance per caller)."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return StoreError(_explain_operational(self.path, exc))
+        return exc
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work(connection)` on the database thread, in one trip, serialized with every other access."""
@@ -259,6 +295,34 @@ class Store:
             return await self._conn.execute(sql, params)
         except sqlite3.OperationalError as exc:
             raise StoreError(_explain_operational(self.path, exc)) from None
+
+
+def _commit_group(conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+    """On the database thread: every `work` in one transaction, each in a savepoint of its own."""
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for work in works:
+            conn.execute("SAVEPOINT work")
+            try:
+                result = work(conn)
+            except Exception as exc:
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (a full disk, an I/O error): the works
+                    # before this one are gone too, so the group fails as one.
+                    raise
+                conn.execute("ROLLBACK TO work")
+                conn.execute("RELEASE work")
+                outcomes.append((False, exc))
+            else:
+                conn.execute("RELEASE work")
+                outcomes.append((True, result))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
 
 
 def _fetch_one(conn: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:

@@ -7,10 +7,11 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 
-from bot.config import ClusterConfig, load_cluster_config, parse_cluster_config
+from bot.config import ClusterConfig, GatewayConfig, load_cluster_config, parse_cluster_config
+from bot.gateway import GatewayClient
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.simulator import RELEASE_CURRENT, SimAgentSpec, SimulatedFleet, free_ports
@@ -107,8 +108,9 @@ async def start_fleet(make_config: Callable[..., ClusterConfig]) -> AsyncIterato
 
 
 @pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+async def http_client() -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP client the gateway client runs on, made the way the services make it."""
+    async with GatewayClient.make_http_client(GatewayConfig(connect_timeout=5.0, read_timeout=5.0)) as client:
         yield client
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -256,7 +255,7 @@ async def test_rejections_fail_at_once_with_the_gateways_reason(
     services_on_fleet: ServicesOnFleet, clock: FakeClock, specs: dict, token: str, status: str, error: str
 ) -> None:
     services, fleet = await services_on_fleet(specs=specs)
-    async with httpx.AsyncClient() as http:
+    async with GatewayClient.make_http_client(services.config.gateway) as http:
         gateway = GatewayClient(http, lambda _: SecretStr(token), services.config.gateway)
         result = await service_for(services, clock, gateway).delegate(person(AccessLevel.OPERATOR), "auditor", "Hi")
     assert result.delegation is not None

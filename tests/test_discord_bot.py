@@ -403,7 +403,7 @@ async def test_run_bot_closes_the_bot_on_sigterm_and_leaves_services_open(
 
     assert fake_discord["tokens"] == [DISCORD_TOKEN]
     assert fake_discord["closed"].is_set()
-    assert not services.http.is_closed
+    assert not services.http.closed
     assert asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM) is False  # handler removed
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import httpx
+import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import SecretStr
@@ -29,7 +29,9 @@ BOTH = pytest.mark.parametrize("release", [RELEASE_CURRENT, RELEASE_LEGACY])
 FAST = GatewayConfig(connect_timeout=1.0, read_timeout=5.0, probe_timeout=2.0)
 
 
-def client_for(http: httpx.AsyncClient, token: str | None = HOOKS_TOKEN, config: GatewayConfig = FAST) -> GatewayClient:
+def client_for(
+    http: aiohttp.ClientSession, token: str | None = HOOKS_TOKEN, config: GatewayConfig = FAST
+) -> GatewayClient:
     secret = SecretStr(token) if token is not None else None
     return GatewayClient(http, lambda agent: secret, config)
 
@@ -43,7 +45,7 @@ def delivered(message: str = "Mesh the M2 mirror") -> AgentHook:
 
 @BOTH
 async def test_an_accepted_hook_is_typed_with_its_run_id(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, fleet = await start_fleet(release=release)
     agent = config.require_agent("nx-expert")
@@ -58,7 +60,7 @@ async def test_an_accepted_hook_is_typed_with_its_run_id(
 
 
 async def test_a_repeated_idempotency_key_replays_the_run_on_the_current_release(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, fleet = await start_fleet()
     agent, client = config.require_agent("webster"), client_for(http_client)
@@ -69,7 +71,7 @@ async def test_a_repeated_idempotency_key_replays_the_run_on_the_current_release
 
 
 async def test_the_legacy_release_ignores_idempotency_keys(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, fleet = await start_fleet(release=RELEASE_LEGACY)
     agent, client = config.require_agent("webster"), client_for(http_client)
@@ -80,7 +82,7 @@ async def test_the_legacy_release_ignores_idempotency_keys(
 
 
 async def test_wait_for_completion_reports_a_run_that_failed_inside_the_gateway(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, _ = await start_fleet(specs={"webster": {"model_ok": False}})
     client = client_for(http_client)
@@ -94,7 +96,7 @@ async def test_wait_for_completion_reports_a_run_that_failed_inside_the_gateway(
 
 @BOTH
 async def test_wake_is_accepted_on_both_releases(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, fleet = await start_fleet(release=release)
     woken = await client_for(http_client).wake(config.require_agent("manager"), "check your inbox")
@@ -108,7 +110,7 @@ async def test_wake_is_accepted_on_both_releases(
 
 @BOTH
 async def test_a_bad_token_is_unauthorized_and_never_echoed(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, fleet = await start_fleet(release=release)
     wrong = "wrong-SECRET-token-0123456789"
@@ -121,7 +123,7 @@ async def test_a_bad_token_is_unauthorized_and_never_echoed(
 
 @BOTH
 async def test_twenty_bad_tokens_get_rate_limited_with_retry_after(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, _ = await start_fleet(release=release)
     agent, bad = config.require_agent("auditor"), client_for(http_client, "not-the-token-at-all")
@@ -137,7 +139,7 @@ async def test_twenty_bad_tokens_get_rate_limited_with_retry_after(
 
 @BOTH
 async def test_an_empty_message_is_rejected_with_the_gateway_text(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, _ = await start_fleet(release=release)
     with pytest.raises(HookRejected) as caught:
@@ -147,7 +149,7 @@ async def test_an_empty_message_is_rejected_with_the_gateway_text(
 
 @BOTH
 async def test_a_body_over_the_cap_is_never_sent(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, fleet = await start_fleet(release=release)
     agent, client = config.require_agent("secretary"), client_for(http_client)
@@ -162,7 +164,7 @@ async def test_a_body_over_the_cap_is_never_sent(
 
 
 async def test_the_legacy_model_rule_is_rejected_with_its_text(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, _ = await start_fleet(release=RELEASE_LEGACY)
     with pytest.raises(HookRejected, match="model required"):
@@ -171,7 +173,7 @@ async def test_the_legacy_model_rule_is_rejected_with_its_text(
 
 @BOTH
 async def test_disabled_hooks_are_rejected_as_such(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, _ = await start_fleet(release=release, specs={"auditor": {"hooks_enabled": False}})
     with pytest.raises(HookRejected) as caught:
@@ -201,12 +203,12 @@ RAW_ROWS = [
 
 @pytest.mark.parametrize(("query", "body", "text"), RAW_ROWS)
 async def test_every_400_of_the_current_release_maps_to_rejected_with_its_text(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, query: str, body: bytes, text: str | None
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, query: str, body: bytes, text: str | None
 ) -> None:
     config, _ = await start_fleet()
     agent = config.require_agent("optimizer")
-    response = await http_client.post(
-        f"{agent.base_url}/hooks/agent{query}", content=body, headers={"Authorization": f"Bearer {HOOKS_TOKEN}"}
+    response = await client_for(http_client)._request(
+        "POST", f"{agent.base_url}/hooks/agent{query}", data=body, headers={"Authorization": f"Bearer {HOOKS_TOKEN}"}
     )
     with pytest.raises(HookRejected) as caught:
         _interpret(agent.name, response, 0.0)
@@ -218,7 +220,7 @@ async def test_every_400_of_the_current_release_maps_to_rejected_with_its_text(
 
 
 async def test_the_legacy_release_accepts_what_the_current_one_refuses(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     # Why atomizer-hq always sends a normalized channel+to pair: 2026.2.12 says yes, then loses the answer.
     config, fleet = await start_fleet(release=RELEASE_LEGACY)
@@ -229,20 +231,23 @@ async def test_the_legacy_release_accepts_what_the_current_one_refuses(
         {"message": "x", "to": "channel:100000000000000101"},
         {"message": "x", "channel": "discord", "to": "100000000000000301"},
     ):
-        response = await http_client.post(f"{agent.base_url}/hooks/agent", json=body, headers=headers)
+        response = await client_for(http_client)._request(
+            "POST", f"{agent.base_url}/hooks/agent", data=encode_body(body), headers=headers
+        )
         assert _interpret(agent.name, response, 0.0).status == 202
     assert len(fleet.received("webster")) == 3
 
 
 async def test_the_legacy_release_drops_an_oversized_body_which_maps_to_maybe_sent(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, fleet = await start_fleet(release=RELEASE_LEGACY)
     agent = config.require_agent("webster")
-    with pytest.raises(httpx.TransportError):
-        await http_client.post(
+    with pytest.raises(aiohttp.ClientError):
+        await client_for(http_client)._request(
+            "POST",
             f"{agent.base_url}/hooks/agent",
-            content=b'{"message":"' + b"x" * HOOK_BODY_LIMIT + b'"}',
+            data=b'{"message":"' + b"x" * HOOK_BODY_LIMIT + b'"}',
             headers={"Authorization": f"Bearer {HOOKS_TOKEN}"},
         )
     assert fleet.received() == []
@@ -253,7 +258,7 @@ async def test_the_legacy_release_drops_an_oversized_body_which_maps_to_maybe_se
 
 @BOTH
 async def test_a_down_agent_is_unavailable_and_surely_not_sent(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, release: str
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, release: str
 ) -> None:
     config, _ = await start_fleet(release=release, specs={"webster": {"down": True}})
     with pytest.raises(AgentUnavailable) as caught:
@@ -263,7 +268,7 @@ async def test_a_down_agent_is_unavailable_and_surely_not_sent(
 
 
 async def test_a_starting_gateway_is_unavailable_and_surely_not_sent(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, fleet = await start_fleet(release={"webster": RELEASE_LEGACY}, specs={
         "manager": {"startup": None}, "webster": {"startup": None},
@@ -280,7 +285,7 @@ async def test_a_starting_gateway_is_unavailable_and_surely_not_sent(
 
 
 async def test_a_hung_gateway_times_out_as_maybe_sent(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, _ = await start_fleet(specs={"optimizer": {"hang": True}})
     client = client_for(http_client, config=GatewayConfig(connect_timeout=1.0, read_timeout=0.2))
@@ -290,14 +295,16 @@ async def test_a_hung_gateway_times_out_as_maybe_sent(
     assert "may have arrived" in str(caught.value)
 
 
-async def test_a_500_is_unavailable_and_maybe_sent(start_fleet: FleetStarter, http_client: httpx.AsyncClient) -> None:
+async def test_a_500_is_unavailable_and_maybe_sent(
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
+) -> None:
     config, _ = await start_fleet(specs={"optimizer": {"fail_rate": 1.0}})
     with pytest.raises(AgentUnavailable) as caught:
         await client_for(http_client).send_agent_hook(config.require_agent("optimizer"), delivered())
     assert caught.value.sent is True and "HTTP 500" in str(caught.value)
 
 
-async def test_a_missing_token_is_a_clear_error_before_anything_is_sent(http_client: httpx.AsyncClient) -> None:
+async def test_a_missing_token_is_a_clear_error_before_anything_is_sent(http_client: aiohttp.ClientSession) -> None:
     agent = AgentConfig(name="manager", port=free_ports(1))
     with pytest.raises(MissingSecret, match="ATOMIZER_HOOKS_TOKEN_MANAGER"):
         await client_for(http_client, None).send_agent_hook(agent, delivered())
@@ -344,7 +351,7 @@ async def foreign_server() -> AsyncIterator[Callable[[web.Response], AgentConfig
     ids=["html", "truncated-json", "no-run-id", "not-an-object"],
 )
 async def test_garbage_answers_are_protocol_errors(
-    foreign_server: Callable[[web.Response], AgentConfig], http_client: httpx.AsyncClient, response: web.Response
+    foreign_server: Callable[[web.Response], AgentConfig], http_client: aiohttp.ClientSession, response: web.Response
 ) -> None:
     agent = foreign_server(response)
     with pytest.raises(GatewayProtocolError) as caught:
@@ -355,7 +362,7 @@ async def test_garbage_answers_are_protocol_errors(
 # --- readiness ---------------------------------------------------------------------------------
 
 
-async def test_readiness_on_a_mixed_fleet(start_fleet: FleetStarter, http_client: httpx.AsyncClient) -> None:
+async def test_readiness_on_a_mixed_fleet(start_fleet: FleetStarter, http_client: aiohttp.ClientSession) -> None:
     config, _ = await start_fleet(
         release={"webster": RELEASE_LEGACY, "secretary": RELEASE_LEGACY},
         specs={"auditor": {"down": True}, "optimizer": {"hang": True}, "study-builder": {"startup": None}},
@@ -373,7 +380,7 @@ async def test_readiness_on_a_mixed_fleet(start_fleet: FleetStarter, http_client
 
 
 async def test_readiness_of_a_legacy_gateway_that_refuses_our_token(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, _ = await start_fleet(release=RELEASE_LEGACY, token="the-gateways-own-token-123456")
     ready = await client_for(http_client).readiness(config.require_agent("webster"))
@@ -381,7 +388,7 @@ async def test_readiness_of_a_legacy_gateway_that_refuses_our_token(
 
 
 async def test_readiness_never_probes_without_a_token(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, _ = await start_fleet(release=RELEASE_LEGACY)
     ready = await client_for(http_client, None).readiness(config.require_agent("webster"))
@@ -391,7 +398,7 @@ async def test_readiness_never_probes_without_a_token(
 
 
 async def test_a_port_held_by_another_http_server_is_foreign(
-    foreign_server: Callable[[web.Response], AgentConfig], http_client: httpx.AsyncClient
+    foreign_server: Callable[[web.Response], AgentConfig], http_client: aiohttp.ClientSession
 ) -> None:
     agent = foreign_server(web.Response(status=200, text="<html>grafana</html>", content_type="text/html"))
     ready = await client_for(http_client).readiness(agent)
@@ -403,7 +410,7 @@ async def test_a_port_held_by_another_http_server_is_foreign(
 
 
 async def test_the_token_appears_in_no_log_line_error_or_repr(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     config, _ = await start_fleet(specs={"auditor": {"down": True}, "optimizer": {"hang": True}})
     caplog.set_level(logging.DEBUG)
@@ -433,7 +440,7 @@ async def test_the_token_appears_in_no_log_line_error_or_repr(
 
 
 async def test_a_gateway_without_the_discord_plugin_is_explained(
-    start_fleet: FleetStarter, http_client: httpx.AsyncClient
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
 ) -> None:
     config, fleet = await start_fleet(specs={"auditor": {"discord_plugin": False}})
     with pytest.raises(HookRejected) as caught:

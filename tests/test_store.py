@@ -183,3 +183,51 @@ async def test_a_database_locked_by_another_process_gives_a_clear_error(tmp_path
         # And it recovers once the other process lets go.
         await store.execute("INSERT INTO meta (key, value) VALUES ('a', '1')")
         assert (await store.fetchone("SELECT value FROM meta WHERE key = 'a'"))[0] == "1"
+
+
+async def test_writes_that_arrive_together_commit_together_but_fail_alone(tmp_path: Path) -> None:
+    """Group commit: one bad write among many concurrent ones is rolled back alone and raises to its
+    caller; every other write is on disk (seen by another connection) by the time its caller hears back."""
+    path = tmp_path / "a.db"
+    async with Store(path) as store:
+
+        def insert(n: int):  # type: ignore[no-untyped-def]
+            def work(conn: sqlite3.Connection) -> int:
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (f"k{n}", "first"))
+                if n == 7:  # half done, then a constraint error: its first statement must go too
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('k0', 'duplicate')")
+                return n
+
+            return work
+
+        outcomes = await asyncio.gather(*(store.atomically(insert(n)) for n in range(40)), return_exceptions=True)
+        assert isinstance(outcomes[7], sqlite3.IntegrityError)
+        assert [o for i, o in enumerate(outcomes) if i != 7] == [n for n in range(40) if n != 7]
+        with closing(sqlite3.connect(path)) as other:
+            keys = {row[0] for row in other.execute("SELECT key FROM meta WHERE key LIKE 'k%'")}
+        assert keys == {f"k{n}" for n in range(40) if n != 7}
+        # The store goes on writing afterwards.
+        assert await store.update("UPDATE meta SET value = 'second' WHERE key LIKE 'k%'") == 39
+
+
+async def test_a_write_cancelled_while_queued_is_not_made(tmp_path: Path) -> None:
+    async with Store(tmp_path / "a.db") as store:
+        async with store.transaction():  # the database is busy, so the write waits in the queue
+            queued = asyncio.ensure_future(store.execute("INSERT INTO meta (key, value) VALUES ('gone', '1')"))
+            await asyncio.sleep(0)
+            queued.cancel()
+        kept = await store.execute("INSERT INTO meta (key, value) VALUES ('kept', '1')")
+        assert kept > 0
+        assert [row[0] for row in await store.fetchall("SELECT key FROM meta")] == ["kept"]
+
+
+async def test_writes_queued_at_close_are_committed_not_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    store = await Store(path).open()
+    writes = [asyncio.ensure_future(store.execute("INSERT INTO meta (key, value) VALUES (?, '1')", (f"k{n}",)))
+              for n in range(20)]  # fmt: skip
+    await asyncio.sleep(0)
+    await store.close()
+    assert all(write.done() and not write.exception() for write in writes)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0] == 20

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -88,13 +89,21 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """A plain client for raw requests: what the gateway answers, before our client interprets it."""
+    async with httpx.AsyncClient(trust_env=False, timeout=CONFORMANCE.read_timeout) as client:
+        yield client
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP client our gateway client runs on, made as the services make it."""
     async with GatewayClient.make_http_client(CONFORMANCE) as client:
         yield client
 
 
-def client_for(http: httpx.AsyncClient, token: str = HOOKS_TOKEN) -> GatewayClient:
+def client_for(session: aiohttp.ClientSession, token: str = HOOKS_TOKEN) -> GatewayClient:
     secret = SecretStr(token)
-    return GatewayClient(http, lambda _agent: secret, CONFORMANCE)
+    return GatewayClient(session, lambda _agent: secret, CONFORMANCE)
 
 
 def delivered(message: str = "Conformance: reply HEARTBEAT_OK") -> AgentHook:
@@ -153,8 +162,8 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def test_readiness(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    client, agent = client_for(http), gateway.agent()
+async def test_readiness(gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession) -> None:
+    client, agent = client_for(session), gateway.agent()
     ready = await client.readiness(agent)
     assert ready.state == "ready", ready
     if current(gateway):
@@ -190,16 +199,18 @@ async def test_health_routes(gateway: RealGateway, http: httpx.AsyncClient) -> N
 # --- accepted -------------------------------------------------------------------------------------
 
 
-async def test_an_accepted_hook(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    accepted = await client_for(http).send_agent_hook(gateway.agent(), delivered())
+async def test_an_accepted_hook(gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession) -> None:
+    accepted = await client_for(session).send_agent_hook(gateway.agent(), delivered())
     assert accepted.status_code == accepted_status(gateway)
     assert RUN_ID.match(accepted.run_id)
     assert accepted.completion is None
     assert accepted.latency_s < 15  # admitted, or a 503 after 15 s
 
 
-async def test_an_accepted_hook_without_delivery(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    accepted = await client_for(http).send_agent_hook(gateway.agent(), AgentHook("Conformance", deliver=False))
+async def test_an_accepted_hook_without_delivery(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
+    accepted = await client_for(session).send_agent_hook(gateway.agent(), AgentHook("Conformance", deliver=False))
     assert accepted.status_code == accepted_status(gateway) and RUN_ID.match(accepted.run_id)
 
 
@@ -212,9 +223,11 @@ async def test_the_other_token_header_is_accepted(gateway: RealGateway, http: ht
     assert _interpret("conformance", response, 0.0).status == accepted_status(gateway)
 
 
-async def test_wait_for_completion_reports_the_failed_run(gateway: RealGateway, http: httpx.AsyncClient) -> None:
+async def test_wait_for_completion_reports_the_failed_run(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
     hook = AgentHook("Conformance: reply HEARTBEAT_OK", deliver=False, wait_for_completion=True)
-    accepted = await client_for(http).send_agent_hook(gateway.agent(), hook)
+    accepted = await client_for(session).send_agent_hook(gateway.agent(), hook)
     assert accepted.status_code == accepted_status(gateway)
     if current(gateway):
         # The run fails inside the gateway (no model credentials) and the answer says so. REAL: the completion
@@ -225,14 +238,14 @@ async def test_wait_for_completion_reports_the_failed_run(gateway: RealGateway, 
         assert accepted.completion is None
 
 
-async def test_wake(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    woken = await client_for(http).wake(gateway.agent(), "Conformance: check your inbox")
+async def test_wake(gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession) -> None:
+    woken = await client_for(session).wake(gateway.agent(), "Conformance: check your inbox")
     assert woken.mode == "now"
     if current(gateway):
         assert woken.outcome in ("queued", "coalesced")
     else:
         assert woken.outcome is None  # {"ok":true,"mode":"now"}
-    later = await client_for(http).wake(gateway.agent(), "Conformance: later", mode="next-heartbeat")
+    later = await client_for(session).wake(gateway.agent(), "Conformance: later", mode="next-heartbeat")
     assert later.mode == "next-heartbeat"
     response = await http.post(f"{gateway.base_url}/hooks/wake", content=b'{"mode":"now"}', headers=auth())
     with pytest.raises(HookRejected) as caught:
@@ -243,8 +256,10 @@ async def test_wake(gateway: RealGateway, http: httpx.AsyncClient) -> None:
 # --- idempotency ----------------------------------------------------------------------------------
 
 
-async def test_a_repeated_idempotency_key(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    client, agent, key = client_for(http), gateway.agent(), f"conformance-{uuid.uuid4().hex}"
+async def test_a_repeated_idempotency_key(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
+    client, agent, key = client_for(session), gateway.agent(), f"conformance-{uuid.uuid4().hex}"
     first = await client.send_agent_hook(agent, delivered(), idempotency_key=key)
     again = await client.send_agent_hook(agent, delivered(), idempotency_key=key)
     if current(gateway):
@@ -273,9 +288,11 @@ async def test_the_other_idempotency_key_spellings(gateway: RealGateway, http: h
 # --- refused by the gateway -------------------------------------------------------------------------
 
 
-async def test_an_empty_message_is_rejected(gateway: RealGateway, http: httpx.AsyncClient) -> None:
+async def test_an_empty_message_is_rejected(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
     with pytest.raises(HookRejected) as caught:
-        await client_for(http).send_agent_hook(gateway.agent(), AgentHook(message=""))
+        await client_for(session).send_agent_hook(gateway.agent(), AgentHook(message=""))
     assert (caught.value.status, caught.value.gateway_error) == (400, "message required")
 
 
@@ -357,11 +374,13 @@ async def test_invalid_json(gateway: RealGateway, http: httpx.AsyncClient) -> No
     assert caught.value.gateway_error == (parser if current(gateway) else f"SyntaxError: {parser}")
 
 
-async def test_an_empty_model_is_rejected(gateway: RealGateway, http: httpx.AsyncClient) -> None:
+async def test_an_empty_model_is_rejected(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
     # REAL: 2026.9.6 refuses it too (openclaw-hooks.md lists "model required" for 2026.2.12 only; the
     # simulator accepts it on 2026.9.6).
     with pytest.raises(HookRejected) as caught:
-        await client_for(http).send_agent_hook(gateway.agent(), AgentHook("Conformance", deliver=False, model=""))
+        await client_for(session).send_agent_hook(gateway.agent(), AgentHook("Conformance", deliver=False, model=""))
     assert (caught.value.status, caught.value.gateway_error) == (400, "model required")
 
 
@@ -395,9 +414,9 @@ async def test_an_unknown_hook_route(gateway: RealGateway, http: httpx.AsyncClie
 
 
 async def test_the_cap_itself_is_accepted_and_one_byte_more_is_never_sent(
-    gateway: RealGateway, http: httpx.AsyncClient
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
 ) -> None:
-    client, agent = client_for(http), gateway.agent()
+    client, agent = client_for(session), gateway.agent()
     base = len(encode_body(AgentHook(message="", deliver=False).body()))
     exactly = AgentHook(message="x" * (HOOK_BODY_LIMIT - base), deliver=False)
     assert len(encode_body(exactly.body())) == HOOK_BODY_LIMIT
@@ -406,7 +425,9 @@ async def test_the_cap_itself_is_accepted_and_one_byte_more_is_never_sent(
         await client.send_agent_hook(agent, AgentHook(message="x" * (HOOK_BODY_LIMIT - base + 1), deliver=False))
 
 
-async def test_a_raw_body_over_the_cap(gateway: RealGateway, http: httpx.AsyncClient) -> None:
+async def test_a_raw_body_over_the_cap(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
     body = b'{"message":"' + b"x" * HOOK_BODY_LIMIT + b'","deliver":false}'
     if current(gateway):
         response = await raw_post(http, gateway, body)
@@ -418,7 +439,7 @@ async def test_a_raw_body_over_the_cap(gateway: RealGateway, http: httpx.AsyncCl
         with pytest.raises(httpx.TransportError):  # connection dropped, no answer
             await raw_post(http, gateway, body)
     # The gateway is still fine afterwards.
-    assert (await client_for(http).readiness(gateway.agent())).state == "ready"
+    assert (await client_for(session).readiness(gateway.agent())).state == "ready"
 
 
 # --- a delegation end to end (DelegationService on a real SQLite file) ------------------------------
@@ -496,9 +517,11 @@ async def test_a_bot_killed_mid_send_never_starts_a_second_run(gateway: RealGate
 # --- bad tokens: keep these last (20 bad tokens within 60 s lock a client out with 429) ---------------
 
 
-async def test_a_bad_token_is_unauthorized_and_never_echoed(gateway: RealGateway, http: httpx.AsyncClient) -> None:
+async def test_a_bad_token_is_unauthorized_and_never_echoed(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
     with pytest.raises(HookUnauthorized) as caught:
-        await client_for(http, WRONG_TOKEN).send_agent_hook(gateway.agent(), delivered())
+        await client_for(session, WRONG_TOKEN).send_agent_hook(gateway.agent(), delivered())
     assert WRONG_TOKEN not in str(caught.value) and WRONG_TOKEN not in repr(caught.value)
     response = await http.post(f"{gateway.base_url}/hooks/agent", content=b'{"message":"x"}')  # no token at all
     assert (response.status_code, response.text) == (401, "Unauthorized")
@@ -506,8 +529,10 @@ async def test_a_bad_token_is_unauthorized_and_never_echoed(gateway: RealGateway
         _interpret("conformance", response, 0.0)
 
 
-async def test_readiness_with_a_token_the_gateway_refuses(gateway: RealGateway, http: httpx.AsyncClient) -> None:
-    ready = await client_for(http, WRONG_TOKEN).readiness(gateway.agent())
+async def test_readiness_with_a_token_the_gateway_refuses(
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
+) -> None:
+    ready = await client_for(session, WRONG_TOKEN).readiness(gateway.agent())
     if current(gateway):
         assert ready.state == "ready"  # decided by /readyz, which needs no token
     else:
@@ -523,9 +548,9 @@ async def test_get_without_a_token(gateway: RealGateway, http: httpx.AsyncClient
 
 
 async def test_twenty_bad_tokens_get_rate_limited_and_a_good_one_still_works(
-    gateway: RealGateway, http: httpx.AsyncClient
+    gateway: RealGateway, http: httpx.AsyncClient, session: aiohttp.ClientSession
 ) -> None:
-    agent, good, bad = gateway.agent(), client_for(http), client_for(http, WRONG_TOKEN)
+    agent, good, bad = gateway.agent(), client_for(session), client_for(session, WRONG_TOKEN)
     await good.send_agent_hook(agent, AgentHook("Conformance", deliver=False))  # a valid token resets the count
     for _ in range(20):
         with pytest.raises(HookUnauthorized):

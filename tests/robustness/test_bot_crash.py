@@ -35,10 +35,13 @@ PENDING = {  # agent -> instruction; what each agent is doing when the bot dies
 
 
 def crash_config(config: ClusterConfig, path: Path) -> Path:
-    """The fleet's config with one fast heartbeat (manager, every minute, missed slots skipped), as JSON."""
+    """The fleet's config with one fast heartbeat (manager, every minute, missed slots skipped) and hung
+    requests that outlast the test, as JSON."""
     raw = config.model_dump(mode="json", exclude_none=True)
     raw["heartbeat"] = {"manager": {"every": "1m", "missed": "skip", "to": "daily_standup"}}
     raw["heartbeats"] = {**raw["heartbeats"], "tick": 0.3, "lease_ttl": 5, "misfire_grace": 60}
+    # The hung requests stay in flight until the kill, however slowly a loaded machine gets there.
+    raw["gateway"] = {**raw.get("gateway", {}), "read_timeout": 300}
     parse_cluster_config(raw)  # fail here, not in the child, if it is not valid
     path.write_text(json.dumps(raw), encoding="utf-8")
     return path
