@@ -13,14 +13,14 @@ import logging
 import re
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
-from bot.config import HOOK_BODY_LIMIT, ClusterConfig
+from bot.config import HOOK_BODY_LIMIT, AgentConfig, ClusterConfig
 from bot.errors import (
     AgentUnavailable,
     AtomizerError,
@@ -117,7 +117,7 @@ _COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  
 _INSERT_DELEGATION = (
     "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, requester_user_id, via, "
     "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, NULL, ?) RETURNING {_COLUMNS}"
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?) RETURNING {_COLUMNS}"
 )
 
 
@@ -238,8 +238,10 @@ class DelegationService:
         checked = await self._checked(requester, agent, message, target, deliver, origin, directory)
         name, text, delivery, _, decision = checked
         task_ref = await self._task_ref(task)
+        # Recorded already claimed for its first attempt (`sending`, one trip to the database): from
+        # here on, a crash leaves it to `recover`, which knows the request may have arrived.
         delegation = await self._record(requester, name, text, deliver, delivery, task_ref, decision)
-        delegation = await self._attempt(delegation)
+        delegation = await self._send(self._config.require_agent(name), delegation)
         return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
 
     async def preflight(
@@ -495,6 +497,10 @@ class DelegationService:
         )
         if not claimed:
             return await self.get(delegation.id)
+        return await self._send(agent, replace(delegation, status="sending", attempts=delegation.attempts + 1))
+
+    async def _send(self, agent: AgentConfig, delegation: Delegation) -> Delegation:
+        """One attempt of a claimed delegation (`sending`; `attempts` counts this one), and its outcome."""
         hook = self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id)
         try:
             accepted = await self._gateway.send_agent_hook(agent, hook, idempotency_key=delegation.idem_key)
@@ -502,7 +508,7 @@ class DelegationService:
             return await self._requeue(delegation, str(exc), exc.retry_after)
         except AgentUnavailable as exc:
             if not exc.sent:
-                return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts + 1))
+                return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts))
             return await self._maybe_sent(delegation, exc.reason)
         except GatewayProtocolError as exc:
             return await self._maybe_sent(delegation, exc.reason)
@@ -528,7 +534,7 @@ class DelegationService:
         if self._gateway.honours_idempotency(delegation.agent) is None:
             await self._gateway.readiness(self._config.require_agent(delegation.agent))
         if self._gateway.honours_idempotency(delegation.agent):
-            return await self._requeue(delegation, reason, self._backoff(delegation.attempts + 1))
+            return await self._requeue(delegation, reason, self._backoff(delegation.attempts))
         return await self._finish(
             delegation,
             "unconfirmed",

@@ -78,7 +78,7 @@ class Store:
         self.migrations = migrations if migrations is not None else load_migrations()
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one trip or one transaction() at a time
-        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._writes: list[tuple[Callable[[sqlite3.Connection], Any], bool, asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
 
     @property
@@ -173,18 +173,18 @@ class Store:
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one write statement in its own transaction; returns the last row id."""
-        return await self.atomically(lambda conn: conn.execute(sql, params).lastrowid or 0)
+        return await self._write(lambda conn: conn.execute(sql, params).lastrowid or 0, single=True)
 
     async def update(self, sql: str, params: Params = ()) -> int:
         """Run one UPDATE/DELETE in its own transaction; returns how many rows it changed (claims rely on it)."""
-        return await self.atomically(lambda conn: conn.execute(sql, params).rowcount)
+        return await self._write(lambda conn: conn.execute(sql, params).rowcount, single=True)
 
     async def returning(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         """Run one write statement with a RETURNING clause in its own transaction; returns the rows it wrote.
 
         Every row is read before the transaction ends, so the statement completes (and commits) within it.
         """
-        return await self.atomically(lambda conn: _fetch_all(conn, sql, params))
+        return await self._write(lambda conn: _fetch_all(conn, sql, params), single=True)
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         async with self.transaction() as tx:
@@ -205,10 +205,15 @@ class Store:
         back alone and raises to its caller; the others commit. Nobody hears back before the COMMIT, so
         an answer still means "on disk" (as far as synchronous=NORMAL in WAL mode promises).
         """
+        return await self._write(work, single=False)
+
+    async def _write(self, work: Callable[[sqlite3.Connection], T], *, single: bool) -> T:
+        """Queue `work` for the next group commit. `single`: it runs one statement, which SQLite undoes
+        by itself if it fails, so it needs no savepoint of its own."""
         if self._db is None:
             raise StoreError("the database is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writes.append((work, future))
+        self._writes.append((work, single, future))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_writes())
         return await future
@@ -218,21 +223,22 @@ class Store:
         try:
             while self._writes:
                 async with self._lock:
-                    batch = [(work, future) for work, future in self._writes if not future.cancelled()]
+                    batch = [write for write in self._writes if not write[2].cancelled()]
                     self._writes = []
                     if not batch:
                         continue
                     try:
                         db = self._conn
-                        outcomes = await db._execute(_commit_group, db._conn, [work for work, _ in batch])
+                        works = [(work, single) for work, single, _ in batch]
+                        outcomes = await db._execute(_commit_group, db._conn, works)
                     except BaseException as exc:  # the whole transaction failed: nothing of it was kept
-                        for _, future in batch:
+                        for *_, future in batch:
                             if not future.done():
                                 future.set_exception(self._write_error(exc))
                         if not isinstance(exc, Exception):
                             raise
                         continue
-                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                for (*_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
                     if ok:
@@ -241,7 +247,7 @@ class Store:
                         future.set_exception(self._write_error(value))
         finally:
             self._committer = None
-            for _, future in self._writes:  # cancelled while queued behind a failure: never left hanging
+            for *_, future in self._writes:  # cancelled while queued behind a failure: never left hanging
                 if not future.done():
                     future.set_exception(StoreError("the database writer stopped; try again"))
             self._writes = []
@@ -297,13 +303,17 @@ class Store:
             raise StoreError(_explain_operational(self.path, exc)) from None
 
 
-def _commit_group(conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
-    """On the database thread: every `work` in one transaction, each in a savepoint of its own."""
+def _commit_group(
+    conn: sqlite3.Connection, works: list[tuple[Callable[[sqlite3.Connection], Any], bool]]
+) -> list[tuple[bool, Any]]:
+    """On the database thread: every work in one transaction, each undone alone if it fails (a
+    savepoint around several statements; SQLite's own statement rollback for a single one)."""
     outcomes: list[tuple[bool, Any]] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for work in works:
-            conn.execute("SAVEPOINT work")
+        for work, single in works:
+            if not single:
+                conn.execute("SAVEPOINT work")
             try:
                 result = work(conn)
             except Exception as exc:
@@ -311,11 +321,13 @@ def _commit_group(conn: sqlite3.Connection, works: list[Callable[[sqlite3.Connec
                     # SQLite rolled the whole transaction back (a full disk, an I/O error): the works
                     # before this one are gone too, so the group fails as one.
                     raise
-                conn.execute("ROLLBACK TO work")
-                conn.execute("RELEASE work")
+                if not single:
+                    conn.execute("ROLLBACK TO work")
+                    conn.execute("RELEASE work")
                 outcomes.append((False, exc))
             else:
-                conn.execute("RELEASE work")
+                if not single:
+                    conn.execute("RELEASE work")
                 outcomes.append((True, result))
         conn.execute("COMMIT")
     except BaseException:

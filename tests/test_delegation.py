@@ -367,15 +367,40 @@ async def test_two_workers_on_one_database_never_send_a_delegation_twice(
     assert {d.status for d in await one.recent()} == {"accepted"}
 
 
-async def test_a_delegation_recorded_but_never_tried_is_sent_after_a_restart(
+@pytest.mark.parametrize(
+    ("release", "outcome", "sent"), [(RELEASE_CURRENT, "accepted", 1), (RELEASE_LEGACY, "unconfirmed", 0)]
+)
+async def test_a_delegation_recorded_but_never_tried_is_resent_after_a_restart_only_where_that_is_safe(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock, release: str, outcome: str, sent: int
+) -> None:
+    services, fleet = await services_on_fleet(release=release)
+    service = service_for(services, clock)
+    requester = person(AccessLevel.OPERATOR)
+    decision = service.authorize(requester, "nx-expert")
+    # The process died right after writing the record (claimed for its first attempt), before sending.
+    recorded = await service._record(requester, "nx-expert", "Mesh", True, TECHNICAL, None, decision)
+    assert recorded.status == "sending"
+    assert await service.process_due() == 0
+    await service.recover()
+    clock.advance(60)
+    await service.process_due()
+    # The request may have left: a gateway that replays a repeated key gets it again (one run at most);
+    # the old release would start a second run, so a person decides.
+    assert (await service.get(recorded.id)).status == outcome
+    assert len(fleet.received("nx-expert")) == sent
+
+
+async def test_a_queued_record_left_by_an_older_version_is_sent_after_a_restart(
     services_on_fleet: ServicesOnFleet, clock: FakeClock
 ) -> None:
     services, fleet = await services_on_fleet()
     service = service_for(services, clock)
     requester = person(AccessLevel.OPERATOR)
-    decision = service.authorize(requester, "nx-expert")
-    # The process died right after writing the record, before its first attempt.
-    recorded = await service._record(requester, "nx-expert", "Mesh", True, TECHNICAL, None, decision)
+    recorded = await service._record(
+        requester, "nx-expert", "Mesh", True, TECHNICAL, None, service.authorize(requester, "nx-expert")
+    )
+    # Earlier versions recorded `queued` first and claimed it in a second step.
+    await services.store.execute("UPDATE delegations SET status = 'queued', attempts = 0 WHERE id = ?", (recorded.id,))
     assert await service.process_due() == 0
     await service.recover()
     assert await service.process_due() == 1
