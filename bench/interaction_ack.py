@@ -28,6 +28,7 @@ from bench.common import (
     percentile,
 )
 from bot.authz import AccessLevel
+from bot.runner import settle_heap
 from bot.services import open_services
 from bot.simulator import free_ports
 from tests.discord_harness import (
@@ -82,6 +83,7 @@ async def run(bench: Bench) -> None:
     async with fleet_process(config, token, bench.workdir, common={"latency_ms": AGENT_LATENCY_MS}):
         async with open_services(bench_settings(bench.workdir / "ack.db", token), config) as services:
             bot = await make_test_bot(services)
+            settle_heap()  # as run_service does once it is up, before the bot connects
             original = AsyncWebhookAdapter.request
             AsyncWebhookAdapter.request = request  # type: ignore[method-assign,assignment]
             try:

@@ -200,12 +200,18 @@ async def test_writes_that_arrive_together_commit_together_but_fail_alone(tmp_pa
 
             return work
 
-        outcomes = await asyncio.gather(*(store.atomically(insert(n)) for n in range(40)), return_exceptions=True)
+        duplicate = "INSERT INTO meta (key, value) VALUES ('k3', 'duplicate')"  # one statement, after k3's
+        outcomes = await asyncio.gather(
+            *(store.atomically(insert(n)) for n in range(40)), store.execute(duplicate), return_exceptions=True
+        )
         assert isinstance(outcomes[7], sqlite3.IntegrityError)
-        assert [o for i, o in enumerate(outcomes) if i != 7] == [n for n in range(40) if n != 7]
+        assert isinstance(outcomes[40], sqlite3.IntegrityError)
+        assert [o for i, o in enumerate(outcomes[:40]) if i != 7] == [n for n in range(40) if n != 7]
         with closing(sqlite3.connect(path)) as other:
             keys = {row[0] for row in other.execute("SELECT key FROM meta WHERE key LIKE 'k%'")}
+            k3 = other.execute("SELECT value FROM meta WHERE key = 'k3'").fetchone()[0]
         assert keys == {f"k{n}" for n in range(40) if n != 7}
+        assert k3 == "first"
         # The store goes on writing afterwards.
         assert await store.update("UPDATE meta SET value = 'second' WHERE key LIKE 'k%'") == 39
 
