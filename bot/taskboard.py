@@ -302,6 +302,12 @@ class TaskBoard:
         )
         return [Task(**dict(row)) for row in rows]
 
+    async def last_change(self) -> int:
+        """A number that grows with every change to any task, whichever process made it (the newest
+        history line's id): a bot compares it to see what the CLI or another copy changed."""
+        row = await self._store.fetchone("SELECT coalesce(max(id), 0) FROM task_events")
+        return int(row[0]) if row else 0
+
     async def count(self, *, status: str | None = None, open_only: bool = False) -> int:
         if status is not None:
             row = await self._store.fetchone("SELECT count(*) FROM tasks WHERE status = ?", (parse_status(status),))

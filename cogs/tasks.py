@@ -36,7 +36,7 @@ from bot.discord_bot import (
     requester_for_user,
     require_level,
 )
-from bot.errors import InvalidInput
+from bot.errors import AtomizerError, InvalidInput
 from bot.targets import GuildDirectory
 from bot.task_grammar import BoardCommand, MessageOutcome, apply_board_message, parse_board_message
 from bot.task_view import BOARD_TASKS_MAX, PRIORITY_MARK, STATUS_ICON, task_board, task_detail, task_line
@@ -65,6 +65,7 @@ TASK_BOARD = "tasks"  # the LiveBoard's name in board_messages
 ACK = "✅"
 # A /task show message is ephemeral: only its interaction tokens can edit it, and they last 15 minutes.
 VIEW_TIMEOUT_S = 14 * 60.0
+OTHER_PROCESSES_EVERY_S = 5.0  # how often the board looks for changes made outside this process
 LIST_LIMIT = 500  # the core's cap on one listing
 PAGE_SIZE = 10
 ID_MAX, ASSIGNEE_MAX, DUE_MAX = 20, 200, 40  # slash option lengths (only the Discord client enforces them)
@@ -220,6 +221,7 @@ class Tasks(commands.Cog):
     ) -> None:
         """`sleep` and `monotonic` pace the board's redraws; tests pass a clock they move themselves."""
         self.bot = bot
+        self._sleep = sleep
         config = bot.services.config
         self.channel_id = config.channels.get(config.taskboard.board_channel)
         self.publisher = DiscordBoardPublisher(bot)
@@ -235,7 +237,9 @@ class Tasks(commands.Cog):
                 monotonic=monotonic,
             )
         self.views: weakref.WeakSet[discord.ui.View] = weakref.WeakSet()  # live buttons, stopped on unload
-        self.startup: asyncio.Task[None] | None = None
+        self.startup: asyncio.Task[None] | None = None  # the first draw, once connected
+        self.follower: asyncio.Task[None] | None = None  # then: changes made by other processes
+        self._seen_change = 0  # TaskBoard.last_change() as of the last look
         directory: GuildDirectory = self.tasks.directory
         if isinstance(directory, DiscordGuildDirectory) and directory.fallback is not None:
             directory = directory.fallback
@@ -253,10 +257,11 @@ class Tasks(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.tasks.remove_listener(self._task_changed)
-        if self.startup is not None:
-            self.startup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.startup
+        for task in (self.startup, self.follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.coalesced is not None:
             await self.coalesced.close()
         for view in list(self.views):
@@ -308,6 +313,24 @@ class Tasks(commands.Cog):
     async def _task_changed(self, task: Task, event: TaskEvent) -> None:
         self.request_redraw()
 
+    async def check_other_processes(self) -> bool:
+        """Redraw if another process changed tasks (the CLI, a second atomizer-hq on the database): their
+        changes reach no listener here. Returns whether anything changed since the last look."""
+        latest = await self.tasks.last_change()
+        if latest == self._seen_change:
+            return False
+        self._seen_change = latest
+        self.request_redraw()  # an unchanged board costs a render and no Discord call
+        return True
+
+    async def _follow_other_processes(self) -> None:
+        while True:
+            await self._sleep(OTHER_PROCESSES_EVERY_S)
+            try:
+                await self.check_other_processes()
+            except AtomizerError as exc:  # a locked database now and then: look again next time
+                log.warning("task board: could not look for changes made elsewhere: %s", exc)
+
     async def _draw_when_ready(self) -> None:
         await self.bot.wait_until_ready()
         configured = self.bot.services.settings.guild_id
@@ -316,12 +339,15 @@ class Tasks(commands.Cog):
             log.warning(
                 "[channels] has no %r channel: no live task board", self.bot.services.config.taskboard.board_channel
             )
-        elif not self.request_redraw():
+            return
+        self._seen_change = await self.tasks.last_change()
+        if not self.request_redraw():
             log.warning(
                 "the task board channel %s is not visible to the bot; check [channels] in cluster.toml and the "
                 "bot's permissions there (View Channel, Send Messages, Embed Links)",
                 self.channel_id,
             )
+        self.follower = asyncio.create_task(self._follow_other_processes(), name="task-board-follower")
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

@@ -17,8 +17,8 @@ from bot.authz import AccessLevel, Requester, api_requester
 from bot.discord_bot import AtomizerBot
 from bot.services import Services
 from bot.task_grammar import HINT
-from bot.taskboard import Task
-from cogs.tasks import ACK, Tasks
+from bot.taskboard import Task, TaskBoard
+from cogs.tasks import ACK, OTHER_PROCESSES_EVERY_S, Tasks
 from cogs.utils.directory import DiscordGuildDirectory
 from tests.discord_harness import (
     RecordedCall,
@@ -34,6 +34,7 @@ from tests.discord_harness import (
     running_test_bot,
     single_message,
 )
+from tests.robustness.conftest import wait_for
 
 TASK_BOARD = 100000000000000102  # [channels] task_board in the shipped config
 NX_EXPERT = 100000000000000307  # nx-expert's discord_user_id
@@ -795,6 +796,38 @@ async def test_after_a_restart_the_board_is_found_again_and_drawn_at_load(rig: R
 
     [found] = rig.boards()  # edited by id, not posted again
     assert found["id"] == board["id"] and "Changed while the bot was away" in board_text(found)
+
+
+async def test_changes_made_by_another_process_reach_the_board(rig: Rig) -> None:
+    await add(rig, "Mesh")
+    rig.bot.background_tasks = True  # as in production: drawn when connected, then following the database
+    rig.bot._ready.set()  # type: ignore[union-attr]
+    await rig.bot.remove_cog("Tasks")
+    await rig.bot.add_cog(Tasks(rig.bot, sleep=rig.clock.sleep, monotonic=rig.clock.monotonic))
+    assert rig.cog.startup is not None
+    await rig.cog.startup
+    await rig.settle()
+    assert rig.cog.follower is not None and not rig.cog.follower.done()
+
+    # `atomizer-hq task add` in a shell: its own process, its own TaskBoard, nobody here is told.
+    other_process = TaskBoard(rig.services.config, rig.services.store)
+    await other_process.add(OPERATOR, "Added from the CLI")
+    await rig.settle()
+    assert "Added from the CLI" not in board_text(rig.boards()[0])
+
+    latest = await other_process.last_change()
+    await rig.clock.advance(OTHER_PROCESSES_EVERY_S)  # the follower looks again
+    await wait_for(lambda: rig.cog._seen_change == latest, what="the follower to see the other process's change")
+    await rig.settle()
+    [board] = rig.boards()
+    assert "Added from the CLI" in board_text(board)
+    assert await rig.cog.check_other_processes() is False  # nothing new since: no redraw asked
+
+    follower = rig.cog.follower
+    await rig.bot.remove_cog("Tasks")
+    assert follower.cancelled()  # unloading stops it
+    rig.bot.background_tasks = False
+    await rig.bot.add_cog(Tasks(rig.bot, sleep=rig.clock.sleep, monotonic=rig.clock.monotonic))  # for teardown
 
 
 async def test_without_the_board_channel_nothing_is_drawn_and_nothing_fails(
