@@ -470,7 +470,9 @@ class DelegationService:
     async def recover(self) -> int:
         """After a crash: a delegation left `sending` may or may not have arrived. Decide for each.
 
-        One recorded but never tried (the process died between the two) is simply made due.
+        A delegation is recorded already `sending`, so one the process died with before sending is
+        among them (resent where a repeated key replays the run, else left for a person to look at).
+        A `queued` row never tried, as older versions recorded first, is simply made due.
         """
         await self._store.update(
             "UPDATE delegations SET next_attempt_at = created_at WHERE status = 'queued' AND next_attempt_at IS NULL"

@@ -37,6 +37,7 @@ TokenLookup = Callable[[str], SecretStr | None]
 ReadinessState = Literal["ready", "starting", "degraded", "down", "foreign"]
 STARTING_TEXT = "Plugin runtime is starting"
 HOOKS_IN_FLIGHT_PER_AGENT = 8
+KEEPALIVE_S = 4.0
 _SNIPPET = 160
 
 
@@ -137,6 +138,7 @@ class GatewayClient:
         self._http = http
         self._tokens = tokens
         self._config = config
+        self._timeout = _timeout(config.connect_timeout, config.read_timeout)  # every request but slow hooks
         self._health_routes: dict[str, bool] = {}  # agent -> last seen release has health routes
         # Hooks in flight per agent: a gateway admits runs one by one anyway, and one HTTP pool with
         # hundreds of waiting requests spends its time scanning them (measured in bench/).
@@ -153,7 +155,10 @@ class GatewayClient:
         Call it with a running event loop; close it with `async with` or `await session.close()`.
         """
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, keepalive_timeout=30),
+            # An idle connection is dropped before the gateway (Node: 5 s) drops it: a POST on a connection
+            # the server has just closed fails as "may have arrived", which costs a 2026.2.x delegation a
+            # person's look.
+            connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, keepalive_timeout=KEEPALIVE_S),
             timeout=_timeout(config.connect_timeout, config.read_timeout),
             trust_env=False,
             auto_decompress=True,
@@ -168,8 +173,16 @@ class GatewayClient:
         headers: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Response:
-        """One request, its answer read whole; aiohttp's exceptions pass through to be mapped."""
-        async with self._http.request(method, url, data=data, headers=headers, timeout=timeout) as response:
+        """One request, its answer read whole; aiohttp's exceptions pass through to be mapped.
+
+        Without `timeout` the session's own applies (aiohttp reads an explicit None as "no timeout").
+        """
+        request = (
+            self._http.request(method, url, data=data, headers=headers)
+            if timeout is None
+            else self._http.request(method, url, data=data, headers=headers, timeout=timeout)
+        )
+        async with request as response:
             content = await response.read()
             return _Response(response.status, content, response.headers.get("Retry-After"))
 
@@ -241,7 +254,7 @@ class GatewayClient:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         url = f"{agent.base_url}{agent.hooks_path}{route}"
-        timeout = _timeout(self._config.connect_timeout, read_timeout or self._config.read_timeout)
+        timeout = _timeout(self._config.connect_timeout, read_timeout) if read_timeout else self._timeout
         gate = self._gates.setdefault(agent.name, asyncio.Semaphore(HOOKS_IN_FLIGHT_PER_AGENT))
         await gate.acquire()
         started = time.perf_counter()
@@ -278,7 +291,7 @@ class GatewayClient:
 
     async def _readiness(self, agent: AgentConfig, started: float) -> Readiness:
         try:
-            ready = await self._request("GET", f"{agent.base_url}/readyz")
+            ready = await self._request("GET", f"{agent.base_url}/readyz", timeout=self._timeout)
         except _NOT_SENT as exc:
             return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))
         except TimeoutError:
@@ -294,7 +307,7 @@ class GatewayClient:
     async def _from_health_routes(self, agent: AgentConfig, report: dict[str, Any], started: float) -> Readiness:
         release = None
         try:
-            startup = _json_object(await self._request("GET", f"{agent.base_url}/startupz"))
+            startup = _json_object(await self._request("GET", f"{agent.base_url}/startupz", timeout=self._timeout))
             if startup is not None and isinstance(startup.get("version"), str):
                 release = startup["version"]
         except (aiohttp.ClientError, TimeoutError):
@@ -319,7 +332,7 @@ class GatewayClient:
         headers = {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
         try:
             answer = await self._request(
-                "POST", f"{agent.base_url}{agent.hooks_path}/agent", data=b"{}", headers=headers
+                "POST", f"{agent.base_url}{agent.hooks_path}/agent", data=b"{}", headers=headers, timeout=self._timeout
             )
         except _NOT_SENT as exc:
             return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))

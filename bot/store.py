@@ -9,6 +9,7 @@ order, each in one transaction that also bumps `PRAGMA user_version`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import re
 import sqlite3
@@ -31,6 +32,10 @@ DEFAULT_BUSY_TIMEOUT_MS = 5_000
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 Params = Sequence[Any] | dict[str, Any]
+_UNKNOWN_OUTCOME = (
+    "the database writer was stopped while committing this write; it may or may not be recorded: "
+    "look before repeating it"
+)
 T = TypeVar("T")
 
 
@@ -119,7 +124,7 @@ class Store:
 
     async def close(self) -> None:
         if self._committer is not None:  # writes already queued are committed, not dropped
-            await asyncio.shield(self._committer)
+            await asyncio.wait({self._committer})  # its callers hear how it ended; close regardless
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
@@ -231,13 +236,17 @@ class Store:
                         db = self._conn
                         works = [(work, single) for work, single, _ in batch]
                         outcomes = await db._execute(_commit_group, db._conn, works)
-                    except BaseException as exc:  # the whole transaction failed: nothing of it was kept
+                    except Exception as exc:  # the whole transaction failed: nothing of it was kept
+                        error = self._write_error(exc)
                         for *_, future in batch:
                             if not future.done():
-                                future.set_exception(self._write_error(exc))
-                        if not isinstance(exc, Exception):
-                            raise
+                                future.set_exception(copy.copy(error))  # one instance per caller
                         continue
+                    except BaseException:  # this task was cancelled: the thread may still commit the group
+                        for *_, future in batch:
+                            if not future.done():
+                                future.set_exception(StoreError(_UNKNOWN_OUTCOME))
+                        raise
                 for (*_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
@@ -247,9 +256,9 @@ class Store:
                         future.set_exception(self._write_error(value))
         finally:
             self._committer = None
-            for *_, future in self._writes:  # cancelled while queued behind a failure: never left hanging
+            for *_, future in self._writes:  # queued when this task was cancelled: not made, not left hanging
                 if not future.done():
-                    future.set_exception(StoreError("the database writer stopped; try again"))
+                    future.set_exception(StoreError("the database writer stopped before this write; it was not made"))
             self._writes = []
 
     def _write_error(self, exc: BaseException) -> BaseException:
@@ -275,7 +284,7 @@ class Store:
         async with self._lock:
             db = self._conn
             try:
-                await db.execute("BEGIN IMMEDIATE")
+                await db._execute(_begin, db._conn)
             except sqlite3.OperationalError as exc:
                 raise StoreError(_explain_operational(self.path, exc)) from None
             try:
@@ -309,7 +318,7 @@ def _commit_group(
     """On the database thread: every work in one transaction, each undone alone if it fails (a
     savepoint around several statements; SQLite's own statement rollback for a single one)."""
     outcomes: list[tuple[bool, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
+    _begin(conn)
     try:
         for work, single in works:
             if not single:
@@ -335,6 +344,16 @@ def _commit_group(
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on the database thread, first rolling back a transaction left open by a caller
+    cancelled while its BEGIN was queued (it ran after the caller had gone): left open, it would hold
+    the write lock and make every later BEGIN fail."""
+    if conn.in_transaction:
+        log.warning("database: rolled back a transaction a cancelled caller had left open")
+        conn.execute("ROLLBACK")
+    conn.execute("BEGIN IMMEDIATE")
 
 
 def _fetch_one(conn: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:

@@ -330,6 +330,8 @@ class Tasks(commands.Cog):
                 await self.check_other_processes()
             except AtomizerError as exc:  # a locked database now and then: look again next time
                 log.warning("task board: could not look for changes made elsewhere: %s", exc)
+            except Exception:  # never stop following because of one bad look
+                log.exception("task board: looking for changes made elsewhere failed; looking again later")
 
     async def _draw_when_ready(self) -> None:
         await self.bot.wait_until_ready()
@@ -340,7 +342,8 @@ class Tasks(commands.Cog):
                 "[channels] has no %r channel: no live task board", self.bot.services.config.taskboard.board_channel
             )
             return
-        self._seen_change = await self.tasks.last_change()
+        with contextlib.suppress(AtomizerError):  # unknown yet: the follower's first look redraws
+            self._seen_change = await self.tasks.last_change()
         if not self.request_redraw():
             log.warning(
                 "the task board channel %s is not visible to the bot; check [channels] in cluster.toml and the "

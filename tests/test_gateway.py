@@ -397,6 +397,16 @@ async def test_readiness_never_probes_without_a_token(
     assert (await client_for(http_client).readiness(config.require_agent("webster"))).state == "ready"
 
 
+async def test_a_hung_gateway_is_down_after_the_read_timeout_not_the_whole_probe_budget(
+    start_fleet: FleetStarter, http_client: aiohttp.ClientSession
+) -> None:
+    config, _ = await start_fleet(specs={"optimizer": {"hang": True}})
+    client = client_for(http_client, config=GatewayConfig(connect_timeout=1.0, read_timeout=0.2, probe_timeout=30.0))
+    ready = await client.readiness(config.require_agent("optimizer"))
+    assert (ready.state, ready.detail) == ("down", "no answer")  # the client's read timeout, not the 30 s budget
+    assert ready.latency_s < 30
+
+
 async def test_a_port_held_by_another_http_server_is_foreign(
     foreign_server: Callable[[web.Response], AgentConfig], http_client: aiohttp.ClientSession
 ) -> None:

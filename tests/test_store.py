@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -237,3 +238,53 @@ async def test_writes_queued_at_close_are_committed_not_dropped(tmp_path: Path) 
     assert all(write.done() and not write.exception() for write in writes)
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT count(*) FROM meta WHERE key LIKE 'k%'").fetchone()[0] == 20
+
+
+async def test_a_transaction_cancelled_while_beginning_leaves_no_lock_behind(tmp_path: Path) -> None:
+    """Its BEGIN runs on the database thread after the caller has gone; left open, it would hold the write
+    lock and make every later write fail."""
+    path = tmp_path / "a.db"
+    async with Store(path, busy_timeout_ms=200) as store:
+
+        async def tx() -> None:
+            async with store.transaction() as conn:
+                await conn.execute("INSERT INTO meta (key, value) VALUES ('tx', '1')")
+
+        task = asyncio.ensure_future(tx())
+        await asyncio.sleep(0)  # it has queued its BEGIN
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+        assert await store.execute("INSERT INTO meta (key, value) VALUES ('after', '1')") > 0
+        async with store.transaction() as conn:
+            await conn.execute("INSERT INTO meta (key, value) VALUES ('after-tx', '1')")
+        with closing(sqlite3.connect(path, timeout=0.2)) as other:  # another process can write again
+            other.execute("INSERT INTO meta (key, value) VALUES ('other', '1')")
+            other.commit()
+        keys = {row[0] for row in await store.fetchall("SELECT key FROM meta")}
+        assert {"after", "after-tx", "other"} <= keys and "tx" not in keys
+
+
+async def test_writers_hear_an_unknown_outcome_when_the_committer_is_stopped_mid_commit(tmp_path: Path) -> None:
+    """Stopped while the thread commits (a shutdown cancelling tasks), nobody may read "not written"."""
+    path = tmp_path / "a.db"
+    store = await Store(path).open()
+    in_thread = threading.Event()
+    release = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        in_thread.set()
+        release.wait(10)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('slow', '1')")
+
+    writes = [asyncio.ensure_future(store.atomically(slow)), asyncio.ensure_future(store.execute(
+        "INSERT INTO meta (key, value) VALUES ('quick', '1')"))]  # fmt: skip
+    await asyncio.to_thread(in_thread.wait, 10)
+    assert store._committer is not None
+    store._committer.cancel()
+    release.set()
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(isinstance(o, StoreError) and "may or may not be recorded" in str(o) for o in outcomes)
+    await store.close()  # closes after the group's commit
+    with closing(sqlite3.connect(path)) as conn:
+        assert {row[0] for row in conn.execute("SELECT key FROM meta")} >= {"slow", "quick"}
