@@ -243,3 +243,28 @@ async def test_a_store_fault_after_the_agent_accepted_is_not_reported_as_nothing
     await services.delegation.process_due()
     settled = await services.delegation.get(delegation.id)
     assert settled.status == "accepted" and settled.run_id == run.run_id
+
+
+@FAULTS
+async def test_concurrent_writes_under_a_fault_each_stand_or_fall_whole(
+    services_on_fleet: ServicesOnFleet, fault: Fault
+) -> None:
+    """Writes that arrive together share one transaction (group commit): under a fault each caller still
+    hears a clear error or a real success, and no record is half-written."""
+    services, fleet = await services_on_fleet()
+    async with fault(services.store) as words:
+        outcomes = await asyncio.gather(
+            *(services.tasks.add(OPERATOR, f"Task {i}", description="x" * 1999) for i in range(12)),
+            *(services.delegation.delegate(OPERATOR, "webster", f"{BIG} {i}") for i in range(4)),
+            return_exceptions=True,
+        )
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failures, "the fault refused nothing"
+    for failure in failures:
+        assert isinstance(failure, StoreError) and words in str(failure), repr(failure)
+    state = await records(services)
+    assert_whole(state)
+    added = [o for o in outcomes[:12] if not isinstance(o, BaseException)]
+    assert sorted(task.id for task in added) == state["tasks"]  # every success is stored, nothing else is
+    sent = [o for o in outcomes[12:] if not isinstance(o, BaseException)]
+    assert len(fleet.received("webster")) == len(sent) == len(state["delegations"])
