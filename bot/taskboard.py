@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -67,6 +67,10 @@ def clean_text(text: str, what: str, limit: int, *, required: bool = True) -> st
     if len(cleaned) > limit:
         raise InvalidInput(f"the {what} is {len(cleaned):,} characters; at most {limit:,}")
     return cleaned
+
+
+def _clean_note(note: str | None) -> str | None:
+    return clean_text(note or "", "note", NOTE_MAX, required=False)
 
 
 def parse_status(text: str) -> TaskStatus:
@@ -189,6 +193,7 @@ class TaskDetail:
 
 
 TaskListener = Callable[[Task, TaskEvent], Awaitable[None]]
+_Change = Callable[[Task], tuple[dict[str, Any], str, str | None, str | None]]  # fields, action, old, new
 _COLUMNS = ", ".join(Task.__dataclass_fields__)  # type: ignore[attr-defined]
 
 
@@ -388,16 +393,8 @@ class TaskBoard:
         expected_version: int | None = None,
         authorized: bool = False,
     ) -> Task:
-        target = parse_status(status)
-        if target == "blocked" and not (note or "").strip():
-            raise InvalidInput("say why the task is blocked (a note, e.g. 'waiting for the NX licence')")
-        clean_note = clean_text(note or "", "note", NOTE_MAX, required=False)
-
-        def change(task: Task) -> tuple[dict[str, Any], str, str | None, str | None]:
-            fields: dict[str, Any] = {"status": target, "blocked_reason": clean_note if target == "blocked" else None}
-            return fields, "move", task.status, target
-
-        return await self._write(requester, task_id, change, clean_note, expected_version, authorized)
+        change = self._move_change(status, note)
+        return await self._write(requester, task_id, [change], _clean_note(note), expected_version, authorized)
 
     async def done(self, requester: Requester, task_id: str | int, note: str | None = None, **kw: Any) -> Task:
         return await self.move(requester, task_id, "done", note=note, **kw)
@@ -417,32 +414,62 @@ class TaskBoard:
         expected_version: int | None = None,
         authorized: bool = False,
     ) -> Task:
+        change = self._assign_change(assignee)
+        return await self._write(requester, task_id, [change], _clean_note(note), expected_version, authorized)
+
+    async def update(
+        self,
+        requester: Requester,
+        task_id: str | int,
+        *,
+        status: str,
+        assignee: str | None,
+        note: str | None = None,
+        expected_version: int | None = None,
+    ) -> Task:
+        """Move and reassign at once: both or neither (one version step, a history line for each)."""
+        changes = [self._move_change(status, note), self._assign_change(assignee)]
+        return await self._write(requester, task_id, changes, _clean_note(note), expected_version)
+
+    @staticmethod
+    def _move_change(status: str, note: str | None) -> _Change:
+        target = parse_status(status)
+        if target == "blocked" and not (note or "").strip():
+            raise InvalidInput("say why the task is blocked (a note, e.g. 'waiting for the NX licence')")
+        clean_note = _clean_note(note)
+
+        def change(task: Task) -> tuple[dict[str, Any], str, str | None, str | None]:
+            fields: dict[str, Any] = {"status": target, "blocked_reason": clean_note if target == "blocked" else None}
+            return fields, "move", task.status, target
+
+        return change
+
+    def _assign_change(self, assignee: str | None) -> _Change:
         kind, who, label = self._assignee(assignee) if assignee else (None, None, None)
 
         def change(task: Task) -> tuple[dict[str, Any], str, str | None, str | None]:
             new_label = who if kind == "agent" else label
-            return (
-                {"assignee_kind": kind, "assignee": who, "assignee_label": label},
-                "assign",
-                task.assignee_text,
-                new_label,
-            )
+            fields = {"assignee_kind": kind, "assignee": who, "assignee_label": label}
+            return fields, "assign", task.assignee_text, new_label
 
-        clean_note = clean_text(note or "", "note", NOTE_MAX, required=False)
-        return await self._write(requester, task_id, change, clean_note, expected_version, authorized)
+        return change
 
     async def _write(
         self,
         requester: Requester,
         task_id: str | int,
-        change: Callable[[Task], tuple[dict[str, Any], str, str | None, str | None]],
+        changes: list[_Change],
         note: str | None,
         expected_version: int | None,
         authorized: bool = False,
     ) -> Task:
-        """`authorized`: the change follows from something already authorized (a delegation), not a request."""
+        """Apply `changes` in order, in one transaction: one version step, one history line each.
+
+        `authorized`: the change follows from something already authorized (a delegation), not a request.
+        """
         number = parse_task_id(task_id)
         now = iso(self._clock())
+        events: list[TaskEvent] = []
         async with self._store.transaction() as tx:
             cursor = await tx.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (number,))
             row = await cursor.fetchone()
@@ -457,15 +484,21 @@ class TaskBoard:
                 )
             if not authorized:
                 self._may_change(requester, task)
-            fields, action, old, new = change(task)
+            fields: dict[str, Any] = {}
+            for index, change in enumerate(changes):
+                changed, action, old, new = change(task)
+                task = replace(task, **changed)  # the next change sees this one's result
+                fields.update(changed)
+                said = note if index == 0 else None  # the note explains the first change (the move)
+                events.append(await self._event(tx, number, requester, action, old, new, said, now))
             assignments = ", ".join(f"{name} = ?" for name in fields)
             await tx.execute(
                 f"UPDATE tasks SET {assignments}, updated_at = ?, version = version + 1 WHERE id = ?",
                 (*fields.values(), now, number),
             )
-            event = await self._event(tx, number, requester, action, old, new, note, now)
         updated = await self.get(number)
-        await self._notify(updated, event)
+        for event in events:
+            await self._notify(updated, event)
         return updated
 
     async def _event(

@@ -94,6 +94,24 @@ async def test_a_stale_update_is_a_conflict_never_a_silent_overwrite(board: Task
     assert (await board.get(task.id)).status == "done"
 
 
+async def test_moving_and_reassigning_at_once_is_both_or_neither(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Mesh", assignee="nx-expert")
+    with pytest.raises(InvalidTarget):  # a bad assignee: the move does not happen either
+        await board.update(agent("nx-expert"), task.id, status="review", assignee="nx-exprt", note="meshed")
+    with pytest.raises(TaskConflict):
+        await board.update(OPERATOR, task.id, status="review", assignee="auditor", expected_version=7)
+    unchanged = await board.show(task.id)
+    assert (unchanged.task.status, unchanged.task.assignee, unchanged.task.version) == ("todo", "nx-expert", 1)
+    assert len(unchanged.history) == 1
+
+    done = await board.update(agent("nx-expert"), task.id, status="review", assignee="auditor", note="meshed")
+    assert (done.status, done.assignee, done.version) == ("review", "auditor", 2)
+    assert [e.describe() for e in (await board.show(task.id)).history[1:]] == [
+        "T-1 todo → review by nx-expert: meshed (task-board)",
+        "T-1 assigned to auditor by nx-expert (task-board)",
+    ]
+
+
 async def test_concurrent_writers_from_several_front_ends_lose_nothing(board: TaskBoard) -> None:
     task = await board.add(OPERATOR, "Shared", assignee="nx-expert")
     writers = [
