@@ -432,11 +432,15 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
     def ready() -> None:
         for spec in specs:
             flags = [spec.release] + [f for f in ("down", "hang") if getattr(spec, f)]
+            flags += [label for attribute, label in _SIM_MISSING if not getattr(spec, attribute)]
             print(f"{spec.name:<16} http://{spec.host}:{spec.port}  {' '.join(flags)}", flush=True)
         print("simulated fleet running; Ctrl-C to stop", file=sys.stderr, flush=True)
 
     await _until_signalled(simulator.serve_forever(fleet, on_ready=ready))
     return 0
+
+
+_SIM_MISSING = (("discord_plugin", "no-discord-plugin"), ("model_ok", "no-model"), ("hooks_enabled", "hooks-disabled"))
 
 
 def simulated_specs(config: ClusterConfig, args: argparse.Namespace) -> list[Any]:
@@ -458,7 +462,11 @@ def simulated_specs(config: ClusterConfig, args: argparse.Namespace) -> list[Any
         releases = simulator.parse_release_option(args.release or [], names)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    for option, values in (("--down", args.down), ("--hang", args.hang)):
+    by_option = {
+        "--down": args.down, "--hang": args.hang, "--no-discord-plugin": args.no_discord_plugin,
+        "--no-model": args.no_model, "--hooks-disabled": args.hooks_disabled,
+    }  # fmt: skip
+    for option, values in by_option.items():
         unknown = [n for n in values if n not in names]
         if unknown:
             raise InvalidInput(f"{option}: unknown agent {unknown[0]!r}; valid: {', '.join(names)}")
@@ -474,6 +482,9 @@ def simulated_specs(config: ClusterConfig, args: argparse.Namespace) -> list[Any
             latency_ms=args.latency_ms,
             fail_rate=args.fail_rate,
             startup=args.startup_s,
+            discord_plugin=name not in args.no_discord_plugin,
+            model_ok=name not in args.no_model,
+            hooks_enabled=name not in args.hooks_disabled,
         )
         for name, port in zip(names, ports, strict=True)
     ]
@@ -558,6 +569,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--spacing", type=int, default=4, help="ports between gateways (default 4)")
     sim.add_argument("--down", type=_csv, default=[], metavar="A,B", help="agents whose port is closed")
     sim.add_argument("--hang", type=_csv, default=[], metavar="A,B", help="agents that never answer")
+    sim.add_argument(
+        "--no-discord-plugin", type=_csv, default=[], metavar="A,B",
+        help="agents whose gateway lacks the Discord channel plugin (delivered hooks: 400)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--no-model", type=_csv, default=[], metavar="A,B",
+        help="agents without model credentials (hooks accepted, runs fail)",
+    )  # fmt: skip
+    sim.add_argument("--hooks-disabled", type=_csv, default=[], metavar="A,B", help="agents with hooks off (404)")
     sim.add_argument("--latency-ms", type=float, default=0.0, help="time to admit a hook")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="fraction of hooks answered 500")
     sim.add_argument(

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bot.simulator import free_ports
@@ -116,10 +117,41 @@ async def test_simulate_serves_until_sigterm_and_frees_its_ports(tmp_path: Path)
         probe.listen()
 
 
+async def test_simulate_shows_the_faults_an_operator_rehearses(tmp_path: Path) -> None:
+    """A gateway without the Discord plugin, one without model credentials, one with hooks off: each as
+    the real ones answer, so `doctor` and /delegate can be tried against them."""
+    base = free_ports(3)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--config", str(SHIPPED_CONFIG), "simulate", "--agents", "3",
+        "--base-port", str(base), "--no-discord-plugin", "manager", "--no-model", "tech-lead",
+        "--hooks-disabled", "secretary",
+        env=cli_env(tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        lines = [(await process.stdout.readline()).decode() for _ in range(3)]
+        assert "no-discord-plugin" in lines[0] and "no-model" in lines[1] and "hooks-disabled" in lines[2]
+        token = cli_env(tmp_path)["ATOMIZER_HOOKS_TOKEN"]
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+            headers = {"Authorization": f"Bearer {token}"}
+            body = {"message": "x", "channel": "discord", "to": "channel:100000000000000101"}
+            answers = [
+                await http.post(f"http://127.0.0.1:{base + i * 4}/hooks/agent", json=body, headers=headers)
+                for i in range(3)
+            ]
+        assert answers[0].status_code == 400 and "channel must be last" in answers[0].json()["error"]
+        assert answers[1].status_code == 200  # accepted; the run fails inside the gateway
+        assert answers[2].status_code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["simulate", "--down", "nobody"], "--down: unknown agent 'nobody'"),
+        (["simulate", "--no-discord-plugin", "webstr"], "--no-discord-plugin: unknown agent 'webstr'"),
         (["simulate", "--release", "2027.1.1"], "2027.1.1"),
         (["simulate", "--fail-rate", "2"], "--fail-rate must be between 0 and 1"),
         (["simulate", "--agents", "0"], "--agents must be at least 1"),
