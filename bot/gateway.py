@@ -161,28 +161,22 @@ class GatewayClient:
             connector=aiohttp.TCPConnector(limit=200, limit_per_host=0, keepalive_timeout=KEEPALIVE_S),
             timeout=_timeout(config.connect_timeout, config.read_timeout),
             trust_env=False,
-            auto_decompress=True,
         )
 
     async def _request(
         self,
         method: str,
         url: str,
+        timeout: aiohttp.ClientTimeout,
         *,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
     ) -> _Response:
         """One request, its answer read whole; aiohttp's exceptions pass through to be mapped.
 
-        Without `timeout` the session's own applies (aiohttp reads an explicit None as "no timeout").
+        `timeout` is always given: aiohttp reads None as "no timeout at all", not as the session's.
         """
-        request = (
-            self._http.request(method, url, data=data, headers=headers)
-            if timeout is None
-            else self._http.request(method, url, data=data, headers=headers, timeout=timeout)
-        )
-        async with request as response:
+        async with self._http.request(method, url, data=data, headers=headers, timeout=timeout) as response:
             content = await response.read()
             return _Response(response.status, content, response.headers.get("Retry-After"))
 
@@ -259,7 +253,7 @@ class GatewayClient:
         await gate.acquire()
         started = time.perf_counter()
         try:
-            response = await self._request("POST", url, data=payload, headers=headers, timeout=timeout)
+            response = await self._request("POST", url, timeout, data=payload, headers=headers)
         except _NOT_SENT as exc:
             raise AgentUnavailable(agent.name, _connect_failure(agent, exc), sent=False) from None
         except TimeoutError:
@@ -291,7 +285,7 @@ class GatewayClient:
 
     async def _readiness(self, agent: AgentConfig, started: float) -> Readiness:
         try:
-            ready = await self._request("GET", f"{agent.base_url}/readyz", timeout=self._timeout)
+            ready = await self._request("GET", f"{agent.base_url}/readyz", self._timeout)
         except _NOT_SENT as exc:
             return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))
         except TimeoutError:
@@ -307,7 +301,7 @@ class GatewayClient:
     async def _from_health_routes(self, agent: AgentConfig, report: dict[str, Any], started: float) -> Readiness:
         release = None
         try:
-            startup = _json_object(await self._request("GET", f"{agent.base_url}/startupz", timeout=self._timeout))
+            startup = _json_object(await self._request("GET", f"{agent.base_url}/startupz", self._timeout))
             if startup is not None and isinstance(startup.get("version"), str):
                 release = startup["version"]
         except (aiohttp.ClientError, TimeoutError):
@@ -332,7 +326,7 @@ class GatewayClient:
         headers = {"Authorization": f"Bearer {token.get_secret_value()}", "Content-Type": "application/json"}
         try:
             answer = await self._request(
-                "POST", f"{agent.base_url}{agent.hooks_path}/agent", data=b"{}", headers=headers, timeout=self._timeout
+                "POST", f"{agent.base_url}{agent.hooks_path}/agent", self._timeout, data=b"{}", headers=headers
             )
         except _NOT_SENT as exc:
             return Readiness(agent.name, "down", time.perf_counter() - started, _connect_failure(agent, exc))

@@ -305,12 +305,6 @@ class Store:
                         await db.execute("ROLLBACK")
                     raise StoreError(_explain_operational(self.path, exc)) from None
 
-    async def _run(self, sql: str, params: Params) -> aiosqlite.Cursor:
-        try:
-            return await self._conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            raise StoreError(_explain_operational(self.path, exc)) from None
-
 
 def _commit_group(
     conn: sqlite3.Connection, works: list[tuple[Callable[[sqlite3.Connection], Any], bool]]

@@ -21,7 +21,7 @@ from bot.errors import (
     MissingSecret,
     PayloadTooLarge,
 )
-from bot.gateway import AgentHook, GatewayClient, _interpret, encode_body
+from bot.gateway import AgentHook, GatewayClient, _interpret, _Response, encode_body
 from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, free_ports
 from tests.conftest import HOOKS_TOKEN, FleetStarter
 
@@ -34,6 +34,12 @@ def client_for(
 ) -> GatewayClient:
     secret = SecretStr(token) if token is not None else None
     return GatewayClient(http, lambda agent: secret, config)
+
+
+async def raw_post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]) -> _Response:
+    """A POST through the client's own request path, before `_interpret` reads the answer."""
+    client = client_for(http)
+    return await client._request("POST", url, client._timeout, data=body, headers=headers)
 
 
 def delivered(message: str = "Mesh the M2 mirror") -> AgentHook:
@@ -207,8 +213,8 @@ async def test_every_400_of_the_current_release_maps_to_rejected_with_its_text(
 ) -> None:
     config, _ = await start_fleet()
     agent = config.require_agent("optimizer")
-    response = await client_for(http_client)._request(
-        "POST", f"{agent.base_url}/hooks/agent{query}", data=body, headers={"Authorization": f"Bearer {HOOKS_TOKEN}"}
+    response = await raw_post(
+        http_client, f"{agent.base_url}/hooks/agent{query}", body, {"Authorization": f"Bearer {HOOKS_TOKEN}"}
     )
     with pytest.raises(HookRejected) as caught:
         _interpret(agent.name, response, 0.0)
@@ -231,9 +237,7 @@ async def test_the_legacy_release_accepts_what_the_current_one_refuses(
         {"message": "x", "to": "channel:100000000000000101"},
         {"message": "x", "channel": "discord", "to": "100000000000000301"},
     ):
-        response = await client_for(http_client)._request(
-            "POST", f"{agent.base_url}/hooks/agent", data=encode_body(body), headers=headers
-        )
+        response = await raw_post(http_client, f"{agent.base_url}/hooks/agent", encode_body(body), headers)
         assert _interpret(agent.name, response, 0.0).status == 202
     assert len(fleet.received("webster")) == 3
 
@@ -244,11 +248,11 @@ async def test_the_legacy_release_drops_an_oversized_body_which_maps_to_maybe_se
     config, fleet = await start_fleet(release=RELEASE_LEGACY)
     agent = config.require_agent("webster")
     with pytest.raises(aiohttp.ClientError):
-        await client_for(http_client)._request(
-            "POST",
+        await raw_post(
+            http_client,
             f"{agent.base_url}/hooks/agent",
-            data=b'{"message":"' + b"x" * HOOK_BODY_LIMIT + b'"}',
-            headers={"Authorization": f"Bearer {HOOKS_TOKEN}"},
+            b'{"message":"' + b"x" * HOOK_BODY_LIMIT + b'"}',
+            {"Authorization": f"Bearer {HOOKS_TOKEN}"},
         )
     assert fleet.received() == []
 
