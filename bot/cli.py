@@ -171,6 +171,7 @@ async def cmd_task(args: argparse.Namespace) -> int:
     from bot.clock import utcnow
     from bot.services import open_services
     from bot.task_view import task_detail, task_line
+    from bot.taskboard import assignee_or_nobody
 
     settings, config = load_context(args)
     requester = host_operator()
@@ -209,7 +210,7 @@ async def cmd_task(args: argparse.Namespace) -> int:
         elif action == "move":
             task = await board.move(requester, args.id, args.status, note=args.note, expected_version=args.version)
         elif action == "assign":
-            assignee = None if args.assignee.strip().lower() in ("none", "nobody", "-") else args.assignee
+            assignee = assignee_or_nobody(args.assignee)
             task = await board.assign(requester, args.id, assignee, note=args.note, expected_version=args.version)
         elif action == "done":
             task = await board.done(requester, args.id, args.note, expected_version=args.version)

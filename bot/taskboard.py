@@ -29,6 +29,7 @@ STATUSES = ("todo", "in_progress", "blocked", "review", "done", "cancelled")
 OPEN_STATUSES = ("todo", "in_progress", "blocked", "review")
 PRIORITIES = ("low", "normal", "high", "urgent")
 TITLE_MAX, DESCRIPTION_MAX, NOTE_MAX = 200, 2000, 500
+UNASSIGNED = frozenset({"nobody", "none", "unassigned", "-"})  # typed instead of an assignee
 TaskStatus = Literal["todo", "in_progress", "blocked", "review", "done", "cancelled"]
 _TASK_ID = re.compile(r"^\s*(?:t\s*-?\s*)?(\d{1,9})\s*$", re.IGNORECASE)
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
@@ -67,6 +68,11 @@ def clean_text(text: str, what: str, limit: int, *, required: bool = True) -> st
     if len(cleaned) > limit:
         raise InvalidInput(f"the {what} is {len(cleaned):,} characters; at most {limit:,}")
     return cleaned
+
+
+def assignee_or_nobody(text: str) -> str | None:
+    """What a person typed as an assignee: None for the words that mean "nobody" (every front end)."""
+    return None if text.strip().lower() in UNASSIGNED else text
 
 
 def _clean_note(note: str | None) -> str | None:

@@ -50,6 +50,7 @@ from bot.taskboard import (
     TaskBoard,
     TaskDetail,
     TaskEvent,
+    assignee_or_nobody,
 )
 from cogs.utils.boards import DiscordBoardPublisher, to_embed
 from cogs.utils.directory import DiscordGuildDirectory
@@ -71,7 +72,6 @@ PAGE_SIZE = 10
 ID_MAX, ASSIGNEE_MAX, DUE_MAX = 20, 200, 40  # slash option lengths (only the Discord client enforces them)
 MODAL_TITLE_MAX = 45
 EMBEDS_MAX = 10
-UNASSIGNED = frozenset({"nobody", "none", "unassigned", "-"})
 _BARE_PREFIX = re.compile(r"t\s*-?", re.IGNORECASE)  # "T" or "T-" typed so far: every task matches
 
 STATUS_CHOICES = [app_commands.Choice(name=status.replace("_", " "), value=status) for status in STATUSES]
@@ -478,8 +478,7 @@ class Tasks(commands.Cog):
         assignee: app_commands.Range[str, 1, ASSIGNEE_MAX],
     ) -> None:
         requester = self.requester(interaction)
-        who = None if assignee.strip().lower() in UNASSIGNED else assignee
-        task = await self.tasks.assign(requester, id, who)
+        task = await self.tasks.assign(requester, id, assignee_or_nobody(assignee))
         await self.announce(interaction, task, f"assigned to {task.assignee_text}", requester)
 
     @task.command(name="done", description="Mark a task done (operators)")

@@ -5,17 +5,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
-import pytest
-
-from bot.api import LoopbackApi
-from bot.settings import HUMAN_IDENTITIES, Settings
-from tests.conftest import ServicesOnFleet
-from tests.test_api_delegations import Hq
+from tests.test_api_delegations import hq  # noqa: F401  (the API-over-a-fleet fixture, shared here)
 
 T = TypeVar("T")
 POLL_S = 0.05
@@ -47,16 +41,3 @@ def read_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.
         return []
     finally:
         conn.close()
-
-
-@pytest.fixture
-async def hq(services_on_fleet: ServicesOnFleet, settings: Settings) -> AsyncIterator[Hq]:
-    """The loopback API on 127.0.0.1 over real services and a simulated fleet (as tests/test_api_delegations.py)."""
-    services, fleet = await services_on_fleet()
-    api = LoopbackApi(services, settings.api_identities([*services.config.agent_names, *HUMAN_IDENTITIES]))
-    await api.start("127.0.0.1", 0)
-    try:
-        async with httpx.AsyncClient(base_url=api.url, timeout=10, trust_env=False) as client:
-            yield Hq(api, services, fleet, client)
-    finally:
-        await api.stop()
