@@ -12,6 +12,7 @@ from bot.authz import AccessLevel, Requester
 from bot.config import load_cluster_config
 from bot.store import Store
 from bot.taskboard import TaskBoard
+from tests.clocks import days_from_today
 from tests.conftest import SHIPPED_CONFIG
 from tests.test_cli import cli_env, run_cli
 
@@ -53,13 +54,24 @@ def host(tmp_path: Path) -> Host:
     return Host(tmp_path)
 
 
+async def test_a_task_past_its_due_date_is_shown_overdue_and_one_due_today_is_not(host: Host) -> None:
+    past, today = days_from_today(-1), days_from_today(0)
+    assert (await host.run("add", "Late", "--due", past))[0] == 0
+    assert (await host.run("add", "On time", "--due", today))[0] == 0
+    code, out, err = await host.run("list")
+    assert code == 0, err
+    assert f"due {past} (overdue)" in out
+    assert f"due {today} ·" in out and f"due {today} (overdue)" not in out
+
+
 async def test_a_task_from_add_to_done(host: Host) -> None:
+    due = days_from_today(30)
     code, out, err = await host.run(
-        "add", "Mesh the M2 mirror", "--assignee", "nx-expert", "--priority", "high", "--due", "2026-12-01",
+        "add", "Mesh the M2 mirror", "--assignee", "nx-expert", "--priority", "high", "--due", due,
         "--description", "M2 mirror, 42k elements",
     )  # fmt: skip
     assert code == 0, err
-    assert out == "❗ T-1 ⬜ todo · nx-expert · due 2026-12-01 · Mesh the M2 mirror\n"
+    assert out == f"❗ T-1 ⬜ todo · nx-expert · due {due} · Mesh the M2 mirror\n"
 
     created = await host.json("add", "Review thermal analysis", "--assignee", "auditor")
     assert created == await host.record("T-2")
