@@ -33,6 +33,7 @@ from bot.cluster import FleetStatus
 from bot.delegation import Delegation, Status, parse_id
 from bot.errors import AtomizerError, InvalidInput, NotAllowed, NotAuthenticated, PayloadTooLarge
 from bot.gateway import ReadinessState
+from bot.health import is_failing
 from bot.heartbeat import HeartbeatRun, JobStatus
 from bot.services import Services
 from bot.status_view import AgentOverview, collect_overview, fleet_json
@@ -96,8 +97,9 @@ class Health(BaseModel):
     database: str
     checks: dict[str, str] = Field(
         default_factory=dict,
-        description="each part's result, 'ok' or 'error: …': database (writable), and under `run` "
-        "scheduler (running) and discord (connected)",
+        description="each part's result, 'ok', 'error: …' or 'off: …' (switched off on purpose, not failing): "
+        "database (writable), and under `run` scheduler (running) and discord (connected; "
+        "'error: down: cannot reach Discord: …; retrying in N s' during an outage, 'off' under --no-discord)",
     )
     version: str
 
@@ -850,7 +852,7 @@ class LoopbackApi:
 
     async def healthz(self, request: web.Request, requester: None, data: None) -> web.Response:
         checks = await self.services.health.run()
-        failing = {name: result for name, result in checks.items() if result != "ok"}
+        failing = {name: result for name, result in checks.items() if is_failing(result)}
         if failing:
             log.warning("health check failing: %s", ", ".join(f"{k} ({v})" for k, v in failing.items()))
         health = Health(ok=not failing, database=checks.get("database", "ok"), checks=checks, version=VERSION)

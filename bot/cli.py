@@ -501,8 +501,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from bot.runner import run_service
 
     settings, config = load_context(args)
-    require_secrets(settings, config, "run")
-    await _until_signalled(run_service(settings, config))
+    require_secrets(settings, config, "run" if args.discord else "run --no-discord")
+    await _until_signalled(run_service(settings, config, discord=args.discord))
     return 0
 
 
@@ -561,7 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    add("run", cmd_run, "the Discord bot + loopback API + scheduler (needs DISCORD_TOKEN)")
+    run = add("run", cmd_run, "the Discord bot + loopback API + outbox + status monitor + scheduler")
+    run.add_argument(
+        "--no-discord", dest="discord", action="store_false",
+        help="everything but the Discord bot (no DISCORD_TOKEN needed): the loopback API, outbox, status "
+        "monitor, heartbeats and scheduler, for a host waiting for its token or a team on the CLI and API only",
+    )  # fmt: skip
     add("demo", cmd_demo, "a simulated fleet and a tour of atomizer-hq, no Discord needed")
 
     sim = add("simulate", cmd_simulate, "run simulated OpenClaw gateways on 127.0.0.1")

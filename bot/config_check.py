@@ -11,6 +11,7 @@ from bot.settings import HUMAN_IDENTITIES, Settings
 # What each command cannot work without.
 NEEDS: dict[str, tuple[str, ...]] = {
     "run": ("discord_token", "guild_id", "hooks_token"),
+    "run --no-discord": ("hooks_token",),
     "status": ("hooks_token",),
     "delegate": ("hooks_token",),
     "heartbeat": ("hooks_token",),

@@ -12,15 +12,17 @@ import contextlib
 import logging
 import signal
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.authz import AccessLevel, Requester, level_for_roles
 from bot.config import ClusterConfig
+from bot.discord_link import DiscordLink, ReconnectBackoff, describe_outage
 from bot.errors import AtomizerError, InvalidInput, MissingSecret
 from bot.logsetup import Redactor
 from bot.services import Services
@@ -294,7 +296,14 @@ class AtomizerBot(commands.Bot):
         "cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks", "cogs.heartbeat",
     )  # fmt: skip
 
-    def __init__(self, services: Services, *, sync_commands: bool = True, background_tasks: bool = True) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        sync_commands: bool = True,
+        background_tasks: bool = True,
+        link: DiscordLink | None = None,
+    ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,  # no prefix commands are planned; slash only
             intents=bot_intents(),
@@ -310,11 +319,9 @@ class AtomizerBot(commands.Bot):
         # were not set up by bot.logsetup (discord.py's own, pytest's).
         self.redactor = Redactor(services.settings.secret_values())
         self._count_discord_calls()
-
-        async def connected() -> str | None:
-            return None if self.is_ready() and not self.is_closed() else "not connected to Discord"
-
-        services.health.register("discord", connected)
+        # The link outlives this bot object: run_bot makes a new one after a failed login.
+        self.link = link if link is not None else DiscordLink()
+        services.health.register("discord", self.link.check)
 
     def _count_discord_calls(self) -> None:
         """Count calls to Discord's API and its 429s for /metrics (discord.py retries 429s itself)."""
@@ -355,6 +362,18 @@ class AtomizerBot(commands.Bot):
         elif self.sync_commands:
             log.warning("ATOMIZER_GUILD_ID is not set: slash commands were not synced")
 
+    async def on_ready(self) -> None:
+        self.link.up()
+        log.info("connected to Discord as %s", self.user)
+
+    async def on_resumed(self) -> None:
+        self.link.up()
+        log.info("Discord connection resumed")
+
+    async def on_disconnect(self) -> None:
+        if not self.is_closed():
+            self.link.down("disconnected from Discord's gateway; reconnecting")
+
     async def close(self) -> None:
         """Close the Discord connection and unload the cogs; the services stay open for their owner."""
         log.info("closing the Discord bot")
@@ -362,10 +381,61 @@ class AtomizerBot(commands.Bot):
         await super().close()
 
 
-async def run_bot(services: Services, *, stop: asyncio.Event | None = None) -> None:
-    """Run the bot until Discord disconnects for good, SIGINT/SIGTERM, or `stop` is set.
+class _GatewayRetryLine(logging.Filter):
+    """discord.py logs each gateway reconnect with a full traceback; make it the one line an operator reads."""
 
-    The bot is closed on the way out; `services` are not (their owner closes them).
+    def __init__(self, link: DiscordLink) -> None:
+        super().__init__()
+        self.link = link
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Attempting a reconnect in %.2fs" and record.args:
+            retry = float(record.args[0])  # type: ignore[index]
+            exc = record.exc_info[1] if record.exc_info else None
+            reason = f"cannot reach Discord: {describe_outage(exc) if exc else 'connection lost'}"
+            self.link.down(f"{reason}; retrying in {retry:.0f} s")
+            record.msg, record.args = "%s; retrying in %.0f s", (reason, retry)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+class _CappedBackoff(ReconnectBackoff):
+    """What discord.py's gateway loop uses between reconnects (its own waits up to 17 min); see run_bot."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+
+# discord.Client.connect builds its backoff from this module-level name and nothing else uses it in
+# client.py; swapping it caps the gateway's waits like our login retries. Pinned discord.py: checked
+# by tests/test_discord_bot.py.
+discord.client.ExponentialBackoff = _CappedBackoff  # type: ignore[misc,assignment]
+
+_TRANSIENT = (OSError, asyncio.TimeoutError, aiohttp.ClientError, discord.GatewayNotFound)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """An outage (network, DNS, Discord's 5xx or a 429 it did not wait out) rather than a refusal."""
+    if isinstance(exc, discord.DiscordServerError):
+        return True
+    if isinstance(exc, discord.HTTPException):
+        return exc.status == 429
+    return isinstance(exc, _TRANSIENT)
+
+
+async def run_bot(
+    services: Services,
+    *,
+    stop: asyncio.Event | None = None,
+    link: DiscordLink | None = None,
+    backoff: ReconnectBackoff | None = None,
+) -> None:
+    """Run the bot until SIGINT/SIGTERM or `stop`, riding out Discord outages; a refused token is fatal.
+
+    Logging in (and syncing the commands) is retried with capped backoff and jitter while Discord
+    cannot be reached, one log line per attempt; once connected, discord.py reconnects the gateway
+    itself, on the same capped backoff. The bot is closed on the way out; `services` are not.
     """
     token = services.settings.discord_token
     if token is None or not token.get_secret_value().strip():
@@ -375,35 +445,82 @@ async def run_bot(services: Services, *, stop: asyncio.Event | None = None) -> N
         )
     if stop is None:
         stop = asyncio.Event()
+    link = link or DiscordLink()
+    backoff = backoff or ReconnectBackoff()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
             loop.add_signal_handler(sig, stop.set)
             handled.append(sig)
-
-    bot = AtomizerBot(services)
+    retry_line = _GatewayRetryLine(link)
+    logging.getLogger("discord.client").addFilter(retry_line)
     try:
-        async with bot:
-            runner = asyncio.create_task(bot.start(token.get_secret_value()), name="discord-bot")
-            stopper = asyncio.create_task(stop.wait(), name="discord-bot-stop")
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not runner.done():
-                log.info("shutdown requested")
-                await bot.close()
-            stopper.cancel()
-            try:
-                await runner
-            except discord.LoginFailure:
-                raise InvalidInput(
-                    "Discord refused DISCORD_TOKEN (login failed); copy the token again from the "
-                    "Developer Portal (Applications > your bot > Bot > Reset Token)"
-                ) from None
-            except discord.PrivilegedIntentsRequired:
-                raise InvalidInput(
-                    "Discord refused the Message Content intent; enable it in the Developer Portal "
-                    "(Applications > your bot > Bot > Privileged Gateway Intents)"
-                ) from None
+        while not stop.is_set():
+            if await _run_bot_once(services, token.get_secret_value(), stop, link):
+                return
+            delay = backoff.delay()
+            link.down(f"{link.reason}; retrying in {delay:.0f} s")
+            log.warning("%s", link.reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
     finally:
+        logging.getLogger("discord.client").removeFilter(retry_line)
         for sig in handled:
             loop.remove_signal_handler(sig)
+
+
+async def _run_bot_once(services: Services, token: str, stop: asyncio.Event, link: DiscordLink) -> bool:
+    """One bot from login to close: True when we are done, False when Discord could not be reached."""
+    bot = AtomizerBot(services, link=link)
+    async with bot:
+        link.down("connecting to Discord")
+        try:
+            await _until_stopped(bot.login(token), stop, bot)
+        except discord.LoginFailure:
+            raise InvalidInput(
+                "Discord refused DISCORD_TOKEN (login failed); copy the token again from the "
+                "Developer Portal (Applications > your bot > Bot > Reset Token)"
+            ) from None
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            link.down(f"cannot reach Discord: {describe_outage(exc)}")
+            return False
+        if stop.is_set():
+            return True
+        try:
+            await _until_stopped(bot.connect(reconnect=True), stop, bot)
+        except discord.PrivilegedIntentsRequired:
+            raise InvalidInput(
+                "Discord refused the Message Content intent; enable it in the Developer Portal "
+                "(Applications > your bot > Bot > Privileged Gateway Intents)"
+            ) from None
+        except discord.ConnectionClosed as exc:
+            if exc.code == 4004:
+                raise InvalidInput(
+                    "Discord refused DISCORD_TOKEN on the gateway (4004 authentication failed); copy the token "
+                    "again from the Developer Portal"
+                ) from None
+            link.down(f"Discord closed the gateway connection ({exc.code}: {describe_outage(exc)})")
+            return stop.is_set()
+        return True
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event, bot: AtomizerBot) -> None:
+    """Await `work` unless `stop` is set first; then close the bot and let `work` wind down."""
+    runner = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not runner.done():
+            log.info("shutdown requested")
+            await bot.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(runner, timeout=5)
+            return
+        runner.result()
+    finally:
+        stopper.cancel()
+        if not runner.done():
+            runner.cancel()

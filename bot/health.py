@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[str | None]]  # None when healthy, else what is wrong
+OFF_PREFIX = "off: "
+
+
+def is_failing(result: str) -> bool:
+    return result != "ok" and not result.startswith(OFF_PREFIX)
 
 
 @dataclass
@@ -39,11 +44,19 @@ class HealthChecks:
     checks: dict[str, Check] = field(default_factory=dict)
     discord: DiscordCounters = field(default_factory=DiscordCounters)
 
+    off: dict[str, str] = field(default_factory=dict)  # parts switched off on purpose: reported, not failing
+
     def register(self, name: str, check: Check) -> None:
         self.checks[name] = check
+        self.off.pop(name, None)
+
+    def register_off(self, name: str, reason: str) -> None:
+        """A part this process runs without by choice (`run --no-discord`): 'off: reason', and still healthy."""
+        self.checks.pop(name, None)
+        self.off[name] = reason
 
     async def run(self) -> dict[str, str]:
-        results = {}
+        results = {name: f"{OFF_PREFIX}{reason}" for name, reason in self.off.items()}
         for name, check in self.checks.items():
             try:
                 problem = await check()

@@ -10,6 +10,7 @@ the Discord side posts them and marks them posted, so a Discord outage delays al
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BAD_STATES = frozenset({"down", "foreign"})  # a failed probe; starting and degraded are alive
 UP_STATES = frozenset({"ready", "degraded"})  # what counts towards uptime
+RoundListener = Callable[[FleetStatus], Awaitable[None]]
 AlertKind = Literal["down", "recovered", "flapping", "reminder"]
 
 
@@ -88,11 +90,34 @@ class StatusMonitor:
         self._cluster = cluster
         self._clock = clock
         self.policy = policy or MonitorPolicy()
+        self._round_listeners: list[RoundListener] = []
 
     async def probe_round(self, timeout: float | None = None) -> tuple[FleetStatus, list[Alert]]:
         """Probe every agent at once, record what changed, and return the alerts it raised."""
         fleet = await self._cluster.probe_all(timeout)
         return fleet, await self.observe(fleet)
+
+    def add_round_listener(self, listener: RoundListener) -> None:
+        """Hear every timed round (the Discord cog redraws the board and posts alerts)."""
+        self._round_listeners.append(listener)
+
+    def remove_round_listener(self, listener: RoundListener) -> None:
+        if listener in self._round_listeners:
+            self._round_listeners.remove(listener)
+
+    async def timed_round(self) -> FleetStatus:
+        """The round `run` makes on its timer, Discord or not: probe, record, then tell each listener.
+
+        A listener that fails (Discord down) is logged and skipped; history and alerts are already
+        recorded, and unposted alerts wait for the next round.
+        """
+        fleet, _ = await self.probe_round()
+        for listener in list(self._round_listeners):
+            try:
+                await listener(fleet)
+            except Exception:
+                log.exception("status monitor: publishing a round failed; the next round tries again")
+        return fleet
 
     async def observe(self, fleet: FleetStatus) -> list[Alert]:
         alerts: list[Alert] = []

@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
@@ -26,6 +28,7 @@ from bot.standup import standup_for
 log = logging.getLogger(__name__)
 
 TICK_JOB = "heartbeat-tick"
+MONITOR_JOB = "status-monitor"
 STANDUP_JOB = "daily-standup"
 STANDUP_MISFIRE_S = 15 * 60  # a standup this late (a busy loop, a clock jump) is still posted
 STOP_GRACE_S = 5.0  # at shutdown, a tick under way gets this long before it is cancelled
@@ -59,6 +62,11 @@ class Schedule:
             self.tick, IntervalTrigger(seconds=settings.tick), id=TICK_JOB, name="heartbeat tick",
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )  # fmt: skip
+        scheduler.add_job(
+            self.monitor_round, IntervalTrigger(seconds=self.services.config.monitor.interval_s), id=MONITOR_JOB,
+            name="status monitor", max_instances=1, coalesce=True, misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )  # fmt: skip
         hour, minute = (int(part) for part in settings.standup_time.split(":"))
         scheduler.add_job(
             self.post_standup,
@@ -79,6 +87,14 @@ class Schedule:
             except Exception:
                 log.exception("heartbeats: a tick failed; the next one runs as usual")
                 return []
+
+    async def monitor_round(self) -> None:
+        """The monitor job: probe and record whether or not Discord is there to show it."""
+        with self._tracked():
+            try:
+                await self.services.monitor.timed_round()
+            except Exception:
+                log.exception("status monitor: a round failed; the next one runs as usual")
 
     async def post_standup(self) -> str | None:
         """The standup job: only the lease holder posts, once a day; the message id, or None."""
@@ -123,6 +139,23 @@ class Schedule:
             self._under_way.discard(task)
 
 
+async def wait_for_signal() -> None:
+    """Until SIGINT or SIGTERM (or this task is cancelled): what `run --no-discord` does in the bot's place."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        await stop.wait()
+        log.info("shutdown requested")
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+
+
 def settle_heap() -> None:
     """Once started: collect, then put every object alive so far out of the cyclic collector's sight.
 
@@ -134,9 +167,9 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def run_service(settings: Settings, config: ClusterConfig) -> None:
+async def run_service(settings: Settings, config: ClusterConfig, *, discord: bool = True) -> None:
+    """Everything `run` serves; with `discord=False` (`run --no-discord`) all of it but the bot."""
     from bot.api import LoopbackApi
-    from bot.discord_bot import run_bot
     from bot.outbox import OutboxWorker
     from bot.services import open_services
 
@@ -157,7 +190,14 @@ async def run_service(settings: Settings, config: ClusterConfig) -> None:
                 await api.start(config.api.host, config.api.port)
                 log.info("loopback API on %s (%d callers)", api.url, len(identities))
                 settle_heap()
-                await run_bot(services)
+                if discord:
+                    from bot.discord_bot import run_bot
+
+                    await run_bot(services)
+                else:
+                    services.health.register_off("discord", "run --no-discord: no Discord connection")
+                    log.info("Discord: off (--no-discord); the API, outbox, monitor and heartbeats run without it")
+                    await wait_for_signal()
             finally:
                 await api.stop()
                 await outbox.stop()

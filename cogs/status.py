@@ -32,14 +32,36 @@ class Status(commands.Cog):
         self._round = asyncio.Lock()
 
     async def cog_load(self) -> None:
+        # The probing itself is the core's (the runner's timer), so it goes on while Discord is down;
+        # this cog only shows each round in Discord.
         if self.bot.background_tasks:
-            self._task = asyncio.create_task(self._monitor_forever(), name="status-monitor")
+            self.services.monitor.add_round_listener(self.publish_round)
 
     async def cog_unload(self) -> None:
+        self.services.monitor.remove_round_listener(self.publish_round)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        """Connected (at start or after an outage): draw the board and post what waited, without a timer."""
+        if self.bot.background_tasks and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._first_round(), name="status-first-round")
+
+    async def _first_round(self) -> None:
+        try:
+            await self.monitor_round()
+        except Exception:
+            log.exception("status monitor: the round after connecting failed; the next timed round redraws")
+
+    async def publish_round(self, fleet: FleetStatus) -> None:
+        """A timed round of the core: board and alerts, while connected (else they wait for the next)."""
+        if not self.bot.link.is_up:
+            return
+        async with self._round:
+            await self._publish(fleet)
 
     # --- the background monitor ---------------------------------------------------------------
 
@@ -53,26 +75,20 @@ class Status(commands.Cog):
             return None
         return LiveBoard(STATUS_BOARD, channel_id, self.services.store, self.publisher)
 
-    async def _monitor_forever(self) -> None:
-        await self.bot.wait_until_ready()
-        while True:
-            try:
-                await self.monitor_round()
-            except Exception:
-                log.exception("status monitor: a round failed; the next one runs as usual")
-            await asyncio.sleep(self.services.config.monitor.interval_s)
-
     async def monitor_round(self) -> FleetStatus:
         """One probe round: history and alerts recorded, the board edited if it changed, alerts posted."""
         async with self._round:
             fleet, _ = await self.services.monitor.probe_round()
-            try:
-                await self.refresh_board(fleet)
-            except discord.HTTPException as exc:
-                # Redrawn next round; the alerts are what someone must act on, so they never wait for the board.
-                log.warning("status board: Discord refused the update (HTTP %s); redrawing next round", exc.status)
-            await self.post_alerts()
+            await self._publish(fleet)
             return fleet
+
+    async def _publish(self, fleet: FleetStatus) -> None:
+        try:
+            await self.refresh_board(fleet)
+        except discord.HTTPException as exc:
+            # Redrawn next round; the alerts are what someone must act on, so they never wait for the board.
+            log.warning("status board: Discord refused the update (HTTP %s); redrawing next round", exc.status)
+        await self.post_alerts()
 
     async def refresh_board(self, fleet: FleetStatus) -> None:
         board = self.board

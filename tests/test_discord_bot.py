@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import discord
 import pytest
 from discord import app_commands
@@ -20,12 +21,14 @@ from bot.discord_bot import (
     GENERIC_FAILURE,
     AtomizerBot,
     AtomizerTree,
+    _GatewayRetryLine,
     command_level,
     requester_for,
     requester_for_user,
     require_level,
     run_bot,
 )
+from bot.discord_link import DiscordLink, ReconnectBackoff
 from bot.errors import InvalidInput, MissingSecret, UnknownAgent
 from bot.logsetup import REDACTED
 from bot.services import Services
@@ -374,22 +377,29 @@ async def test_run_bot_without_a_token_says_what_to_set(services: Services) -> N
 
 @pytest.fixture
 def fake_discord(monkeypatch: pytest.MonkeyPatch, services: Services) -> dict[str, Any]:
-    """AtomizerBot.start replaced by a connection that lasts until the bot is closed; close is real."""
-    seen: dict[str, Any] = {"tokens": [], "closed": asyncio.Event(), "on_start": None}
+    """Discord's login and gateway replaced: `login` fails as `login_errors` say, then the connection
+    lasts until the bot is closed; close is real."""
+    seen: dict[str, Any] = {"tokens": [], "closed": asyncio.Event(), "on_start": None, "login_errors": []}
     real_close = AtomizerBot.close
 
     async def close(self: AtomizerBot) -> None:
         seen["closed"].set()
         await real_close(self)
 
-    async def start(self: AtomizerBot, token: str, *, reconnect: bool = True) -> None:
+    async def login(self: AtomizerBot, token: str) -> None:
         seen["tokens"].append(token)
+        if seen["login_errors"]:
+            raise seen["login_errors"].pop(0)
+
+    async def connect(self: AtomizerBot, *, reconnect: bool = True) -> None:
+        await self.on_ready()
         if seen["on_start"] is not None:
             seen["on_start"]()
         await seen["closed"].wait()
 
     monkeypatch.setattr(AtomizerBot, "close", close)
-    monkeypatch.setattr(AtomizerBot, "start", start)
+    monkeypatch.setattr(AtomizerBot, "login", login)
+    monkeypatch.setattr(AtomizerBot, "connect", connect)
     monkeypatch.setattr(services.settings, "discord_token", SecretStr(DISCORD_TOKEN))
     return seen
 
@@ -417,18 +427,130 @@ async def test_run_bot_stops_when_its_stop_event_is_set(services: Services, fake
 
 
 async def test_run_bot_turns_a_refused_token_into_a_clear_error(
-    services: Services, monkeypatch: pytest.MonkeyPatch
+    services: Services, fake_discord: dict[str, Any]
 ) -> None:
-    async def start(self: AtomizerBot, token: str, *, reconnect: bool = True) -> None:
-        raise discord.LoginFailure("Improper token has been passed.")
-
-    monkeypatch.setattr(AtomizerBot, "start", start)
-    monkeypatch.setattr(services.settings, "discord_token", SecretStr(DISCORD_TOKEN))
+    fake_discord["login_errors"] = [discord.LoginFailure("Improper token has been passed.")]
 
     with pytest.raises(InvalidInput, match="refused DISCORD_TOKEN") as caught:
-        await run_bot(services)
+        await run_bot(services, backoff=ReconnectBackoff(base_s=0.001, cap_s=0.001))
 
     assert DISCORD_TOKEN not in str(caught.value)
+    assert fake_discord["tokens"] == [DISCORD_TOKEN]  # not retried: a refusal is not an outage
+
+
+def unreachable(host: str = "discord.com") -> aiohttp.ClientConnectorError:
+    key = aiohttp.client_reqrep.ConnectionKey(host, 443, True, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, OSError(-2, "Name or service not known"))
+
+
+async def test_run_bot_rides_out_an_outage_one_line_per_attempt_then_connects(
+    services: Services, fake_discord: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = asyncio.Event()
+    health_during_outage: list[str] = []
+    fake_discord["login_errors"] = [unreachable(), unreachable(), discord.DiscordServerError(_Response(502), "")]
+    link = DiscordLink()
+    real_down = link.down
+
+    def down(reason: str) -> None:
+        real_down(reason)
+        if "retrying" in reason:
+            health_during_outage.append(reason)
+
+    link.down = down  # type: ignore[method-assign]
+
+    async def connected() -> None:
+        checks = await services.health.run()
+        assert checks["discord"] == "ok"
+        stop.set()
+
+    fake_discord["on_start"] = lambda: asyncio.ensure_future(connected())
+    caplog.set_level(logging.INFO)
+
+    await run_bot(services, stop=stop, link=link, backoff=ReconnectBackoff(base_s=0.001, cap_s=0.001))
+
+    assert fake_discord["tokens"] == [DISCORD_TOKEN] * 4  # three failed logins, then the one that held
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == 3
+    assert all(r.exc_info is None and r.levelno == logging.WARNING for r in retries)
+    assert "cannot reach Discord: Cannot connect to host discord.com:443" in retries[0].getMessage()
+    assert "503" not in retries[2].getMessage() and "502" in retries[2].getMessage()
+    assert len(health_during_outage) == 3 and health_during_outage[0].startswith("cannot reach Discord")
+    assert fake_discord["closed"].is_set()
+
+
+async def test_healthz_names_discord_down_with_the_reason_during_an_outage(
+    services: Services, fake_discord: dict[str, Any]
+) -> None:
+    stop = asyncio.Event()
+    seen: list[str] = []
+    fake_discord["login_errors"] = [unreachable()] * 50
+    link = DiscordLink()
+    waiting = asyncio.Event()
+    real_down = link.down
+
+    def down(reason: str) -> None:
+        real_down(reason)
+        if reason.endswith(" s"):
+            waiting.set()
+
+    link.down = down  # type: ignore[method-assign]
+
+    async def watch() -> None:
+        await waiting.wait()
+        seen.append((await services.health.run())["discord"])
+        stop.set()
+
+    watcher = asyncio.ensure_future(watch())
+    await run_bot(services, stop=stop, link=link, backoff=ReconnectBackoff(base_s=30, cap_s=30))
+    await watcher
+
+    [result] = seen
+    assert result.startswith("error: down: cannot reach Discord: Cannot connect to host discord.com:443")
+    assert re.search(r"retrying in \d+ s$", result), result
+
+
+def test_reconnect_backoff_grows_with_jitter_and_is_capped() -> None:
+    draws = iter([0.0, 1.0] * 20)
+    backoff = ReconnectBackoff(base_s=1, cap_s=60, random=lambda: next(draws))
+    delays = [backoff.delay() for _ in range(10)]
+    assert delays[:4] == [0.5, 2.0, 2.0, 8.0]  # each in [d/2, d] for d = 1, 2, 4, 8
+    assert max(delays) == 60 and min(delays[6:]) == 30  # capped at 60 s, never below half of it
+    backoff.reset()
+    assert backoff.delay() == 0.5
+
+
+def test_discord_py_gateway_reconnects_use_the_capped_backoff(caplog: pytest.LogCaptureFixture) -> None:
+    """discord.Client.connect builds its backoff from discord.client.ExponentialBackoff: ours, capped."""
+    backoff = discord.client.ExponentialBackoff()
+    assert max(backoff.delay() for _ in range(40)) <= 60
+
+
+def test_a_gateway_reconnect_is_logged_as_one_line_and_marks_discord_down(caplog: pytest.LogCaptureFixture) -> None:
+    link = DiscordLink()
+    line = _GatewayRetryLine(link)
+    logger = logging.getLogger("discord.client")
+    logger.addFilter(line)
+    try:
+        try:
+            raise unreachable("gateway.discord.gg")
+        except aiohttp.ClientError:
+            logger.exception("Attempting a reconnect in %.2fs", 7.4)
+    finally:
+        logger.removeFilter(line)
+    [record] = [r for r in caplog.records if r.name == "discord.client"]
+    assert record.exc_info is None and record.levelno == logging.WARNING
+    assert record.getMessage().startswith("cannot reach Discord: Cannot connect to host gateway.discord.gg:443")
+    assert record.getMessage().endswith("; retrying in 7 s")
+    assert link.state == "down" and link.reason == record.getMessage()
+
+
+class _Response:
+    """What discord.HTTPException reads of an aiohttp response."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.reason = "Bad Gateway"
 
 
 # --- requester_for ----------------------------------------------------------------------------
@@ -463,7 +585,7 @@ async def test_requester_for_reads_the_interaction_user(bot: AtomizerBot, driver
 
 async def test_the_bot_reports_its_connection_and_counts_discord_calls(services: Services) -> None:
     bot = AtomizerBot(services, sync_commands=False, background_tasks=False)
-    assert (await services.health.run())["discord"] == "error: not connected to Discord"
+    assert (await services.health.run())["discord"] == "error: connecting: connecting to Discord"
     logging.getLogger("discord.http").warning("We are being rate limited. PATCH /channels/1/messages/2")
     assert services.health.discord.rate_limited == 1
     await bot.close()
