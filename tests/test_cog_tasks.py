@@ -33,6 +33,7 @@ from tests.discord_harness import (
     make_member,
     next_snowflake,
     running_test_bot,
+    send_message,
     single_message,
 )
 from tests.robustness.conftest import wait_for
@@ -120,8 +121,7 @@ class Rig:
 
     async def post(self, content: str, member: discord.Member, channel: discord.TextChannel | None = None) -> int:
         """Someone posts in #task-board (or `channel`); returns the message id."""
-        message = await dpytest.message(content, channel=channel or self.board_channel, member=member)
-        await dpytest.run_all_events()
+        message = await send_message(self.bot, content, channel=channel or self.board_channel, member=member)
         return message.id
 
     def stored(self, channel_id: int = TASK_BOARD) -> list[dict[str, Any]]:
