@@ -74,6 +74,7 @@ async def make_test_bot(services: Services) -> AtomizerBot:
     bot.tree._state = bot._connection
     bot._connection._command_tree = bot.tree
     bot._connection.application_id = TEST_APPLICATION_ID
+    bot._connection.loop = asyncio.get_running_loop()  # _async_setup_hook gave it to the state configure() replaced
     # dpytest's fake state drops the bot's default allowed mentions; without this, a reply that
     # forgot its own allowed_mentions would look safe in tests and ping people in production.
     bot._connection.allowed_mentions = allowed_mentions
@@ -121,6 +122,7 @@ class FakeMembers:
         self.payloads: dict[int, dict[str, Any]] = {}  # member payloads, each with its "user"
         self.fetched: list[int] = []  # ids asked for over REST
         self.queries: list[str] = []  # Request Guild Members queries sent over the gateway
+        self._answers: set[asyncio.Task[None]] = set()
 
     @classmethod
     def of(cls, state: Any) -> FakeMembers:
@@ -194,7 +196,20 @@ class FakeMembers:
                 )
             ][: limit or 100]
         chunk = {"guild_id": str(guild_id), "members": found, "chunk_index": 0, "chunk_count": 1, "nonce": nonce}
-        asyncio.get_running_loop().call_soon(self.bot._connection.parse_guild_members_chunk, chunk)
+        answer = asyncio.create_task(self._answer(chunk), name="fake-members-chunk")
+        self._answers.add(answer)
+        answer.add_done_callback(self._answers.discard)
+
+    async def _answer(self, chunk: dict[str, Any]) -> None:
+        """Deliver the chunk once discord.py waits for it, as a reply from the network would arrive (a chunk
+        that came first would complete a request nobody waits on yet, and the query would time out)."""
+        state = self.bot._connection
+        for _ in range(1000):  # a few loop turns in practice; bounded so that a bug cannot hang a test
+            request = state._chunk_requests.get(chunk["nonce"])
+            if request is None or request.waiters:
+                break
+            await asyncio.sleep(0)
+        state.parse_guild_members_chunk(chunk)
 
 
 @dataclass
