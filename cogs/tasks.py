@@ -467,7 +467,7 @@ class Tasks(commands.Cog):
     @task.command(name="add", description="Add a task (operators)")
     @app_commands.describe(
         title="What is to be done (one line)",
-        assignee="An agent, or a member (@name or user:<id>)",
+        assignee="An agent or a member: pick one, or write @username, a mention or user:<id>",
         priority="How urgent (default: normal)",
         due="YYYY-MM-DD, today, tomorrow, +3d or +2w",
         description="More detail (several lines allowed)",
@@ -506,7 +506,10 @@ class Tasks(commands.Cog):
         await self.announce(interaction, task, f"moved to {task.status.replace('_', ' ')}", requester)
 
     @task.command(name="assign", description="Give a task to an agent or a member (operators)")
-    @app_commands.describe(id="The task, e.g. T-42", assignee="An agent, a member (@name or user:<id>), or nobody")
+    @app_commands.describe(
+        id="The task, e.g. T-42",
+        assignee="An agent, a member (pick one, or @username, a mention, user:<id>), or nobody",
+    )
     @require_level(AccessLevel.OPERATOR)
     async def assign(
         self,
