@@ -245,10 +245,16 @@ class Delegations(commands.Cog):
         for view in list(self.views):
             view.stop()
 
-    def directory(self, interaction: discord.Interaction) -> DiscordGuildDirectory | None:
+    async def directory(self, interaction: discord.Interaction, target: str | None) -> DiscordGuildDirectory | None:
+        """The guild for resolving `target`, having asked Discord about the person it may name (the bot
+        caches no members without the members intent): the caller and a person named are then known."""
         if interaction.guild is None:
             return None  # the service falls back on what the config knows
-        return DiscordGuildDirectory(interaction.guild, fallback=self.service.directory)
+        directory = DiscordGuildDirectory(interaction.guild, fallback=self.service.directory)
+        directory.remember([interaction.user])
+        if target is not None and self.bot.services.config.channels.get(target.strip()) is None:
+            await directory.look_up(target)  # not found: the service says so, naming close matches
+        return directory
 
     # --- /delegate ----------------------------------------------------------------------------
 
@@ -290,7 +296,7 @@ class Delegations(commands.Cog):
             "deliver": deliver,
             "task": task,
             "origin": f"channel:{interaction.channel_id}",  # by default the answer comes back here
-            "directory": self.directory(interaction),
+            "directory": await self.directory(interaction, target),
         }
         # Bad input and refusals must be answered privately, which is possible only before deferring
         # (a deferred answer's first followup inherits its visibility). None of this touches the network.

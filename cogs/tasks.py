@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import re
 import time
@@ -53,7 +54,7 @@ from bot.taskboard import (
     assignee_or_nobody,
 )
 from cogs.utils.boards import DiscordBoardPublisher, to_embed
-from cogs.utils.directory import DiscordGuildDirectory
+from cogs.utils.directory import DiscordGuildDirectory, member_label, person_id
 from cogs.utils.paginator import send_listing
 from cogs.utils.views import AtomizerModal, AtomizerView
 
@@ -271,18 +272,49 @@ class Tasks(commands.Cog):
 
     # --- who is asking, and the guild the core resolves names in ---------------------------------
 
-    def use_guild(self, guild: discord.Guild | None) -> None:
-        """Let the core resolve @names and label people from this guild's cache; agents stay known from
-        the config. The core has one directory for every front end, so the API in process gains it too."""
+    def use_guild(self, guild: discord.Guild | None) -> DiscordGuildDirectory | None:
+        """Let the core resolve @names and label people from this guild (its cache and the members Discord
+        told us of); agents stay known from the config. The core has one directory for every front end, so
+        the API in process gains it too."""
         if guild is None:
-            return
+            return None
         current = self.tasks.directory
-        if not (isinstance(current, DiscordGuildDirectory) and current.guild is guild):
-            self.tasks.directory = DiscordGuildDirectory(guild, fallback=self._fallback)
+        if isinstance(current, DiscordGuildDirectory) and current.guild is guild:
+            return current
+        self.tasks.directory = directory = DiscordGuildDirectory(guild, fallback=self._fallback)
+        return directory
 
     def requester(self, interaction: discord.Interaction) -> Requester:
-        self.use_guild(interaction.guild)
+        directory = self.use_guild(interaction.guild)
+        if directory is not None:
+            directory.remember([interaction.user])
         return requester_for(interaction, self.bot.services.config)
+
+    async def check_assignee(self, guild: discord.Guild | None, text: str | None) -> None:
+        """Ask Discord about the person an assignee names, so the core finds them (no member is cached
+        without the members intent); refuse, saying what works, a person Discord does not know."""
+        directory = self.use_guild(guild)
+        if directory is None or text is None or assignee_or_nobody(text) is None:
+            return
+        value = text.strip()
+        agents = [agent.name for agent in self.bot.services.config.agents]
+        if value.lower().lstrip("@") in agents:
+            return
+        found = await directory.look_up(value)
+        if found is None:
+            return  # nothing to ask, or no answer in time: the core decides with what is known
+        id = person_id(value)
+        known = directory.is_member(str(id)) if id is not None else directory.member_ids_named(value.lstrip("@"))
+        if known:
+            return
+        close = [f"@{member.name}" for member in found[:3]]
+        close += [name for name in difflib.get_close_matches(value.lower().lstrip("@"), agents, n=2)]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        what = "is not a member of this server" if id is not None else "names no agent and no member of this server"
+        raise InvalidInput(
+            f"{value!r} {what}{hint}. An assignee is an agent ({', '.join(agents)}) or a member: pick one from "
+            "the suggestions, or write their username (@name), a mention (<@id>) or user:<id>"
+        )
 
     @commands.Cog.listener()
     async def on_guild_available(self, guild: discord.Guild) -> None:
@@ -386,7 +418,11 @@ class Tasks(commands.Cog):
             # Other bots are never people, whatever roles they hold.
             if message.author.bot or requester.level < AccessLevel.OPERATOR or not isinstance(parsed, BoardCommand):
                 return
-        self.use_guild(message.guild)
+        directory = self.use_guild(message.guild)
+        if directory is not None:
+            directory.remember([message.author, *message.mentions])
+            if isinstance(parsed, BoardCommand) and parsed.assignee:
+                await directory.look_up(parsed.assignee)  # the core then knows the person, or says who it knows
         requester = replace(requester, front_end="task-board")
         try:
             outcome = await apply_board_message(self.tasks, requester, message.content)
@@ -431,7 +467,7 @@ class Tasks(commands.Cog):
     @task.command(name="add", description="Add a task (operators)")
     @app_commands.describe(
         title="What is to be done (one line)",
-        assignee="An agent, or a member (@name or user:<id>)",
+        assignee="An agent or a member: pick one, or write @username, a mention or user:<id>",
         priority="How urgent (default: normal)",
         due="YYYY-MM-DD, today, tomorrow, +3d or +2w",
         description="More detail (several lines allowed)",
@@ -448,6 +484,7 @@ class Tasks(commands.Cog):
         description: app_commands.Range[str, 1, DESCRIPTION_MAX] | None = None,
     ) -> None:
         requester = self.requester(interaction)
+        await self.check_assignee(interaction.guild, assignee)
         task = await self.tasks.add(
             requester, title, assignee=assignee, priority=priority, due=due, description=description
         )
@@ -469,7 +506,10 @@ class Tasks(commands.Cog):
         await self.announce(interaction, task, f"moved to {task.status.replace('_', ' ')}", requester)
 
     @task.command(name="assign", description="Give a task to an agent or a member (operators)")
-    @app_commands.describe(id="The task, e.g. T-42", assignee="An agent, a member (@name or user:<id>), or nobody")
+    @app_commands.describe(
+        id="The task, e.g. T-42",
+        assignee="An agent, a member (pick one, or @username, a mention, user:<id>), or nobody",
+    )
     @require_level(AccessLevel.OPERATOR)
     async def assign(
         self,
@@ -478,6 +518,7 @@ class Tasks(commands.Cog):
         assignee: app_commands.Range[str, 1, ASSIGNEE_MAX],
     ) -> None:
         requester = self.requester(interaction)
+        await self.check_assignee(interaction.guild, assignee)
         task = await self.tasks.assign(requester, id, assignee_or_nobody(assignee))
         await self.announce(interaction, task, f"assigned to {task.assignee_text}", requester)
 
@@ -537,9 +578,9 @@ class Tasks(commands.Cog):
         status: str = "open",
         mine: bool = False,
     ) -> None:
-        self.use_guild(interaction.guild)
         if mine and assignee:
             raise InvalidInput("give either `assignee` or `mine`, not both")
+        await self.check_assignee(interaction.guild, assignee)
         who = f"user:{interaction.user.id}" if mine else assignee
         if status == "open":
             found = await self.tasks.list(assignee=who, open_only=True, limit=LIST_LIMIT)
@@ -580,7 +621,8 @@ class Tasks(commands.Cog):
     @assign.autocomplete("assignee")
     @list_tasks.autocomplete("assignee")
     async def assignee_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        """Agents, then the members the bot has seen (it runs without the members intent), matching what was typed."""
+        """Agents, then people: those whose username or nickname starts with what was typed (Discord finds
+        them; the bot caches no members) and those seen lately whose names hold it."""
         typed = current.strip().lstrip("@").casefold()
         config = self.bot.services.config
         choices = [
@@ -589,17 +631,16 @@ class Tasks(commands.Cog):
             if typed in agent.name.casefold()
         ]
         agent_ids = {agent.discord_user_id for agent in config.agents}
-        members = interaction.guild.members if interaction.guild is not None else []
-        for member in sorted(members, key=lambda m: m.display_name.casefold()):
-            if member.bot or str(member.id) in agent_ids:
-                continue
-            if any(typed in name.casefold() for name in (member.display_name, member.name)):
-                label = (
-                    member.display_name
-                    if member.display_name == member.name
-                    else f"{member.display_name} ({member.name})"
-                )
-                choices.append(app_commands.Choice(name=clip(f"@{label}", 100), value=f"user:{member.id}"))
+        directory = self.use_guild(interaction.guild)
+        people: list[discord.Member] = []
+        if directory is not None:
+            directory.remember([interaction.user])  # "me" is always on offer
+            people = await directory.search(typed)
+        choices += [
+            app_commands.Choice(name=clip(f"@{member_label(member)}", 100), value=f"user:{member.id}")
+            for member in people
+            if not member.bot and str(member.id) not in agent_ids
+        ]
         return choices[:25]
 
 

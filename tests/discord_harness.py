@@ -24,21 +24,25 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import re
+import types
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import discord
 import discord.ext.test as dpytest
 import pytest
 from discord import app_commands
 from discord.ext.test import factories as dpytest_factories
+from discord.state import ConnectionState
 from discord.webhook.async_ import AsyncWebhookAdapter
 
 from bot.authz import AccessLevel
 from bot.config import ClusterConfig
-from bot.discord_bot import AtomizerBot, role_ids_for
+from bot.discord_bot import AtomizerBot, bot_intents, role_ids_for
 from bot.services import Services
 
 TEST_APPLICATION_ID = 700000000000000001
@@ -70,14 +74,14 @@ async def make_test_bot(services: Services) -> AtomizerBot:
     bot.tree._state = bot._connection
     bot._connection._command_tree = bot.tree
     bot._connection.application_id = TEST_APPLICATION_ID
+    bot._connection.loop = asyncio.get_running_loop()  # _async_setup_hook gave it to the state configure() replaced
     # dpytest's fake state drops the bot's default allowed mentions; without this, a reply that
     # forgot its own allowed_mentions would look safe in tests and ping people in production.
     bot._connection.allowed_mentions = allowed_mentions
-    # The bot runs without the members intent, so discord.py would not cache the members dpytest
-    # adds to its fake guild (configure() loses its own that way); the fake guild needs them.
-    bot._connection.member_cache_flags = discord.MemberCacheFlags.all()
-    assert bot.user is not None
-    dpytest.backend.make_member(bot.user, guild_of(bot))  # guild.me
+    # The production intents and discord.py's cache flags for them: without the members intent nothing
+    # caches members, so they reach the bot only as Discord delivers them (see FakeMembers).
+    assert bot._connection.member_cache_flags.value == discord.MemberCacheFlags.from_intents(bot_intents()).value
+    FakeMembers(bot).install()
     return bot
 
 
@@ -102,7 +106,118 @@ def guild_of(bot: discord.Client) -> discord.Guild:
     return bot.guilds[0]
 
 
-# --- members and roles ------------------------------------------------------------------------
+# --- members and roles ---------------------------------------------------------------------
+
+
+class FakeMembers:
+    """The guild's members as Discord knows them. The bot (no members intent) caches none of them, so they
+    reach it only the ways Discord delivers them: in interaction and message payloads, over REST
+    (`GET /guilds/{id}/members/{id}`, guild.fetch_member) and in a members chunk answering the gateway's
+    Request Guild Members (guild.query_members). Each request is recorded, for tests that care how."""
+
+    _of: ClassVar[weakref.WeakKeyDictionary[Any, FakeMembers]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, bot: discord.Client) -> None:
+        self.bot = bot
+        self.payloads: dict[int, dict[str, Any]] = {}  # member payloads, each with its "user"
+        self.fetched: list[int] = []  # ids asked for over REST
+        self.queries: list[str] = []  # Request Guild Members queries sent over the gateway
+        self._answers: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of(cls, state: Any) -> FakeMembers:
+        return cls._of[state]
+
+    def install(self) -> None:
+        state = self.bot._connection
+        FakeMembers._of[state] = self
+        # dpytest answers query_members from the cache and fetch_member from guild.members: both would
+        # find nobody here. Put back discord.py's own query_members, which asks the gateway.
+        state.query_members = types.MethodType(ConnectionState.query_members, state)  # type: ignore[method-assign]
+        self.bot.ws.request_chunks = self.request_chunks  # type: ignore[method-assign]
+        self.bot.http.get_member = self.get_member  # type: ignore[method-assign]
+        guild = guild_of(self.bot)
+        assert self.bot.user is not None
+        # GUILD_CREATE's members always include the bot itself, and discord.py caches it whatever the flags.
+        me = self.add(guild, _user_dict(self.bot.user), [])
+        guild._add_member(me)
+
+    def add(self, guild: discord.Guild, user: dict[str, Any], role_ids: Iterable[int | str]) -> discord.Member:
+        payload = {
+            "user": user,
+            "roles": [str(role_id) for role_id in role_ids],
+            "nick": None,
+            "avatar": None,
+            "joined_at": _now(),
+            "premium_since": None,
+            "pending": False,
+            "deaf": False,
+            "mute": False,
+            "flags": 0,
+            "communication_disabled_until": None,
+        }
+        self.payloads[int(user["id"])] = payload
+        return self.member(guild, int(user["id"]))
+
+    def member(self, guild: discord.Guild, user_id: int) -> discord.Member:
+        """A Member object as one payload would give it (never put in the guild's cache)."""
+        return discord.Member(data=self.payloads[user_id], guild=guild, state=self.bot._connection)  # type: ignore[arg-type]
+
+    async def get_member(self, guild_id: int, member_id: int) -> dict[str, Any]:
+        self.fetched.append(int(member_id))
+        payload = self.payloads.get(int(member_id))
+        if payload is None:
+            raise discord.NotFound(_FakeResponse(404, "Not Found"), {"code": 10007, "message": "Unknown Member"})
+        return payload
+
+    async def request_chunks(
+        self,
+        guild_id: int,
+        query: str | None = None,
+        *,
+        limit: int,
+        user_ids: list[int] | None = None,
+        presences: bool = False,
+        nonce: str | None = None,
+    ) -> None:
+        """Discord's answer to Request Guild Members: one GUILD_MEMBERS_CHUNK, after the request was sent."""
+        self.queries.append(query or "")
+        if user_ids is not None:
+            found = [self.payloads[int(i)] for i in user_ids if int(i) in self.payloads]
+        else:
+            # Discord matches usernames and nicknames that start with the query, ignoring case.
+            wanted = (query or "").casefold()
+            found = [
+                payload
+                for payload in self.payloads.values()
+                if any(
+                    (name or "").casefold().startswith(wanted)
+                    for name in (payload["user"]["username"], payload["nick"])
+                )
+            ][: limit or 100]
+        chunk = {"guild_id": str(guild_id), "members": found, "chunk_index": 0, "chunk_count": 1, "nonce": nonce}
+        answer = asyncio.create_task(self._answer(chunk), name="fake-members-chunk")
+        self._answers.add(answer)
+        answer.add_done_callback(self._answers.discard)
+
+    async def _answer(self, chunk: dict[str, Any]) -> None:
+        """Deliver the chunk once discord.py waits for it, as a reply from the network would arrive (a chunk
+        that came first would complete a request nobody waits on yet, and the query would time out)."""
+        state = self.bot._connection
+        for _ in range(1000):  # a few loop turns in practice; bounded so that a bug cannot hang a test
+            request = state._chunk_requests.get(chunk["nonce"])
+            if request is None or request.waiters:
+                break
+            await asyncio.sleep(0)
+        state.parse_guild_members_chunk(chunk)
+
+
+@dataclass
+class _FakeResponse:
+    """Enough of aiohttp's response for discord.HTTPException."""
+
+    status: int
+    reason: str
 
 
 def make_member(
@@ -112,20 +227,29 @@ def make_member(
     user_id: int | str | None = None,
     is_bot: bool = False,
     role_ids: Iterable[int | str] = (),
+    nick: str | None = None,
+    global_name: str | None = None,
 ) -> discord.Member:
-    """A new member of the test guild, optionally with a fixed id (e.g. an agent's discord_user_id)."""
+    """A new member of the test guild, optionally with a fixed id (e.g. an agent's discord_user_id).
+
+    Discord knows it; the bot does not (nothing caches members without the members intent) until a payload
+    carries it: pass the result to SlashDriver or send_message.
+    """
     guild = guild_of(bot)
-    data = dpytest_factories.make_user_dict(
+    user = dpytest_factories.make_user_dict(
         name, "0001", None, id_num=int(user_id) if user_id is not None else next_snowflake(), bot=is_bot
     )
-    user = dpytest.backend.get_state().store_user(data)
-    member = dpytest.backend.make_member(user, guild)
-    assert member is not None, "the fake guild did not cache the member; build the bot with make_test_bot"
+    user = {**user, "id": str(user["id"]), "global_name": global_name}
+    members = FakeMembers.of(bot._connection)
+    member = members.add(guild, user, [])
+    if nick is not None:
+        members.payloads[member.id]["nick"] = nick
+        member = members.member(guild, member.id)
     return give_roles(member, role_ids) if role_ids else member
 
 
 def give_roles(member: discord.Member, role_ids: Iterable[int | str]) -> discord.Member:
-    """Add roles to a member by id, creating them in the guild with exactly those ids if needed.
+    """The member with these roles too, creating them in the guild with exactly those ids if needed.
 
     `guild.create_role` is broken in dpytest 0.7.0 and would pick its own ids anyway; the ids must be
     the config's `[roles]` ids for `level_for_roles` to match.
@@ -136,10 +260,9 @@ def give_roles(member: discord.Member, role_ids: Iterable[int | str]) -> discord
         role = guild.get_role(int(role_id)) or dpytest.backend.make_role(f"role-{role_id}", guild, id_num=int(role_id))
         if role not in roles:
             roles.append(role)
-    dpytest.backend.update_member(member, roles=roles)
-    updated = guild.get_member(member.id)
-    assert updated is not None
-    return updated
+    members = FakeMembers.of(member._state)
+    members.payloads[member.id]["roles"] = [str(role.id) for role in roles]
+    return members.member(guild, member.id)
 
 
 def give_level(member: discord.Member, level: AccessLevel, config: ClusterConfig) -> discord.Member:
@@ -147,6 +270,38 @@ def give_level(member: discord.Member, level: AccessLevel, config: ClusterConfig
     if level is AccessLevel.NONE:
         return member
     return give_roles(member, role_ids_for(level, config)[:1])
+
+
+# --- messages ---------------------------------------------------------------------------------
+
+
+async def send_message(
+    bot: discord.Client, content: str, *, channel: discord.abc.GuildChannel, member: discord.Member
+) -> discord.Message:
+    """`member` posts `content` in `channel`: a MESSAGE_CREATE as Discord sends it (author, and the
+    author's `member` with roles; mentioned users with theirs), then every event it caused has run.
+
+    dpytest.message sends no roles and finds mentions in the cache, which holds nobody here.
+    """
+    state = bot._connection
+    members = FakeMembers.of(state)
+    data = dpytest_factories.make_message_dict(channel, member._user, content=content, guild_id=channel.guild.id)
+    data["member"] = {k: v for k, v in _member_dict(member).items() if k != "user"}
+    mentioned = dict.fromkeys(int(id) for id in _MENTION.findall(content))
+    data["mentions"] = [
+        {**members.payloads[id]["user"], "member": {k: v for k, v in members.payloads[id].items() if k != "user"}}
+        for id in mentioned
+        if id in members.payloads
+    ]
+    state.parse_message_create(data)
+    dpytest.backend._cur_config.messages.setdefault(channel.id, []).append(data)
+    await dpytest.run_all_events()
+    message = state._get_message(data["id"])
+    assert message is not None
+    return message
+
+
+_MENTION = re.compile(r"<@!?(\d{15,20})>")
 
 
 # --- recorded responses -----------------------------------------------------------------------

@@ -192,7 +192,7 @@ async def test_an_explicit_target_and_no_delivery_reach_the_hook(launch: Launche
     antoine = make_member(rig.bot, "antoine")
     await rig.delegate(operator, agent="nx-expert", instruction="Mesh", target="task_board")
     await rig.delegate(operator, agent="nx-expert", instruction="Think", deliver=False)
-    # Names resolve through the guild's cache (DiscordGuildDirectory).
+    # Discord is asked for the member named (the bot caches none without the members intent).
     await rig.delegate(operator, agent="nx-expert", instruction="Tell him", target="@Antoine")
     await rig.delegate(operator, agent="nx-expert", instruction="Post it", target=f"#{rig.channel.name}")
 
@@ -635,7 +635,7 @@ async def test_commands_are_registered_with_their_options(launch: Launcher) -> N
 # --- the pieces -------------------------------------------------------------------------------
 
 
-async def test_the_guild_directory_reads_the_cache(launch: Launcher) -> None:
+async def test_the_guild_directory_knows_channels_and_the_members_discord_delivered(launch: Launcher) -> None:
     rig = await launch()
     guild = guild_of(rig.bot)
     member = make_member(rig.bot, "antoine", user_id="100000000000000900")
@@ -643,6 +643,8 @@ async def test_the_guild_directory_reads_the_cache(launch: Launcher) -> None:
     channel = rig.channel
 
     assert directory.channel_ids_named(f"#{channel.name.upper()}") == [str(channel.id)]
+    assert directory.member_ids_named("antoine") == []  # no members intent: nothing cached them
+    directory.remember([member])  # e.g. the member a payload carried
     assert directory.member_ids_named("ANTOINE") == [str(member.id)]
     assert directory.is_channel(str(channel.id)) and not directory.is_member(str(channel.id))
     assert directory.is_member(str(member.id)) and directory.describe(str(member.id)) == "@antoine"

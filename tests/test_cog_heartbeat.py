@@ -17,7 +17,15 @@ from bot.services import Services
 from bot.simulator import SimulatedFleet
 from bot.standup import standup_for
 from tests.conftest import ServicesOnFleet
-from tests.discord_harness import SlashDriver, give_level, guild_of, make_member, running_test_bot, single_message
+from tests.discord_harness import (
+    SlashDriver,
+    give_level,
+    guild_of,
+    make_member,
+    running_test_bot,
+    send_message,
+    single_message,
+)
 
 DAILY_STANDUP = 100000000000000103  # channels.daily_standup in the shipped config
 STANDUP_TARGET = f"channel:{DAILY_STANDUP}"
@@ -248,10 +256,10 @@ async def test_an_agents_post_in_daily_standup_marks_its_heartbeat_seen(rig: Rig
     other = dpytest.backend.make_text_channel("technical", guild_of(rig.bot), id_num=100000000000000101)
 
     await dpytest.message("morning, everyone", channel=rig.standup_channel, member=person)
-    await dpytest.message("HEARTBEAT_OK", channel=other, member=agent)
+    await send_message(rig.bot, "HEARTBEAT_OK", channel=other, member=agent)
     assert await rig.state("manager") is None  # a person, or another channel: nothing seen
 
-    await dpytest.message("HEARTBEAT_OK: all quiet", channel=rig.standup_channel, member=agent)
+    await send_message(rig.bot, "HEARTBEAT_OK: all quiet", channel=rig.standup_channel, member=agent)
     state = await rig.state("manager")
     assert state is not None and state["last_seen_at"] is not None
 
@@ -259,6 +267,6 @@ async def test_an_agents_post_in_daily_standup_marks_its_heartbeat_seen(rig: Rig
 async def test_a_seen_agent_that_was_missing_is_announced_back(rig: Rig) -> None:
     agent = make_member(rig.bot, "Manager bot", user_id=MANAGER_ACCOUNT, is_bot=True)
     await rig.services.store.execute("INSERT INTO heartbeat_state (agent, seen_alerted) VALUES ('manager', 1)")
-    await dpytest.message("back", channel=rig.standup_channel, member=agent)
+    await send_message(rig.bot, "back", channel=rig.standup_channel, member=agent)
     [alert] = await rig.services.store.fetchall("SELECT kind, text FROM alerts")
     assert (alert["kind"], alert["text"]) == ("heartbeat_recovered", "manager: its own heartbeat is back")

@@ -14,7 +14,7 @@ import pytest
 from discord import app_commands
 
 from bot.authz import AccessLevel, Requester, api_requester
-from bot.discord_bot import AtomizerBot
+from bot.discord_bot import AtomizerBot, bot_intents
 from bot.services import Services
 from bot.task_grammar import HINT
 from bot.taskboard import Task, TaskBoard
@@ -22,6 +22,7 @@ from cogs.tasks import ACK, OTHER_PROCESSES_EVERY_S, Tasks
 from cogs.utils.directory import DiscordGuildDirectory
 from tests.clocks import days_from_today
 from tests.discord_harness import (
+    FakeMembers,
     RecordedCall,
     Recorder,
     SlashDriver,
@@ -33,6 +34,7 @@ from tests.discord_harness import (
     make_member,
     next_snowflake,
     running_test_bot,
+    send_message,
     single_message,
 )
 from tests.robustness.conftest import wait_for
@@ -120,8 +122,7 @@ class Rig:
 
     async def post(self, content: str, member: discord.Member, channel: discord.TextChannel | None = None) -> int:
         """Someone posts in #task-board (or `channel`); returns the message id."""
-        message = await dpytest.message(content, channel=channel or self.board_channel, member=member)
-        await dpytest.run_all_events()
+        message = await send_message(self.bot, content, channel=channel or self.board_channel, member=member)
         return message.id
 
     def stored(self, channel_id: int = TASK_BOARD) -> list[dict[str, Any]]:
@@ -576,6 +577,110 @@ async def test_assignees_autocomplete_agents_then_members(rig: Rig) -> None:
     names = [c["name"] for c in everyone.choices]
     assert names[:8] == [f"{a} (agent)" for a in rig.services.config.agent_names]
     assert "@antoine" in names and len(names) <= 25
+
+
+# --- people as assignees: the bot caches no members (no members intent); Discord is asked ---------
+
+
+def person_inputs(olga: discord.Member) -> list[str]:
+    """Every way a person may be written as an assignee."""
+    return ["@olga", "olga", "OLGA", f"<@{olga.id}>", f"<@!{olga.id}>", f"user:{olga.id}", "@Olgi"]
+
+
+async def test_a_person_not_cached_is_a_tasks_assignee_however_written(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    olga = make_member(rig.bot, "olga", nick="Olgi")
+    assert guild_of(rig.bot).get_member(olga.id) is None  # as in production: nobody caches her
+
+    for number, written in enumerate(person_inputs(olga), start=1):
+        added = single_message(
+            await rig.driver.invoke("task add", user=operator, options={"title": f"t{number}", "assignee": written})
+        )
+        task = await rig.services.tasks.get(number)
+        assert (task.assignee_kind, task.assignee, task.assignee_text) == ("user", str(olga.id), "@olga"), written
+        assert not added.ephemeral and "@olga" in (added.content or ""), written
+
+
+async def test_a_task_is_assigned_to_a_person_not_cached_however_written(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    olga = make_member(rig.bot, "olga", nick="Olgi")
+    await add(rig, "Mesh the M2 mirror", assignee="nx-expert")
+
+    for written in person_inputs(olga):
+        # Forget what the last form taught the directory: each form must find her on its own.
+        rig.services.tasks.directory = rig.cog._fallback
+        await rig.services.tasks.assign(OPERATOR, 1, "nx-expert")
+        answer = single_message(
+            await rig.driver.invoke("task assign", user=operator, options={"id": "T-1", "assignee": written})
+        )
+        assert "**T-1** assigned to @olga by Antoine" in (answer.content or ""), written
+        task = await rig.services.tasks.get(1)
+        assert (task.assignee_kind, task.assignee) == ("user", str(olga.id)), written
+
+
+async def test_names_are_asked_of_the_gateway_and_ids_over_rest(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    olga = make_member(rig.bot, "olga")
+    vera = make_member(rig.bot, "vera")
+    members = FakeMembers.of(rig.bot._connection)
+
+    await rig.driver.invoke("task add", user=operator, options={"title": "a", "assignee": "@olga"})
+    await rig.driver.invoke("task add", user=operator, options={"title": "b", "assignee": f"<@{vera.id}>"})
+    await rig.driver.invoke("task add", user=operator, options={"title": "c", "assignee": "olga"})  # known now
+
+    assert members.queries == ["olga"] and members.fetched == [vera.id]
+    assert [t.assignee for t in await rig.services.tasks.list(limit=10)] == [str(olga.id), str(vera.id), str(olga.id)]
+
+
+async def test_an_unknown_person_is_refused_saying_what_works(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    make_member(rig.bot, "olga")
+
+    by_name, by_id, nobody = [
+        single_message(await rig.driver.invoke("task add", user=operator, options={"title": "x", "assignee": text}))
+        for text in ("@olg", "<@100000000000000999>", "zed")
+    ]
+
+    assert all(answer.ephemeral for answer in (by_name, by_id, nobody))
+    assert "'@olg' names no agent and no member of this server (did you mean @olga?)" in (by_name.content or "")
+    assert "'<@100000000000000999>' is not a member of this server" in (by_id.content or "")
+    for answer in (by_name, by_id, nobody):
+        assert "An assignee is an agent (manager, " in (answer.content or "")
+        assert "pick one from the suggestions, or write their username (@name), a mention (<@id>) or user:<id>" in (
+            answer.content or ""
+        )
+    assert await rig.services.tasks.count() == 0
+
+
+async def test_the_assignee_autocomplete_offers_a_person_discord_finds(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "antoine")
+    olga = make_member(rig.bot, "olga", global_name="Olga Petrova")
+    make_member(rig.bot, "vera")
+
+    [typed] = await rig.driver.autocomplete("task assign", "assignee", "@Ol", user=operator, options={"id": "T-1"})
+
+    assert typed.type == 8
+    assert typed.choices == [{"name": "@Olga Petrova (olga)", "value": f"user:{olga.id}"}]
+    assert [query.casefold() for query in FakeMembers.of(rig.bot._connection).queries] == ["ol"]
+
+
+async def test_an_operators_post_assigns_a_task_to_a_person_not_cached(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    olga = make_member(rig.bot, "olga")
+    await add(rig, "Mesh the M2 mirror")
+
+    await rig.post("T-1 assign @olga", operator)
+
+    task = await rig.services.tasks.get(1)
+    assert (task.assignee_kind, task.assignee, task.assignee_text) == ("user", str(olga.id), "@olga")
+
+
+async def test_the_harness_caches_members_as_production_does(rig: Rig) -> None:
+    make_member(rig.bot, "olga")
+
+    assert rig.bot.intents.value == bot_intents().value
+    assert rig.bot._connection.member_cache_flags.value == discord.MemberCacheFlags.from_intents(bot_intents()).value
+    assert list(guild_of(rig.bot).members) == [guild_of(rig.bot).me]  # only the bot itself, as GUILD_CREATE gives it
 
 
 # --- agents' posts in #task-board ---------------------------------------------------------------
