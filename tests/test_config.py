@@ -108,6 +108,30 @@ def test_shipped_fleet_matches_the_as_built_cluster(shipped_config: ClusterConfi
             id="port-range",
         ),
         pytest.param(
+            "port = 18808",
+            'port = "18808"',
+            "agents.secretary.port: '18808' is not a whole number; write e.g. 18800",
+            id="port-quoted",
+        ),
+        pytest.param(
+            "own_heartbeat = false          # switched off: the ambiguous-recipient delivery bug\ndelegates_to",
+            'own_heartbeat = "no"\ndelegates_to',
+            "agents.manager.own_heartbeat: 'no' is not true or false; write true or false, without quotes",
+            id="bool-as-text",
+        ),
+        pytest.param(
+            'every = "30m"\nto = "daily_standup"',
+            'every = "30m"\nto = "daily_standup"\nenabled = "yes"',
+            "heartbeat.manager.enabled: 'yes' is not true or false; write true or false, without quotes",
+            id="bool-as-text-heartbeat",
+        ),
+        pytest.param(
+            'every = "30m"\nto = "daily_standup"',
+            'every = "30m"\nto = "daily_standup"\nwait_for_completion = 1',
+            "heartbeat.manager.wait_for_completion: 1 is not true or false; write true or false, without quotes",
+            id="bool-as-number",
+        ),
+        pytest.param(
             'model = "Sonnet 4.5"',
             'modle = "Sonnet 4.5"',
             "agents.optimizer.modle: unknown key 'modle'",
