@@ -57,6 +57,8 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     report = check(settings, config, args.for_command)
     for line in report.problems:
         print(line, file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if report.problems:
         return 2
     for line in report.notes:
