@@ -243,7 +243,8 @@ async def cmd_heartbeat(args: argparse.Namespace) -> int:
             if args.json:
                 print(HeartbeatList(heartbeats=[HeartbeatJobOut.of(job) for job in jobs]).model_dump_json(indent=2))
             else:
-                print_heartbeat_jobs(jobs, [name for name in heartbeats.watched() if name not in heartbeats.jobs()])
+                watched = [name for name in heartbeats.watched() if name not in heartbeats.jobs()]
+                print_heartbeat_jobs(jobs, watched, config.source)
             return 0
         agent = config.require_agent(args.agent).name
         if action == "run":
@@ -277,9 +278,9 @@ def describe_run(run: Any) -> str:
     return f"{run.agent} heartbeat ({run.trigger}, {_utc(run.slot)}): {run.status}{level}{run_id}{detail}"
 
 
-def print_heartbeat_jobs(jobs: Sequence[Any], watched: Sequence[str]) -> None:
+def print_heartbeat_jobs(jobs: Sequence[Any], watched: Sequence[str], config_file: str) -> None:
     if not jobs:
-        print("atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to the cluster file")
+        print(f"atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to {config_file}")
     else:
         rows = [("agent", "schedule", "method", "missed", "next", "last", "paused")]
         for job in jobs:

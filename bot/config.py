@@ -537,7 +537,10 @@ def _explain(error: Any, loc: list[Any]) -> str:
     if kind == "missing":
         return "missing; this key is required"
     if kind == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}; check its spelling against the comments in config/cluster.toml"
+        return (
+            f"unknown key {loc[-1]!r}; check its spelling against the shipped config/cluster.toml, which lists every "
+            "key with a comment"
+        )
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return f"{value!r} is out of range; {error['msg'].lower()}"
     if kind == "literal_error":
