@@ -310,7 +310,12 @@ class DelegationService:
 
     def _resolve_target(self, target: str | None, origin: str | None, directory: GuildDirectory | None) -> str:
         normalizer = TargetNormalizer(self._config, directory or self.directory)
-        if target is not None and target.strip():
+        if target is not None:
+            if not target.strip():  # given but blank is a slip (`--to "$CHANNEL"` unset), not "the default"
+                raise InvalidTarget(
+                    "the delivery target is empty; write user:<id>, channel:<id>, #channel, @member or a channel "
+                    "role such as technical, or leave the target out to deliver where the default says"
+                )
             return str(normalizer.normalize(target))
         if origin is not None:
             return str(normalizer.normalize(origin))

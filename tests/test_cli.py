@@ -218,6 +218,10 @@ async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path)
     assert code == 2 and "Did you mean 'nx-expert'?" in err
     code, _, err = await run_cli(*base, "delegate", "nx-expert", "  ", env=env)
     assert code == 2 and "the instruction is empty" in err
+    for blank in ("", " \t "):  # an unset $CHANNEL is a slip, not "deliver to #technical"
+        code, out, err = await run_cli(*base, "delegate", "nx-expert", "Mesh", "--to", blank, env=env)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert "the delivery target is empty; write user:<id>, channel:<id>, #channel" in err
 
     code, out, _ = await run_cli(*base, "delegations", "--json", env=env)
     assert code == 0
