@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.config import load_cluster_config
 from bot.simulator import free_ports
 from tests.conftest import HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
 
@@ -247,3 +248,26 @@ async def test_bad_places_and_numbers_are_clear_errors_not_tracebacks(
     code, out, err = await run_cli("--config", str(SHIPPED_CONFIG), *args, env=cli_env(tmp_path))
     assert code == 2 and out == ""
     assert message in err and "Traceback" not in err
+
+
+async def test_discord_voice_warnings_never_reach_stderr(tmp_path: Path) -> None:
+    """`run` makes a discord.py client, which warns that voice needs PyNaCl and davey: noise for a bot that never
+    speaks. Discord is unreachable or refuses the fake token, so `run` ends on its own; stderr is complete then."""
+    base = free_ports(9)  # eight gateways nobody serves, and the loopback API just past them
+    path = relocated_config(
+        tmp_path, {name: base + i * 4 for i, name in enumerate(load_cluster_config(SHIPPED_CONFIG).agent_names)}
+    )
+    path.write_text(path.read_text(encoding="utf-8").replace("port = 18790\n", f"port = {base + 32}\n"), "utf-8")
+    env = cli_env(tmp_path, DISCORD_TOKEN="MTAw.fake.token", ATOMIZER_GUILD_ID="100000000000000001")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--config", str(path), "run",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:  # a network that neither answers nor fails: stop it, the client was made long ago
+        process.send_signal(signal.SIGTERM)
+        _, err = await process.communicate()
+    text = err.decode()
+    assert "discord.client: logging in using static token" in text, text  # the client was made (and logs)
+    assert "voice will NOT be supported" not in text and "PyNaCl" not in text and "davey" not in text
