@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -187,6 +188,10 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert "→ ❗ T-1 ⬜ todo · nx-expert · Mesh the M2 mirror" in out
     assert "→ the bot reacts ✅ (T-1 → done)" in out
     assert "T-1 in_progress → done by nx-expert: meshed, 42k elements (task-board)" in out
+    narrated = re.findall(r"^/task add .*\n  → (?:.*? )?(T-\d+) ", out, re.MULTILINE)
+    board = out.split("the live board")[1].split("history:")[0]
+    shown = re.findall(r"^┃\s+\S+ (T-\d+) ", board, re.MULTILINE)
+    assert shown and set(shown) <= set(narrated), (shown, narrated)  # no task the tour never made
     assert "sent with channel='discord' to='channel:100000000000000103'" in out
     assert "┃ Daily standup · 24 h to " in out and "delegations 1 in / 1 accepted / 0 failed · tasks 1 done" in out
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
