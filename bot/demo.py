@@ -43,7 +43,9 @@ def outcome(delegation: Delegation) -> str:
     if delegation.status == "accepted":
         return f"accepted by {delegation.agent}: {delegation.display_id}, runId {delegation.run_id}"
     if delegation.status == "queued":
-        return f"queued: {delegation.agent} is unavailable ({delegation.last_error}); will retry for 10 min"
+        # The stored expiry, as every front end states it: the time the outbox really gives up.
+        until = delegation.expires_at[11:19]
+        return f"queued: {delegation.agent} is unavailable ({delegation.last_error}); will retry until {until} UTC"
     return f"{delegation.status}: {delegation.last_error}"
 
 

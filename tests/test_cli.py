@@ -184,6 +184,7 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert "to='channel:100000000000000101'" in out
     assert "→ refused: tech-lead may not delegate to manager" in out
     assert "→ queued: webster is unavailable (connection refused" in out
+    assert re.search(r"\); will retry until \d\d:\d\d:\d\d UTC\n", out)  # the stored expiry, not a constant
     assert "delivered to webster (runId " in out and "webster ran it 1 time(s)" in out
     assert "→ ❗ T-1 ⬜ todo · nx-expert · Mesh the M2 mirror" in out
     assert "→ the bot reacts ✅ (T-1 → done)" in out
@@ -233,8 +234,44 @@ async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path)
     assert code == 0
     assert [d["id"] for d in json.loads(out)] == ["D-2", "D-1"]
     code, out, _ = await run_cli(*base, "delegations", "show", "D-2", env=env)
-    assert code == 0 and "D-2 to webster: queued" in out
+    assert code == 0 and out.startswith("D-2 to webster: queued: webster is unavailable (connection refused")
+    expires = record["expires_at"][:19].replace("T", " ")
+    for line in (
+        "  instruction   Find the CTE\n", "  agent         webster\n", "  delivered to  channel:100000000000000101\n",
+        "  task          -\n", "  status        queued: connection refused on 127.0.0.1:", "  attempts      1\n",
+        "  runId         -\n", f"  created       {record['created_at'][:19].replace('T', ' ')} UTC\n",
+        f"  expires       {expires} UTC\n",
+    ):  # fmt: skip
+        assert line in out, (line, out)
+    assert "@host (person, cli)\n" in out.split("  requested by  ")[1].split("\n")[0] + "\n"
+    code, out, _ = await run_cli(*base, "delegations", "show", "D-1", env=env)
+    assert code == 0 and out.startswith("D-1 to nx-expert: accepted (runId ")
+    assert f"  runId         {run.run_id}\n" in out and "  status        accepted\n" in out
+    code, out, _ = await run_cli(*base, "delegations", "show", "D-2", "--json", env=env)
+    assert code == 0 and json.loads(out) == [record]  # --json stays the full record
     assert len(fleet.received()) == 1
+
+
+async def test_delegate_wait_that_runs_out_says_what_happens_next(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    """--wait ends before webster is back: not silence and not success; when the outbox gives up, and how to follow."""
+    config, fleet = await start_fleet(specs={"webster": {"down": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    code, out, err = await run_cli(*base, "delegate", "webster", "Find the CTE", "--wait", "--wait-s", "0.5", env=env)
+    assert code == 3, err
+    assert out.startswith("D-1 to webster: queued: webster is unavailable (connection refused")
+    code, shown, _ = await run_cli(*base, "delegations", "show", "D-1", "--json", env=env)
+    [record] = json.loads(shown)
+    until = f"{record['expires_at'][:19].replace('T', ' ')} UTC"
+    assert record["status"] == "queued" and f"will retry until {until} while `atomizer-hq run` is up" in out
+    assert (
+        f"atomizer-hq: still queued after waiting 0.5 s: the outbox of `atomizer-hq run` retries it until {until}; "
+        "follow it with `atomizer-hq delegations show D-1`"
+    ) in err
+    assert fleet.received() == []
+
+    code, _, err = await run_cli(*base, "delegate", "webster", "x", "--wait", "--wait-s", "-1", env=env)
+    assert code == 2 and "--wait-s is in seconds, more than 0" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
