@@ -21,7 +21,7 @@ from typing import Any
 
 from bot import __version__
 from bot.config import ClusterConfig, load_cluster_config
-from bot.config_check import check, require_secrets
+from bot.config_check import check, require_secrets, secret_problems
 from bot.errors import AtomizerError, ConfigError, InvalidInput, SystemdUnavailable, UnitCommandFailed
 from bot.logsetup import configure_logging
 from bot.settings import Settings, load_settings
@@ -363,7 +363,19 @@ async def cmd_standup(args: argparse.Namespace) -> int:
             f"{config.heartbeats.standup_time} {config.heartbeats.standup_timezone}. Without --post it is printed here"
         )
     async with open_services(settings, config) as services:
-        print(await standup_for(services).text())
+        # The states the running bot's monitor records are not kept outside `run` (or are stale): look now, as
+        # `status` does, without recording it. Without the hooks token there is no look: say so.
+        states: dict[str, str] | None = None
+        if not secret_problems(settings, config, "standup"):
+            states = {agent.name: agent.state for agent in (await services.cluster.probe_all()).agents}
+        text = await standup_for(services).text(states=states)
+    print(text)
+    if states is None:
+        print(
+            "atomizer-hq: agent states not probed (ATOMIZER_HOOKS_TOKEN is not set): shown as the running bot last "
+            "recorded them, or unknown",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -754,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     su = add(
         "standup",
         cmd_standup,
-        "print the daily standup (the last 24 hours, agent by agent) as the bot would post it",
+        "print the daily standup (the last 24 hours, agent by agent; states probed now) as the bot would post it",
     )
     su.add_argument(
         "--post",
