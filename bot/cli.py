@@ -1,6 +1,7 @@
 """The `atomizer-hq` command line: argument parsing, then one call into the core per command.
 
-Exit codes: 0 success, 1 the operation failed (agent down, refused), 2 bad input or config.
+Exit codes: 0 success, 1 the operation failed (agent down, refused), 2 bad input or config, 3 `delegate --wait`
+ran out of time while the delegation is still queued (not lost: the outbox of `atomizer-hq run` goes on).
 Command output goes to stdout (`--json`: one JSON document); diagnostics go to stderr.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from bot import __version__
 from bot.config import ClusterConfig, load_cluster_config
-from bot.config_check import check, require_secrets
+from bot.config_check import check, require_secrets, secret_problems
 from bot.errors import AtomizerError, ConfigError, InvalidInput, SystemdUnavailable, UnitCommandFailed
 from bot.logsetup import configure_logging
 from bot.settings import Settings, load_settings
@@ -57,6 +58,8 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
     report = check(settings, config, args.for_command)
     for line in report.problems:
         print(line, file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     if report.problems:
         return 2
     for line in report.notes:
@@ -90,6 +93,8 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
     from bot.services import open_services
 
     settings, config = load_context(args)
+    if not 0 < args.wait_s <= 86_400:
+        raise InvalidInput(f"--wait-s is in seconds, more than 0 and at most 86400; not {args.wait_s:g}")
     require_secrets(settings, config, "delegate")
     requester = host_operator()
     if args.as_agent:
@@ -118,7 +123,22 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
         print(describe_delegation(delegation))
     if delegation is None:
         return 0 if result.decision.allowed else 1
+    if args.wait and not delegation.is_final:
+        print(
+            f"atomizer-hq: still {delegation.status} after waiting {args.wait_s:g} s: the outbox of `atomizer-hq run` "
+            f"retries it until {_utc_seconds(delegation.expires_at)}; follow it with "
+            f"`atomizer-hq delegations show {delegation.display_id}`",
+            file=sys.stderr,
+        )
+        return WAIT_RAN_OUT
     return 0 if delegation.status in ("accepted", "queued", "sending") else 1
+
+
+WAIT_RAN_OUT = 3  # `delegate --wait`: neither delivered nor failed yet; a script tells this from both
+
+
+def _utc_seconds(moment: str | None) -> str:
+    return "-" if not moment else f"{moment[:19].replace('T', ' ')} UTC"
 
 
 def describe_delegation(delegation: Any) -> str:
@@ -129,9 +149,38 @@ def describe_delegation(delegation: Any) -> str:
     if delegation.status in ("queued", "sending"):
         return (
             f"{head}: queued: {delegation.agent} is unavailable ({delegation.last_error}); "
-            f"will retry until {delegation.expires_at[:19].replace('T', ' ')} UTC while `atomizer-hq run` is up"
+            f"will retry until {_utc_seconds(delegation.expires_at)} while `atomizer-hq run` is up"
         )
     return f"{head}: {delegation.status}: {delegation.last_error}"
+
+
+def describe_delegation_in_full(delegation: Any) -> str:
+    """`delegations show`: the one-line outcome, then everything the record says, a field a line."""
+    requester = f"{delegation.requester} ({delegation.requester_kind}, {delegation.front_end})"
+    if delegation.via:
+        requester += f", via {delegation.via}"
+    if not delegation.deliver:
+        target = "not delivered (the answer stays in the agent's session)"
+    else:
+        target = delegation.target or "-"
+    status = delegation.status + (f": {delegation.last_error}" if delegation.last_error else "")
+    latency = f" ({delegation.latency_ms:.0f} ms)" if delegation.latency_ms is not None else ""
+    fields = [
+        ("instruction", delegation.message.replace("\n", "\n" + " " * 16)),
+        ("requested by", requester),
+        ("agent", delegation.agent),
+        ("delivered to", target),
+        ("task", delegation.task or "-"),
+        ("status", status),
+        ("attempts", str(delegation.attempts)),
+        ("runId", delegation.run_id or "-"),
+        ("created", _utc_seconds(delegation.created_at)),
+        ("updated", _utc_seconds(delegation.updated_at)),
+        ("accepted", _utc_seconds(delegation.accepted_at) + latency),
+        ("next attempt", _utc_seconds(delegation.next_attempt_at)),
+        ("expires", _utc_seconds(delegation.expires_at)),
+    ]
+    return "\n".join([describe_delegation(delegation), *(f"  {name:<13} {value}" for name, value in fields)])
 
 
 async def cmd_delegations(args: argparse.Namespace) -> int:
@@ -150,7 +199,11 @@ async def cmd_delegations(args: argparse.Namespace) -> int:
         if args.action == "show":
             if not args.id:
                 raise InvalidInput("delegations show needs an id, e.g. `atomizer-hq delegations show D-42`")
-            items = [await services.delegation.get(args.id)]
+            shown = await services.delegation.get(args.id)
+            if not args.json:
+                print(describe_delegation_in_full(shown))
+                return 0
+            items = [shown]
         else:
             items = await services.delegation.recent(agent=args.agent, status=args.status, limit=args.limit)
     if args.json:
@@ -241,7 +294,8 @@ async def cmd_heartbeat(args: argparse.Namespace) -> int:
             if args.json:
                 print(HeartbeatList(heartbeats=[HeartbeatJobOut.of(job) for job in jobs]).model_dump_json(indent=2))
             else:
-                print_heartbeat_jobs(jobs, [name for name in heartbeats.watched() if name not in heartbeats.jobs()])
+                watched = [name for name in heartbeats.watched() if name not in heartbeats.jobs()]
+                print_heartbeat_jobs(jobs, watched, config.source)
             return 0
         agent = config.require_agent(args.agent).name
         if action == "run":
@@ -275,9 +329,9 @@ def describe_run(run: Any) -> str:
     return f"{run.agent} heartbeat ({run.trigger}, {_utc(run.slot)}): {run.status}{level}{run_id}{detail}"
 
 
-def print_heartbeat_jobs(jobs: Sequence[Any], watched: Sequence[str]) -> None:
+def print_heartbeat_jobs(jobs: Sequence[Any], watched: Sequence[str], config_file: str) -> None:
     if not jobs:
-        print("atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to the cluster file")
+        print(f"atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to {config_file}")
     else:
         rows = [("agent", "schedule", "method", "missed", "next", "last", "paused")]
         for job in jobs:
@@ -309,7 +363,19 @@ async def cmd_standup(args: argparse.Namespace) -> int:
             f"{config.heartbeats.standup_time} {config.heartbeats.standup_timezone}. Without --post it is printed here"
         )
     async with open_services(settings, config) as services:
-        print(await standup_for(services).text())
+        # The states the running bot's monitor records are not kept outside `run` (or are stale): look now, as
+        # `status` does, without recording it. Without the hooks token there is no look: say so.
+        states: dict[str, str] | None = None
+        if not secret_problems(settings, config, "standup"):
+            states = {agent.name: agent.state for agent in (await services.cluster.probe_all()).agents}
+        text = await standup_for(services).text(states=states)
+    print(text)
+    if states is None:
+        print(
+            "atomizer-hq: agent states not probed (ATOMIZER_HOOKS_TOKEN is not set): shown as the running bot last "
+            "recorded them, or unknown",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -546,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="atomizer-hq",
         description="Control plane of the Atomizer-HQ fleet of OpenClaw agents.",
-        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration, "
+        "3 `delegate --wait` ran out of time with the delegation still queued.",
     )
     parser.add_argument("--version", action="version", version=f"atomizer-hq {__version__}")
     parser.add_argument("--config", type=Path, help="cluster file (default: $ATOMIZER_CONFIG or config/cluster.toml)")
@@ -610,8 +677,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dlg.add_argument("--no-deliver", action="store_true", help="the agent's answer is not posted anywhere")
     dlg.add_argument("--dry-run", action="store_true", help="show the decision and the exact payload; send nothing")
-    dlg.add_argument("--wait", action="store_true", help="if queued, keep retrying here until it ends")
-    dlg.add_argument("--wait-s", type=float, default=600.0, help="how long --wait waits (default 600)")
+    dlg.add_argument(
+        "--wait", action="store_true",
+        help="if queued, keep retrying here until it ends; exit 3 if it is still queued when the wait runs out",
+    )  # fmt: skip
+    dlg.add_argument("--wait-s", type=float, default=600.0, help="how long --wait waits, in seconds (default 600)")
     dlg.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     dls = add("delegations", cmd_delegations, "recent delegations; show one; retry an unconfirmed one")
@@ -701,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     su = add(
         "standup",
         cmd_standup,
-        "print the daily standup (the last 24 hours, agent by agent) as the bot would post it",
+        "print the daily standup (the last 24 hours, agent by agent; states probed now) as the bot would post it",
     )
     su.add_argument(
         "--post",

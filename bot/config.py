@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from bot.errors import ConfigError, UnknownAgent
@@ -47,7 +47,9 @@ Snowflake = Annotated[str, BeforeValidator(check_snowflake)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types, so `own_heartbeat = "no"` or `port = "18800"` is a mistake to name, not to guess at
+    # (lax pydantic reads "no" as false and "yes" as true).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class AgentConfig(_Strict):
@@ -297,6 +299,9 @@ class SystemdConfig(_Strict):
 class ClusterConfig(_Strict):
     """Everything in `config/cluster.toml`."""
 
+    # The file this was read from, so a hint says which file to edit (not always the default's name).
+    _source: str = PrivateAttr(default="config/cluster.toml")
+
     agents: list[AgentConfig]
     side_ports: list[Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=lambda: [2, 3])
     channels: dict[str, Snowflake] = Field(default_factory=dict)
@@ -318,6 +323,10 @@ class ClusterConfig(_Strict):
         return value
 
     # --- lookups ------------------------------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def agent_names(self) -> list[str]:
@@ -394,6 +403,7 @@ def parse_cluster_config(raw: dict[str, Any], shown: str = "cluster.toml") -> Cl
     problems = [f"{shown}: {line}" for line in semantic_problems(config)]
     if problems:
         raise ConfigError(problems)
+    config._source = shown
     return config
 
 
@@ -527,7 +537,10 @@ def _explain(error: Any, loc: list[Any]) -> str:
     if kind == "missing":
         return "missing; this key is required"
     if kind == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}; check its spelling against the comments in config/cluster.toml"
+        return (
+            f"unknown key {loc[-1]!r}; check its spelling against the shipped config/cluster.toml, which lists every "
+            "key with a comment"
+        )
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
         return f"{value!r} is out of range; {error['msg'].lower()}"
     if kind == "literal_error":

@@ -22,8 +22,32 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 @dataclass
 class ConfigReport:
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # exit 2
+    warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant
     notes: list[str] = field(default_factory=list)
+
+
+def heartbeat_warnings(config: ClusterConfig) -> list[str]:
+    """Agents whose own heartbeat is off and that atomizer-hq sends none for either: nobody wakes them."""
+    warnings = []
+    for agent in config.agents:
+        if agent.own_heartbeat:
+            continue
+        job = config.heartbeat.get(agent.name)
+        if job is None:
+            why = f"there is no [heartbeat.{agent.name}]"
+        elif not job.sends:
+            why = f"[heartbeat.{agent.name}] only expects one (expect_every) and sends none"
+        elif not job.enabled:
+            why = f"[heartbeat.{agent.name}] is switched off (enabled = false)"
+        else:
+            continue
+        warnings.append(
+            f"{config.source}: agents.{agent.name}.own_heartbeat: false, and {why}: {agent.name} gets no heartbeat "
+            f'at all; add [heartbeat.{agent.name}] with every = "30m" (atomizer-hq then sends it), or set '
+            "own_heartbeat = true"
+        )
+    return warnings
 
 
 def secret_problems(settings: Settings, config: ClusterConfig, command: str) -> list[str]:
@@ -63,7 +87,7 @@ def check(settings: Settings, config: ClusterConfig, for_command: str | None) ->
     Without `for_command`, missing secrets are notes (the shipped config is valid without a .env);
     with it, they are problems for that command.
     """
-    report = ConfigReport()
+    report = ConfigReport(warnings=heartbeat_warnings(config))
     if settings.guild_id and not SNOWFLAKE_RE.match(settings.guild_id.strip()):
         report.problems.append(
             f"environment: ATOMIZER_GUILD_ID: {settings.guild_id!r} is not a Discord id; "

@@ -43,6 +43,7 @@ Status = Literal["queued", "sending", "accepted", "failed", "unconfirmed", "expi
 FINAL_STATUSES: frozenset[str] = frozenset({"accepted", "failed", "unconfirmed", "expired"})
 STATUSES: tuple[str, ...] = ("queued", "sending", "accepted", "failed", "unconfirmed", "expired")
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+LAST_ATTEMPT_LEAD_S = 1.0  # the last attempt, this long before the window closes (a late wake-up still makes it)
 _INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")  # what the task board drops from titles
 
 
@@ -310,7 +311,12 @@ class DelegationService:
 
     def _resolve_target(self, target: str | None, origin: str | None, directory: GuildDirectory | None) -> str:
         normalizer = TargetNormalizer(self._config, directory or self.directory)
-        if target is not None and target.strip():
+        if target is not None:
+            if not target.strip():  # given but blank is a slip (`--to "$CHANNEL"` unset), not "the default"
+                raise InvalidTarget(
+                    "the delivery target is empty; write user:<id>, channel:<id>, #channel, @member or a channel "
+                    "role such as technical, or leave the target out to deliver where the default says"
+                )
             return str(normalizer.normalize(target))
         if origin is not None:
             return str(normalizer.normalize(origin))
@@ -489,7 +495,8 @@ class DelegationService:
             return await self._finish(delegation, "failed", error=f"agent {delegation.agent} is no longer configured")
         now = self._clock()
         if now >= datetime.fromisoformat(delegation.expires_at):
-            return await self._finish(delegation, "expired", error=delegation.last_error or "retry window over")
+            why = f"{delegation.last_error}; retry window over" if delegation.last_error else "retry window over"
+            return await self._finish(delegation, "expired", error=why)
         # Claim it first, atomically: another worker on the same database (a second bot, the CLI's
         # --wait) skips it, and if we die mid-request, `recover` knows the request may have arrived.
         claimed = await self._store.update(
@@ -549,10 +556,16 @@ class DelegationService:
         return BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1]
 
     async def _requeue(self, delegation: Delegation, reason: str, delay_s: float) -> Delegation:
+        """Queued again for `delay_s`, within the stored window: "will retry until" is when it expires, not a
+        backoff step earlier. Past the last attempt it stays queued until `expires_at`, then expires."""
         now = self._clock()
-        due = now + timedelta(seconds=delay_s)
-        if due >= datetime.fromisoformat(delegation.expires_at):
+        expires = datetime.fromisoformat(delegation.expires_at)
+        if now >= expires:
             return await self._finish(delegation, "expired", error=f"{reason}; retry window over")
+        due = now + timedelta(seconds=delay_s)
+        last_attempt = expires - timedelta(seconds=LAST_ATTEMPT_LEAD_S)
+        if due > last_attempt:
+            due = last_attempt if now < last_attempt else expires  # at `expires`: process_due expires it
         rows = await self._store.returning(
             "UPDATE delegations SET status = 'queued', last_error = ?, next_attempt_at = ?, updated_at = ? "
             f"WHERE id = ? RETURNING {_COLUMNS}",
@@ -603,7 +616,8 @@ class DelegationService:
     async def _expire(self, now: datetime) -> None:
         expired = await self._store.update(
             "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, updated_at = ?, "
-            "last_error = coalesce(last_error, 'retry window over') WHERE status = 'queued' AND expires_at <= ?",
+            "last_error = coalesce(last_error || '; retry window over', 'retry window over') "
+            "WHERE status = 'queued' AND expires_at <= ?",
             (iso(now), iso(now)),
         )
         if expired:  # wake whoever waits on these (wait_final: the CLI's --wait, /delegate's followup)

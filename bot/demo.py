@@ -43,7 +43,9 @@ def outcome(delegation: Delegation) -> str:
     if delegation.status == "accepted":
         return f"accepted by {delegation.agent}: {delegation.display_id}, runId {delegation.run_id}"
     if delegation.status == "queued":
-        return f"queued: {delegation.agent} is unavailable ({delegation.last_error}); will retry for 10 min"
+        # The stored expiry, as every front end states it: the time the outbox really gives up.
+        until = delegation.expires_at[11:19]
+        return f"queued: {delegation.agent} is unavailable ({delegation.last_error}); will retry until {until} UTC"
     return f"{delegation.status}: {delegation.last_error}"
 
 
@@ -128,7 +130,10 @@ async def tour_tasks(services: Services) -> None:
     say('\n/task add title:"Mesh the M2 mirror" assignee:nx-expert priority:high   (Antoine)')
     task = await services.tasks.add(ANTOINE, "Mesh the M2 mirror", assignee="nx-expert", priority="high")
     say(f"  → {task_line(task, today)}")
-    await services.tasks.add(ANTOINE, "Find the CTE of Zerodur Class 0", assignee="webster")
+    # Every task on the board below is one the tour shows being made: nothing appears unexplained.
+    say('/task add title:"Find the CTE of Zerodur Class 0" assignee:webster   (Antoine)')
+    other = await services.tasks.add(ANTOINE, "Find the CTE of Zerodur Class 0", assignee="webster")
+    say(f"  → {task_line(other, today)}")
     say(f"/task move id:{task.display_id} status:in_progress")
     moved = await services.tasks.move(ANTOINE, task.id, "in_progress")
     say(f"  → {task_line(moved, today)}")

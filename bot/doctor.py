@@ -532,10 +532,10 @@ class Doctor:
                 Finding(
                     agent,
                     "error",
-                    f"hooks.path is {their_path!r}, cluster.toml says {instance.agent.hooks_path!r}: atomizer-hq posts "
-                    "to a path the gateway does not serve",
+                    f"hooks.path is {their_path!r}, {self.config.source} says {instance.agent.hooks_path!r}: "
+                    "atomizer-hq posts to a path the gateway does not serve",
                     f'set hooks.path to "{instance.agent.hooks_path}" in {path}, or hooks_path = "{their_path}" for '
-                    f"{agent} in cluster.toml",
+                    f"{agent} in {self.config.source}",
                     path,
                     "hooks.path",
                 )
@@ -697,10 +697,10 @@ class Doctor:
                 Finding(
                     agent.name,
                     "error",
-                    f"the gateway listens on {port} ({source}), cluster.toml says {agent.port}: atomizer-hq probes and "
-                    f"sends hooks to a port this gateway does not listen on{clash}",
+                    f"the gateway listens on {port} ({source}), {self.config.source} says {agent.port}: atomizer-hq "
+                    f"probes and sends hooks to a port this gateway does not listen on{clash}",
                     f"set {key} to {agent.port} in {where} and `atomizer-hq cluster restart {agent.name}`, or set "
-                    f"port = {port} for {agent.name} in cluster.toml (then `atomizer-hq check-config`)",
+                    f"port = {port} for {agent.name} in {self.config.source} (then `atomizer-hq check-config`)",
                     path if key == "gateway.port" else None,
                     key,
                 )
@@ -713,8 +713,8 @@ class Doctor:
                     Finding(
                         agent.name,
                         "error",
-                        f"{side_key} is {side_port}, which cluster.toml gives to {owner[0]} ({owner[1]}): whichever "
-                        "starts second cannot open it",
+                        f"{side_key} is {side_port}, which {self.config.source} gives to {owner[0]} ({owner[1]}): "
+                        "whichever starts second cannot open it",
                         f"remove {side_key} from {path} so the gateway derives it from its own port, or move it out "
                         "of the other agents' ports",
                         path,
@@ -727,9 +727,10 @@ class Doctor:
                     Finding(
                         agent.name,
                         "warning",
-                        f"{side_key} is {side_port}, outside the ports cluster.toml reserves for {agent.name} "
+                        f"{side_key} is {side_port}, outside the ports {self.config.source} reserves for {agent.name} "
                         f"({agent.port} and {offsets}): check-config cannot see what else might use it",
-                        f"remove {side_key} from {path}, or add {side_port - agent.port} to side_ports in cluster.toml",
+                        f"remove {side_key} from {path}, or add {side_port - agent.port} to side_ports in "
+                        f"{self.config.source}",
                         path,
                         side_key,
                     )
@@ -817,7 +818,7 @@ class Doctor:
         findings: list[Finding] = []
         if not heartbeat.on and not covered:
             expects = (
-                f"; cluster.toml expects one every {job.expect_every / 60:g} min and will raise an alarm"
+                f"; {self.config.source} expects one every {job.expect_every / 60:g} min and will raise an alarm"
                 if job is not None and job.expect_every is not None
                 else ""
             )
@@ -828,8 +829,9 @@ class Doctor:
                     "error",
                     f"heartbeats are off ({heartbeat.every_key} = {heartbeat.every!r}) and atomizer-hq sends none for "
                     f"{agent.name}: nobody checks on it{expects}",
-                    f'add [heartbeat.{agent.name}] every = "30m" to cluster.toml{own} (atomizer-hq then sends it with '
-                    f'an explicit channel and target), or switch its own back on ({heartbeat.every_key} = "30m") '
+                    f'add [heartbeat.{agent.name}] every = "30m" to {self.config.source}{own} (atomizer-hq then '
+                    "sends it with an explicit channel and target), or switch its own back on "
+                    f'({heartbeat.every_key} = "30m") '
                     "once its heartbeat `to` is a user:<id> or channel:<id> target",
                     path,
                     heartbeat.every_key,
@@ -843,7 +845,7 @@ class Doctor:
                     f"the gateway runs its own heartbeat ({heartbeat.every_key} = {heartbeat.every!r}) and atomizer-hq "
                     f"sends one too ([heartbeat.{agent.name}]): two heartbeats, twice the model calls",
                     f'set {heartbeat.every_key} to "0m" in {path}, or remove [heartbeat.{agent.name}] from '
-                    "cluster.toml and set own_heartbeat = true",
+                    f"{self.config.source} and set own_heartbeat = true",
                     path,
                     heartbeat.every_key,
                 )
@@ -853,9 +855,9 @@ class Doctor:
                 Finding(
                     agent.name,
                     "warning",
-                    f"cluster.toml says own_heartbeat = {str(agent.own_heartbeat).lower()}, but the gateway's "
+                    f"{self.config.source} says own_heartbeat = {str(agent.own_heartbeat).lower()}, but the gateway's "
                     f"heartbeat is {'on' if heartbeat.on else 'off'} ({heartbeat.every_key} = {heartbeat.every!r})",
-                    f"set own_heartbeat = {str(heartbeat.on).lower()} for {agent.name} in cluster.toml",
+                    f"set own_heartbeat = {str(heartbeat.on).lower()} for {agent.name} in {self.config.source}",
                     path,
                     heartbeat.every_key,
                 )
@@ -910,8 +912,8 @@ class Doctor:
             except InvalidTarget as exc:
                 fix = (
                     f'needs resolving: {exc}. Write "channel:{text}" or "user:{text}" at {key} in {path} by hand; '
-                    "doctor resolves ids through the guild when the bot is connected, and through cluster.toml's "
-                    "channels and agent accounts otherwise"
+                    "doctor resolves ids through the guild when the bot is connected, and through the channels "
+                    f"and agent accounts in {self.config.source} otherwise"
                 )
                 findings.append(Finding(agent, "warning" if dormant else "error", what, fix, path, key, None, to_path))
                 continue

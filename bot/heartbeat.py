@@ -185,7 +185,7 @@ class HeartbeatService:
         if job is None:
             raise InvalidInput(
                 f"atomizer-hq sends no heartbeat for {name}; add [heartbeat.{name}] with `every` or `cron` "
-                "to config/cluster.toml"
+                f"to {self._config.source}"
             )
         return job
 

@@ -19,6 +19,18 @@ _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 _HOOK_QUERY = re.compile(r"(?i)([?&](?:token|hook_token|access_token)=)[^&\s\"']+")
 
 
+class _VoiceNoise(logging.Filter):
+    """discord.py warns at every start that voice needs PyNaCl and davey; this bot never speaks, so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "voice will NOT be supported" not in str(record.msg)
+
+
+# At import, before any discord.Client exists: the warnings are logged from the client's constructor.
+for _name in ("discord.client", "discord.voice_state"):
+    logging.getLogger(_name).addFilter(_VoiceNoise())
+
+
 class Redactor:
     """Replaces known secret values, and anything that looks like a bearer credential."""
 

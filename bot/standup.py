@@ -9,7 +9,7 @@ or on demand (`/standup post:true`), and audits every post.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -53,12 +53,18 @@ class StandupReport:
         return sum(getattr(a, section).get(key, 0) for a in self.agents)
 
 
-async def collect_standup(config: ClusterConfig, store: Store, monitor: StatusMonitor, now: datetime) -> StandupReport:
+async def collect_standup(
+    config: ClusterConfig, store: Store, monitor: StatusMonitor, now: datetime, states: Mapping[str, str] | None = None
+) -> StandupReport:
+    """`states`: each agent's state probed just now, for a process without the running bot's monitor (the CLI)."""
     since = iso(now - timedelta(days=1))
     days = {a.name: AgentDay(a.name) for a in config.agents}
     for row in await store.fetchall("SELECT agent, observed FROM agent_health"):
         if row["agent"] in days:
             days[row["agent"]].state = row["observed"]
+    for name, state in (states or {}).items():
+        if name in days:
+            days[name].state = state
     for name, day in days.items():
         day.uptime = await monitor.uptime(name, 86_400)
     for row in await store.fetchall(
@@ -188,12 +194,13 @@ class StandupService:
         self._clock = clock
         self.post: StandupPoster | None = None
 
-    async def compose(self, now: datetime | None = None) -> list[BoardContent]:
+    async def compose(self, now: datetime | None = None, states: Mapping[str, str] | None = None) -> list[BoardContent]:
         """The standup of the 24 hours up to `now`: one message, at most 10 embeds."""
-        return render_standup(await collect_standup(self._config, self._store, self._monitor, now or self._clock()))
+        report = await collect_standup(self._config, self._store, self._monitor, now or self._clock(), states)
+        return render_standup(report)
 
-    async def text(self, now: datetime | None = None) -> str:
-        return standup_text(await self.compose(now))
+    async def text(self, now: datetime | None = None, states: Mapping[str, str] | None = None) -> str:
+        return standup_text(await self.compose(now, states))
 
     def local_day(self, now: datetime) -> str:
         """The standup's day, in the standup's time zone: the daily post is once per such day."""

@@ -102,11 +102,13 @@ def job_field(job: JobStatus) -> BoardField:
     return BoardField(f"{icon} {job.agent}", "\n".join(lines))
 
 
-def heartbeat_list(jobs: list[JobStatus], watched: list[str]) -> list[BoardContent]:
+def heartbeat_list(jobs: list[JobStatus], watched: list[str], config_file: str) -> list[BoardContent]:
     if jobs:
         description = f"{len(jobs)} heartbeat{'s' if len(jobs) != 1 else ''} sent by atomizer-hq"
     else:
-        description = "atomizer-hq sends no heartbeats: add [heartbeat.<agent>] with `every` or `cron` to cluster.toml"
+        description = (
+            f"atomizer-hq sends no heartbeats: add [heartbeat.<agent>] with `every` or `cron` to {config_file}"
+        )
     if watched:
         description += f"\nWatched (they send their own): {', '.join(watched)}"
     return paginate("Heartbeats", [job_field(job) for job in jobs], description=description, colour=0xE91E63)
@@ -150,14 +152,15 @@ class Heartbeat(commands.Cog):
         role = self.bot.services.config.heartbeats.standup_channel
         if self.standup_channel_id is None:
             raise InvalidInput(
-                f"[channels] has no {role!r} channel for the standup; add it to config/cluster.toml "
+                f"[channels] has no {role!r} channel for the standup; add it to {self.bot.services.config.source} "
                 "(or set heartbeats.standup_channel to a channel role that is there)"
             )
         channel = self.bot.get_channel(int(self.standup_channel_id))
         if not isinstance(channel, discord.abc.Messageable):
             raise InvalidInput(
                 f"the standup channel {self.standup_channel_id} ({role}) is not a text channel this bot can see; "
-                "check [channels] in cluster.toml and the bot's permissions there (Send Messages, Embed Links)"
+                f"check [channels] in {self.bot.services.config.source} and the bot's permissions there "
+                "(Send Messages, Embed Links)"
             )
         message = await channel.send(
             embeds=[to_embed(part) for part in parts[:MAX_EMBEDS]], allowed_mentions=NO_MENTIONS
@@ -205,7 +208,7 @@ class Heartbeat(commands.Cog):
         if name not in self.heartbeats.jobs():
             raise InvalidInput(
                 f"atomizer-hq sends no heartbeat for {name}; add [heartbeat.{name}] with `every` or `cron` "
-                "to config/cluster.toml"
+                f"to {self.bot.services.config.source}"
             )
         return name
 
@@ -213,7 +216,7 @@ class Heartbeat(commands.Cog):
     async def list_heartbeats(self, interaction: discord.Interaction) -> None:
         jobs = await self.heartbeats.status()
         watched = [name for name in self.heartbeats.watched() if name not in self.heartbeats.jobs()]
-        parts = heartbeat_list(jobs, watched)
+        parts = heartbeat_list(jobs, watched, self.bot.services.config.source)
         await interaction.response.send_message(
             embeds=[to_embed(part) for part in parts[:MAX_EMBEDS]], ephemeral=True, allowed_mentions=NO_MENTIONS
         )

@@ -27,7 +27,7 @@ class Status(commands.Cog):
     def __init__(self, bot: AtomizerBot) -> None:
         self.bot = bot
         self.services = bot.services
-        self.publisher = DiscordBoardPublisher(bot)
+        self.publisher = DiscordBoardPublisher(bot, bot.services.config.source)
         self._task: asyncio.Task[None] | None = None
         self._round = asyncio.Lock()
 

@@ -225,7 +225,7 @@ class Tasks(commands.Cog):
         self._sleep = sleep
         config = bot.services.config
         self.channel_id = config.channels.get(config.taskboard.board_channel)
-        self.publisher = DiscordBoardPublisher(bot)
+        self.publisher = DiscordBoardPublisher(bot, config.source)
         self.live: LiveBoard | None = None
         self.coalesced: CoalescedBoard | None = None
         if self.channel_id is not None:
@@ -378,9 +378,10 @@ class Tasks(commands.Cog):
             self._seen_change = await self.tasks.last_change()
         if not self.request_redraw():
             log.warning(
-                "the task board channel %s is not visible to the bot; check [channels] in cluster.toml and the "
+                "the task board channel %s is not visible to the bot; check [channels] in %s and the "
                 "bot's permissions there (View Channel, Send Messages, Embed Links)",
                 self.channel_id,
+                self.bot.services.config.source,
             )
         self.follower = asyncio.create_task(self._follow_other_processes(), name="task-board-follower")
 

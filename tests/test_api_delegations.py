@@ -223,7 +223,7 @@ async def test_body_over_the_api_cap_is_413(hq: Hq) -> None:
     assert await hq.stored() == []
 
 
-@pytest.mark.parametrize("target", ["12345", "<@&100000000000000201>", "#no-such-channel"])
+@pytest.mark.parametrize("target", ["12345", "<@&100000000000000201>", "#no-such-channel", "", "  "])
 async def test_bad_target_is_400(hq: Hq, target: str) -> None:
     assert_error(await hq.delegate("manager", "nx-expert", target=target), 400, "invalid_target")
     assert hq.fleet.received() == []

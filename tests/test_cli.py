@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.config import load_cluster_config
 from bot.simulator import free_ports
 from tests.conftest import HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
 
@@ -182,10 +184,15 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert "to='channel:100000000000000101'" in out
     assert "→ refused: tech-lead may not delegate to manager" in out
     assert "→ queued: webster is unavailable (connection refused" in out
+    assert re.search(r"\); will retry until \d\d:\d\d:\d\d UTC\n", out)  # the stored expiry, not a constant
     assert "delivered to webster (runId " in out and "webster ran it 1 time(s)" in out
     assert "→ ❗ T-1 ⬜ todo · nx-expert · Mesh the M2 mirror" in out
     assert "→ the bot reacts ✅ (T-1 → done)" in out
     assert "T-1 in_progress → done by nx-expert: meshed, 42k elements (task-board)" in out
+    narrated = re.findall(r"^/task add .*\n  → (?:.*? )?(T-\d+) ", out, re.MULTILINE)
+    board = out.split("the live board")[1].split("history:")[0]
+    shown = re.findall(r"^┃\s+\S+ (T-\d+) ", board, re.MULTILINE)
+    assert shown and set(shown) <= set(narrated), (shown, narrated)  # no task the tour never made
     assert "sent with channel='discord' to='channel:100000000000000103'" in out
     assert "┃ Daily standup · 24 h to " in out and "delegations 1 in / 1 accepted / 0 failed · tasks 1 done" in out
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
@@ -218,13 +225,53 @@ async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path)
     assert code == 2 and "Did you mean 'nx-expert'?" in err
     code, _, err = await run_cli(*base, "delegate", "nx-expert", "  ", env=env)
     assert code == 2 and "the instruction is empty" in err
+    for blank in ("", " \t "):  # an unset $CHANNEL is a slip, not "deliver to #technical"
+        code, out, err = await run_cli(*base, "delegate", "nx-expert", "Mesh", "--to", blank, env=env)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert "the delivery target is empty; write user:<id>, channel:<id>, #channel" in err
 
     code, out, _ = await run_cli(*base, "delegations", "--json", env=env)
     assert code == 0
     assert [d["id"] for d in json.loads(out)] == ["D-2", "D-1"]
     code, out, _ = await run_cli(*base, "delegations", "show", "D-2", env=env)
-    assert code == 0 and "D-2 to webster: queued" in out
+    assert code == 0 and out.startswith("D-2 to webster: queued: webster is unavailable (connection refused")
+    expires = record["expires_at"][:19].replace("T", " ")
+    for line in (
+        "  instruction   Find the CTE\n", "  agent         webster\n", "  delivered to  channel:100000000000000101\n",
+        "  task          -\n", "  status        queued: connection refused on 127.0.0.1:", "  attempts      1\n",
+        "  runId         -\n", f"  created       {record['created_at'][:19].replace('T', ' ')} UTC\n",
+        f"  expires       {expires} UTC\n",
+    ):  # fmt: skip
+        assert line in out, (line, out)
+    assert "@host (person, cli)\n" in out.split("  requested by  ")[1].split("\n")[0] + "\n"
+    code, out, _ = await run_cli(*base, "delegations", "show", "D-1", env=env)
+    assert code == 0 and out.startswith("D-1 to nx-expert: accepted (runId ")
+    assert f"  runId         {run.run_id}\n" in out and "  status        accepted\n" in out
+    code, out, _ = await run_cli(*base, "delegations", "show", "D-2", "--json", env=env)
+    assert code == 0 and json.loads(out) == [record]  # --json stays the full record
     assert len(fleet.received()) == 1
+
+
+async def test_delegate_wait_that_runs_out_says_what_happens_next(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    """--wait ends before webster is back: not silence and not success; when the outbox gives up, and how to follow."""
+    config, fleet = await start_fleet(specs={"webster": {"down": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    code, out, err = await run_cli(*base, "delegate", "webster", "Find the CTE", "--wait", "--wait-s", "0.5", env=env)
+    assert code == 3, err
+    assert out.startswith("D-1 to webster: queued: webster is unavailable (connection refused")
+    code, shown, _ = await run_cli(*base, "delegations", "show", "D-1", "--json", env=env)
+    [record] = json.loads(shown)
+    until = f"{record['expires_at'][:19].replace('T', ' ')} UTC"
+    assert record["status"] == "queued" and f"will retry until {until} while `atomizer-hq run` is up" in out
+    assert (
+        f"atomizer-hq: still queued after waiting 0.5 s: the outbox of `atomizer-hq run` retries it until {until}; "
+        "follow it with `atomizer-hq delegations show D-1`"
+    ) in err
+    assert fleet.received() == []
+
+    code, _, err = await run_cli(*base, "delegate", "webster", "x", "--wait", "--wait-s", "-1", env=env)
+    assert code == 2 and "--wait-s is in seconds, more than 0" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -243,3 +290,26 @@ async def test_bad_places_and_numbers_are_clear_errors_not_tracebacks(
     code, out, err = await run_cli("--config", str(SHIPPED_CONFIG), *args, env=cli_env(tmp_path))
     assert code == 2 and out == ""
     assert message in err and "Traceback" not in err
+
+
+async def test_discord_voice_warnings_never_reach_stderr(tmp_path: Path) -> None:
+    """`run` makes a discord.py client, which warns that voice needs PyNaCl and davey: noise for a bot that never
+    speaks. Discord is unreachable or refuses the fake token, so `run` ends on its own; stderr is complete then."""
+    base = free_ports(9)  # eight gateways nobody serves, and the loopback API just past them
+    path = relocated_config(
+        tmp_path, {name: base + i * 4 for i, name in enumerate(load_cluster_config(SHIPPED_CONFIG).agent_names)}
+    )
+    path.write_text(path.read_text(encoding="utf-8").replace("port = 18790\n", f"port = {base + 32}\n"), "utf-8")
+    env = cli_env(tmp_path, DISCORD_TOKEN="MTAw.fake.token", ATOMIZER_GUILD_ID="100000000000000001")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--config", str(path), "run",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    except TimeoutError:  # a network that neither answers nor fails: stop it, the client was made long ago
+        process.send_signal(signal.SIGTERM)
+        _, err = await process.communicate()
+    text = err.decode()
+    assert "discord.client: logging in using static token" in text, text  # the client was made (and logs)
+    assert "voice will NOT be supported" not in text and "PyNaCl" not in text and "davey" not in text

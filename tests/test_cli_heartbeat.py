@@ -103,3 +103,36 @@ async def test_standup_prints_every_agent_and_post_says_it_needs_the_bot(tmp_pat
 
     code, out, _ = await run_cli("standup", "--help", env=env)
     assert code == 0 and "posting needs the running bot" in " ".join(out.split())
+
+
+async def test_hints_name_the_cluster_file_in_use(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    """Told to edit a file, the operator must be told the one --config named, not the default's name."""
+    (tmp_path / "lab").mkdir()
+    path = (await fleet_config(start_fleet, tmp_path)).rename(tmp_path / "lab" / "fleet-b.toml")
+    env = cli_env(tmp_path)
+    code, _, err = await run_cli("--config", str(path), "heartbeat", "run", "tech-lead", env=env)
+    assert code == 2
+    assert f"add [heartbeat.tech-lead] with `every` or `cron` to {path}" in err
+    assert "config/cluster.toml" not in err
+
+    without = tmp_path / "lab" / "no-heartbeats.toml"
+    without.write_text(path.read_text(encoding="utf-8").split("\n[heartbeat.manager]")[0], encoding="utf-8")
+    code, out, err = await run_cli("--config", str(without), "heartbeat", "list", env=env)
+    assert code == 0, err
+    assert f"atomizer-hq sends no heartbeats; add [heartbeat.<agent>] with `every` or `cron` to {without}" in out
+
+
+async def test_standup_from_the_host_probes_the_fleet_first(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    """Outside `run` no monitor records states: the standup looks now (as `status` does), not 'unknown' for all."""
+    path = await fleet_config(start_fleet, tmp_path, specs={"auditor": {"down": True}})
+    code, out, err = await run_cli("--config", str(path), "standup", env=cli_env(tmp_path))
+    assert code == 0, err
+    assert "8 agents, 7 ready · " in out
+    assert "🟢 manager\n  ready · up " in out and "🔴 auditor\n  down · up " in out
+    assert "unknown" not in out
+
+    env = cli_env(tmp_path)
+    del env["ATOMIZER_HOOKS_TOKEN"]
+    code, out, err = await run_cli("--config", str(path), "standup", env=env)
+    assert code == 0 and "⚪ manager\n  unknown · up " in out
+    assert "agent states not probed (ATOMIZER_HOOKS_TOKEN is not set)" in err

@@ -108,6 +108,30 @@ def test_shipped_fleet_matches_the_as_built_cluster(shipped_config: ClusterConfi
             id="port-range",
         ),
         pytest.param(
+            "port = 18808",
+            'port = "18808"',
+            "agents.secretary.port: '18808' is not a whole number; write e.g. 18800",
+            id="port-quoted",
+        ),
+        pytest.param(
+            "own_heartbeat = false          # switched off: the ambiguous-recipient delivery bug\ndelegates_to",
+            'own_heartbeat = "no"\ndelegates_to',
+            "agents.manager.own_heartbeat: 'no' is not true or false; write true or false, without quotes",
+            id="bool-as-text",
+        ),
+        pytest.param(
+            'every = "30m"\nto = "daily_standup"',
+            'every = "30m"\nto = "daily_standup"\nenabled = "yes"',
+            "heartbeat.manager.enabled: 'yes' is not true or false; write true or false, without quotes",
+            id="bool-as-text-heartbeat",
+        ),
+        pytest.param(
+            'every = "30m"\nto = "daily_standup"',
+            'every = "30m"\nto = "daily_standup"\nwait_for_completion = 1',
+            "heartbeat.manager.wait_for_completion: 1 is not true or false; write true or false, without quotes",
+            id="bool-as-number",
+        ),
+        pytest.param(
             'model = "Sonnet 4.5"',
             'modle = "Sonnet 4.5"',
             "agents.optimizer.modle: unknown key 'modle'",
@@ -255,3 +279,29 @@ def test_config_error_carries_every_line() -> None:
 
         parse_cluster_config({"agents": []}, "x.toml")
     assert caught.value.problems == ["x.toml: agents: no agents configured; add at least one [[agents]] table"]
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "why"),
+    [
+        ("", "there is no [heartbeat.webster]"),
+        ('[heartbeat.webster]\nexpect_every = "30m"\n', "[heartbeat.webster] only expects one (expect_every)"),
+        ('[heartbeat.webster]\nevery = "30m"\nenabled = false\n', "[heartbeat.webster] is switched off"),
+    ],
+)
+def test_an_agent_without_any_heartbeat_is_a_warning_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], heartbeat: str, why: str
+) -> None:
+    """webster's own heartbeat is off; without a job that sends one, nothing ever wakes it."""
+    text = broken('[heartbeat.webster]\nevery = "30m"\nto = "daily_standup"\n', heartbeat)
+    code, out, err = run_check(tmp_path, capsys, text)
+    assert code == 0, err
+    assert "valid: 8 agents" in out
+    [warning] = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warning.startswith(f"warning: {tmp_path / 'cluster.toml'}: agents.webster.own_heartbeat: false, and {why}")
+    assert 'add [heartbeat.webster] with every = "30m"' in warning and "or set own_heartbeat = true" in warning
+
+
+def test_the_shipped_config_warns_about_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_check(tmp_path, capsys, SHIPPED_TEXT)
+    assert code == 0 and "warning:" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -230,6 +231,49 @@ async def test_a_delegation_expires_after_the_retry_window(
     clock.advance(60)
     await service.process_due()
     assert fleet.received("webster") == []
+
+
+async def outbox_rounds(service: DelegationService, clock: FakeClock, until: datetime | None = None) -> None:
+    """What the outbox of `atomizer-hq run` does: wake when the next delegation falls due, send what is due."""
+    while (due := await service.next_due()) is not None and (until is None or due < until):
+        clock.now = max(clock.now, due)
+        await service.process_due()
+
+
+async def test_a_queued_delegation_is_retried_until_the_time_it_states_and_expires_then(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock
+) -> None:
+    """The stated "will retry until 09:10:00" is when it expires: not a backoff step (up to a minute) earlier."""
+    services, fleet = await services_on_fleet(specs={"webster": {"down": True}})
+    service = service_for(services, clock)
+    queued = (await service.delegate(person(AccessLevel.OPERATOR), "webster", "Find the CTE")).delegation
+    assert queued is not None and queued.status == "queued"
+    expires = datetime.fromisoformat(queued.expires_at)
+    await outbox_rounds(service, clock, until=expires)
+    still = await service.get(queued.id)
+    assert still.status == "queued" and clock.now == expires - timedelta(seconds=1)  # the last attempt, just before
+    await outbox_rounds(service, clock)
+    expired = await service.get(queued.id)
+    assert expired.status == "expired" and expired.updated_at == queued.expires_at
+    assert (expired.last_error or "").endswith("(the gateway is not listening); retry window over")
+    assert fleet.received("webster") == []
+
+
+async def test_an_agent_back_in_the_last_minute_of_the_window_still_gets_it(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock
+) -> None:
+    services, fleet = await services_on_fleet(specs={"webster": {"down": True}})
+    service = service_for(services, clock)
+    queued = (await service.delegate(person(AccessLevel.OPERATOR), "webster", "Find the CTE")).delegation
+    assert queued is not None
+    expires = datetime.fromisoformat(queued.expires_at)
+    await outbox_rounds(service, clock, until=expires - timedelta(seconds=30))
+    await fleet.bring_up("webster")
+    await outbox_rounds(service, clock)
+    delivered = await service.get(queued.id)
+    assert delivered.status == "accepted" and delivered.accepted_at is not None
+    assert datetime.fromisoformat(delivered.accepted_at) < expires
+    assert len(fleet.received("webster")) == 1
 
 
 async def test_a_starting_gateway_is_retried(services_on_fleet: ServicesOnFleet, clock: FakeClock) -> None:

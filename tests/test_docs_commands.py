@@ -8,6 +8,7 @@ delegate, demo, doctor, install-systemd --dry-run, …) or by CI (`make test`).
 
 from __future__ import annotations
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -86,3 +87,45 @@ def test_check_config_as_documented_runs(monkeypatch: pytest.MonkeyPatch, capsys
     assert main(["check-config"]) == 0
     assert main(["check-config", "--for", "run"]) == 2  # as the README says: it lists what is missing
     assert "DISCORD_TOKEN: not set" in capsys.readouterr().err
+
+
+def _synopsis() -> dict[str, str]:
+    """The README's command-line synopsis: each command's lines (continuations included), by command name."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = ""
+    for line in block.splitlines():
+        if line.startswith("atomizer-hq "):
+            current = ""
+            entries[current] = line
+        elif line.startswith("  ") and not line.startswith("   "):
+            current = line.split()[0]
+            entries[current] = entries.get(current, "") + " " + line
+        elif line.strip():
+            entries[current] = entries.get(current, "") + " " + line
+    return entries
+
+
+def _long_options(parser: argparse.ArgumentParser, *, nested: bool = True) -> set[str]:
+    """A parser's long options, and (nested) its sub-commands' (task add…); not --help, not the program's --version."""
+    options: set[str] = set()
+    for action in parser._actions:
+        if nested and isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options |= _long_options(sub)
+        if not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            options |= {o for o in action.option_strings if o.startswith("--")}
+    return options
+
+
+def test_the_readme_synopsis_shows_every_command_and_every_option() -> None:
+    """`atomizer-hq X --help` and the README say the same: no flag a reader cannot find, none that is gone."""
+    synopsis = _synopsis()
+    parser = build_parser()
+    assert _long_options(parser, nested=False) <= set(re.findall(r"--[a-z][a-z-]*", synopsis[""]))
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        assert name in synopsis, f"the README synopsis has no line for `{name}`"
+        shown, real = set(re.findall(r"--[a-z][a-z-]*", synopsis[name])), _long_options(sub)
+        assert real == shown, f"{name}: missing {sorted(real - shown)}, stale {sorted(shown - real)}"

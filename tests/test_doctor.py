@@ -104,6 +104,8 @@ def test_every_planted_problem_is_found_with_its_fix(config: ClusterConfig, sett
     port = only(findings, "secretary", "gateway.port")
     assert port.severity == "error" and "18809" in port.what and "18808" in port.what
     assert "set gateway.port to 18808" in port.fix and str(instance(home, "secretary")) in port.fix
+    assert f"{FIXTURE / 'cluster.toml'} says 18808" in port.what  # the cluster file in use, wherever it is
+    assert f"for secretary in {FIXTURE / 'cluster.toml'}" in port.fix
     side = only(findings, "secretary", "canvasHost.port")
     assert side.severity == "error" and "auditor" in side.what and "remove canvasHost.port" in side.fix
 
@@ -122,6 +124,7 @@ def test_every_planted_problem_is_found_with_its_fix(config: ClusterConfig, sett
     heartbeat = only(findings, "nx-expert")
     assert heartbeat.key == "agents.defaults.heartbeat.every" and heartbeat.severity == "error"
     assert "atomizer-hq sends none" in heartbeat.what and "[heartbeat.nx-expert]" in heartbeat.fix
+    assert f'every = "30m" to {FIXTURE / "cluster.toml"}' in heartbeat.fix
 
     mapping = only(findings, "webster", "hooks.mappings[0].to")
     assert mapping.severity == "error" and "bare id" in mapping.what

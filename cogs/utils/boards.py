@@ -22,16 +22,17 @@ def to_embed(content: BoardContent) -> discord.Embed:
 class DiscordBoardPublisher:
     """Posts and edits board messages; keeps the messages it posted so an edit is one API call."""
 
-    def __init__(self, client: discord.Client) -> None:
+    def __init__(self, client: discord.Client, config_file: str = "config/cluster.toml") -> None:
         self._client = client
+        self._config_file = config_file  # named in the hint, so the operator edits the file in use
         self._posted: dict[str, discord.Message] = {}
 
     def _channel(self, channel_id: str) -> discord.abc.Messageable:
         channel = self._client.get_channel(int(channel_id))
         if not isinstance(channel, discord.abc.Messageable):
             raise InvalidInput(
-                f"channel {channel_id} is not a text channel this bot can see; check [channels] in cluster.toml "
-                "and the bot's permissions there (View Channel, Send Messages, Embed Links)"
+                f"channel {channel_id} is not a text channel this bot can see; check [channels] in "
+                f"{self._config_file} and the bot's permissions there (View Channel, Send Messages, Embed Links)"
             )
         return channel
 
