@@ -23,7 +23,7 @@ from bot import __version__
 from bot.config import ClusterConfig, load_cluster_config
 from bot.config_check import check, require_secrets, secret_problems
 from bot.errors import AtomizerError, ConfigError, InvalidInput, SystemdUnavailable, UnitCommandFailed
-from bot.logsetup import configure_logging
+from bot.logsetup import LOG_LEVELS, configure_logging
 from bot.settings import Settings, load_settings
 from bot.status_view import collect_overview, print_fleet_status
 from bot.systemd import DEFAULT_LOG_LINES, SystemdUnits, UnitState, check_lines, resolve_agents
@@ -42,7 +42,13 @@ def load_context(args: argparse.Namespace) -> tuple[Settings, ClusterConfig]:
         settings = settings.model_copy(update={"config_path": args.config})
     if args.db is not None:
         settings = settings.model_copy(update={"db_path": args.db})
-    configure_logging(args.log_level or settings.log_level, args.log_format, settings.secret_values())
+    level = args.log_level or settings.log_level.strip().upper()
+    if level not in LOG_LEVELS:  # --log-level is checked by argparse; this is ATOMIZER_LOG_LEVEL
+        raise InvalidInput(
+            f"environment: ATOMIZER_LOG_LEVEL: {settings.log_level!r} is not a log level; "
+            f"use {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}"
+        )
+    configure_logging(level, args.log_format, settings.secret_values())
     return settings, load_cluster_config(settings.config_path)
 
 
@@ -503,7 +509,14 @@ async def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"{spec.name:<16} http://{spec.host}:{spec.port}  {' '.join(flags)}", flush=True)
         print("simulated fleet running; Ctrl-C to stop", file=sys.stderr, flush=True)
 
-    await _until_signalled(simulator.serve_forever(fleet, on_ready=ready))
+    try:
+        await _until_signalled(simulator.serve_forever(fleet, on_ready=ready))
+    except simulator.PortUnavailable as exc:
+        try:
+            elsewhere = f"e.g. --base-port {simulator.free_ports(len(specs), args.spacing)} (free now)"
+        except ValueError:
+            elsewhere = "with --base-port P"
+        raise InvalidInput(f"{exc.strerror}; stop what holds it, or simulate on other ports, {elsewhere}") from None
     return 0
 
 
@@ -619,7 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="cluster file (default: $ATOMIZER_CONFIG or config/cluster.toml)")
     parser.add_argument("--env-file", type=Path, help="file of environment variables (default: ./.env if present)")
     parser.add_argument("--db", type=Path, help="SQLite database (default: $ATOMIZER_DB or data/atomizer.db)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default: $ATOMIZER_LOG_LEVEL or INFO)")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, metavar="L",
+        help="DEBUG, INFO, WARNING or ERROR, in any case (default: $ATOMIZER_LOG_LEVEL or INFO)",
+    )  # fmt: skip
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines on stderr")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

@@ -51,7 +51,10 @@ def heartbeat_warnings(config: ClusterConfig) -> list[str]:
 
 
 def secret_problems(settings: Settings, config: ClusterConfig, command: str) -> list[str]:
-    """Missing secrets for `command`, one line each, naming the variable to set."""
+    """Missing secrets for `command`, one line each, naming the variable to set and where to find its value.
+
+    An empty or blank value is missing too: Settings never holds one.
+    """
     problems = []
     for need in NEEDS.get(command, ()):
         if need == "discord_token" and settings.discord_token is None:
@@ -62,15 +65,16 @@ def secret_problems(settings: Settings, config: ClusterConfig, command: str) -> 
         elif need == "guild_id" and not settings.guild_id:
             problems.append(
                 f"environment: ATOMIZER_GUILD_ID: not set; `atomizer-hq {command}` needs the guild's id "
-                "(17 to 20 digits) to sync its slash commands"
+                "(17 to 20 digits) to sync its slash commands (Discord: Settings > Advanced > Developer Mode on, "
+                "then right-click the server > Copy Server ID), in .env"
             )
         elif need == "hooks_token":
             missing = [a for a in config.agent_names if settings.hooks_token_for(a) is None]
             if missing:
                 problems.append(
                     f"environment: ATOMIZER_HOOKS_TOKEN: not set for {', '.join(missing)}; "
-                    f"`atomizer-hq {command}` needs the gateways' hooks.token (or "
-                    f"ATOMIZER_HOOKS_TOKEN_{env_suffix(missing[0])} for one agent)"
+                    f"`atomizer-hq {command}` needs the gateways' token (hooks.token in each agent's "
+                    f"openclaw.json; or ATOMIZER_HOOKS_TOKEN_{env_suffix(missing[0])} for one agent), in .env"
                 )
     return problems
 

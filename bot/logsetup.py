@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 REDACTED = "***"
+# The levels an operator may choose (--log-level, ATOMIZER_LOG_LEVEL), in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
 _HOOK_QUERY = re.compile(r"(?i)([?&](?:token|hook_token|access_token)=)[^&\s\"']+")
 

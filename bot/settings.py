@@ -43,16 +43,21 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _collect_prefixed(cls, data: Any) -> Any:
-        data = dict(data) if isinstance(data, Mapping) else {}
+        # `DISCORD_TOKEN=` as the example file ships it is unset, not a token of no characters: every check
+        # downstream asks "is it None?", so a blank value must never get that far.
+        data = {k: v for k, v in data.items() if not _blank(v)} if isinstance(data, Mapping) else {}
         environ = os.environ
         data.setdefault(
             "hooks_token_overrides",
-            {k[len(HOOKS_TOKEN_PREFIX) :]: v for k, v in environ.items() if k.startswith(HOOKS_TOKEN_PREFIX) and v},
+            {k[len(HOOKS_TOKEN_PREFIX) :]: v for k, v in environ.items() if k.startswith(HOOKS_TOKEN_PREFIX)},
         )
         data.setdefault(
             "api_token_vars",
-            {k[len(API_TOKEN_PREFIX) :]: v for k, v in environ.items() if k.startswith(API_TOKEN_PREFIX) and v},
+            {k[len(API_TOKEN_PREFIX) :]: v for k, v in environ.items() if k.startswith(API_TOKEN_PREFIX)},
         )
+        for key in ("hooks_token_overrides", "api_token_vars"):
+            if isinstance(data[key], Mapping):
+                data[key] = {k: v for k, v in data[key].items() if not _blank(v)}
         return data
 
     def secret_values(self) -> list[str]:
@@ -123,6 +128,13 @@ class Settings(BaseSettings):
         if problems:
             raise ConfigError(problems)
         return found
+
+
+def _blank(value: Any) -> bool:
+    """Empty or whitespace only, as a plain string or a SecretStr."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return isinstance(value, str) and not value.strip()
 
 
 def load_settings(env_file: Path | None = None) -> Settings:

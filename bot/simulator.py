@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import hmac
 import json
@@ -891,11 +892,14 @@ class SimulatedFleet:
         }
 
     async def start(self) -> None:
-        """Bind every agent that is not marked down."""
+        """Bind every agent that is not marked down; a port that cannot be bound is named with its agent."""
         try:
             for gateway in self._gateways.values():
                 if not gateway.spec.down:
-                    await gateway.open()
+                    try:
+                        await gateway.open()
+                    except OSError as exc:
+                        raise PortUnavailable(gateway.spec, exc) from exc
         except BaseException:
             await self.stop()
             raise
@@ -991,6 +995,16 @@ class SimulatedFleet:
             with self._record_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(asdict(hook)) + "\n")
                 out.flush()
+
+
+class PortUnavailable(OSError):
+    """A simulated gateway could not listen on its port (taken by another process, or privileged)."""
+
+    def __init__(self, spec: SimAgentSpec, cause: OSError) -> None:
+        self.agent, self.host, self.port = spec.name, spec.host, spec.port
+        in_use = cause.errno == errno.EADDRINUSE
+        why = "is already in use" if in_use else f"cannot be listened on ({cause.strerror or cause})"
+        super().__init__(cause.errno, f"port {self.port} on {self.host} (for {self.agent}) {why}")
 
 
 def free_ports(count: int, spacing: int = 4) -> int:

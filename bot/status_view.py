@@ -6,7 +6,10 @@ Discord's embed is built from the same rows (`fleet_rows`), so every front end s
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,39 +100,99 @@ def fleet_json(fleet: FleetStatus, overview: list[AgentOverview] | None = None) 
     }
 
 
-def format_fleet_plain(fleet: FleetStatus, overview: list[AgentOverview] | None = None) -> str:
-    rows = [dict(zip(COLUMNS, COLUMNS, strict=True)), *fleet_rows(fleet, overview)]
-    widths = {c: max(len(r[c]) for r in rows) for c in COLUMNS}
-    lines = ["  ".join(r[c].ljust(widths[c]) for c in COLUMNS).rstrip() for r in rows]
-    return "\n".join([*lines, "", fleet_summary(fleet)])
+# Columns a narrow terminal may lose, first dropped first: agent, state and detail always stay, since
+# they say which agent is in trouble and why.
+OPTIONAL_COLUMNS = ("last delegation", "since", "up 24h", "release", "model", "unit", "latency", "port")
+_GAP = "  "
+# Narrower than this, the detail goes on lines of its own under each agent rather than in a column.
+MIN_DETAIL_WIDTH = 16
+
+
+def terminal_width() -> int | None:
+    """The width to fit: the terminal's (or $COLUMNS); None for a pipe, where a row per agent suits grep."""
+    if os.environ.get("COLUMNS", "").strip().isdigit() or sys.stdout.isatty():
+        return max(shutil.get_terminal_size().columns, 1)
+    return None
+
+
+def fleet_lines(
+    fleet: FleetStatus, overview: list[AgentOverview] | None = None, width: int | None = None
+) -> list[tuple[str, str | None]]:
+    """The status table as lines of at most `width` characters, each with the state it shows (for colour).
+
+    Optional columns go first, then the detail wraps in its column; on a very narrow terminal each agent
+    takes a line with its state and the detail follows on lines of its own.
+    """
+    rows = fleet_rows(fleet, overview)
+    header = {c: c for c in COLUMNS}
+
+    def span(columns: list[str]) -> int:
+        return sum(max(len(r[c]) for r in [header, *rows]) + len(_GAP) for c in columns)
+
+    detail_len = max(len(r["detail"]) for r in [header, *rows])
+    columns = [c for c in COLUMNS if c != "detail"]
+    if width is not None:
+        wanted = min(detail_len, max(24, width // 3))
+        for column in OPTIONAL_COLUMNS:
+            if span(columns) + wanted <= width:
+                break
+            columns.remove(column)
+    detail_width = detail_len if width is None else width - span(columns)
+    if detail_width < MIN_DETAIL_WIDTH:
+        return _two_line_layout(rows, width or 0)
+    widths = {c: max(len(r[c]) for r in [header, *rows]) for c in columns}
+    indent = " " * span(columns)
+    lines: list[tuple[str, str | None]] = []
+    for row in [header, *rows]:
+        parts = textwrap.wrap(row["detail"], detail_width, break_on_hyphens=False) or [""]
+        head = _GAP.join(row[c].ljust(widths[c]) for c in columns) + _GAP
+        lines.append(((head + parts[0]).rstrip(), None if row is header else row["state"]))
+        lines.extend((indent + part, None) for part in parts[1:])
+    return lines
+
+
+def _two_line_layout(rows: list[dict[str, str]], width: int) -> list[tuple[str, str | None]]:
+    name_width = max(len(r["agent"]) for r in rows)
+    lines: list[tuple[str, str | None]] = []
+    for row in rows:
+        lines.append((f"{row['agent']:<{name_width}}{_GAP}{row['state']}", row["state"]))
+        lines.extend(("    " + part, None) for part in textwrap.wrap(row["detail"], max(width - 4, 8)))
+    return lines
+
+
+def format_fleet_plain(
+    fleet: FleetStatus, overview: list[AgentOverview] | None = None, width: int | None = None
+) -> str:
+    lines = [line for line, _ in fleet_lines(fleet, overview, width)]
+    summary = textwrap.wrap(fleet_summary(fleet), width) if width else [fleet_summary(fleet)]
+    return "\n".join([*lines, "", *summary])
 
 
 def print_fleet_status(
     fleet: FleetStatus, overview: list[AgentOverview] | None = None, *, as_json: bool = False
 ) -> None:
-    """JSON for scripts; a coloured table on a terminal; plain aligned text otherwise."""
+    """JSON for scripts; aligned text fitted to the terminal, its states coloured on a terminal."""
     if as_json:
         print(json.dumps(fleet_json(fleet, overview), indent=2))
         return
+    width = terminal_width()
     if not sys.stdout.isatty():
-        print(format_fleet_plain(fleet, overview))
+        print(format_fleet_plain(fleet, overview, width))
         return
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="Atomizer-HQ fleet", title_justify="left")
-    for column in COLUMNS:
-        table.add_column(column, no_wrap=column != "detail")
-    for row in fleet_rows(fleet, overview):
-        style = STATE_STYLE.get(row["state"], "")
-        cells = [escape(row[c]) for c in COLUMNS]
-        if style:
-            cells[1] = f"[{style}]{cells[1]}[/]"
-        table.add_row(*cells)
-    console = Console()
-    console.print(table)
-    console.print(fleet_summary(fleet))
+    # Our own layout, so the state and the detail are never squeezed out; rich only adds the colour.
+    console = Console(highlight=False, soft_wrap=True)
+    for line, state in fleet_lines(fleet, overview, width):
+        text = Text(line)
+        if state in STATE_STYLE:  # the second column; agent names hold no spaces
+            start = line.index(" " + state) + 1
+            text.stylize(STATE_STYLE[state], start, start + len(state))
+        console.print(text)
+    console.print()
+    for line in textwrap.wrap(fleet_summary(fleet), width or 80):
+        console.print(line)
 
 
 # --- the fleet overview: probes plus what the database knows --------------------------------

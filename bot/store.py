@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -105,7 +107,7 @@ class Store:
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the database {self.path}: {exc}") from None
+            raise _unwritable_place(self.path) or StoreError(f"cannot open the database {self.path}: {exc}") from None
         db.row_factory = sqlite3.Row
         self._db = db
         try:
@@ -116,6 +118,8 @@ class Store:
             await self._migrate(state.version)
         except sqlite3.OperationalError as exc:
             await self.close()
+            if "unable to open" in str(exc):  # SQLite's words for "could not create the file or its -wal"
+                raise _unwritable_place(self.path) or StoreError(_explain_operational(self.path, exc)) from None
             raise StoreError(_explain_operational(self.path, exc)) from None
         except BaseException:
             await self.close()
@@ -369,6 +373,22 @@ def inspect_file(path: Path, latest: int) -> FileState:
         size = path.stat().st_size
     except FileNotFoundError:
         return FileState(exists=False)
+    except NotADirectoryError:
+        in_the_way = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise DatabaseRefused(
+            f"cannot use {path} as the database: {in_the_way} is a file, not a directory; "
+            "point ATOMIZER_DB or --db at a file in a directory"
+        ) from None
+    except PermissionError as exc:
+        raise DatabaseRefused(
+            f"cannot look at the database {path} ({exc.strerror}); make its directory readable for this user "
+            "or point ATOMIZER_DB or --db elsewhere"
+        ) from None
+    if path.is_dir():
+        raise DatabaseRefused(
+            f"{path} is a directory, not a database file; point ATOMIZER_DB or --db at a file, "
+            f"e.g. {path / 'atomizer.db'}"
+        )
     if size == 0:
         return FileState(exists=True)
     with path.open("rb") as handle:
@@ -423,6 +443,26 @@ def _backup(source: Path, target: Path) -> None:
     finally:
         dst.close()
         src.close()
+
+
+def _unwritable_place(path: Path) -> DatabaseRefused | None:
+    """The refusal to give when SQLite "is unable to open" the database because its directory is not writable.
+
+    Found by trying, not by mode bits: root passes every permission check, yet cannot create files in
+    /sys or on a read-only mount. SQLite needs the directory for the file itself and for its -wal and -shm.
+    """
+    directory = path.parent
+    try:
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=f".{path.name}-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return DatabaseRefused(
+            f"cannot open the database {path}: its directory {directory} is not writable ({exc.strerror}); "
+            "SQLite creates the database and its -wal and -shm files there: make it writable for this user, "
+            "or point ATOMIZER_DB or --db at a writable place"
+        )
+    return None
 
 
 def _explain_operational(path: Path, exc: sqlite3.Error) -> str:

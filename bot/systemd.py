@@ -265,10 +265,26 @@ class SystemdUnits:
                 agent, "logs", _one_line(done.stderr) or f"journalctl exited with status {done.returncode}"
             )
         text = done.stdout
+        if not any(line.strip() and not line.startswith("-- ") for line in text.splitlines()):
+            await self._require_manager(unit)
         notes = [line.strip() for line in done.stderr.splitlines() if line.strip()]
         if notes:  # e.g. "No journal files were found.": why the log is empty
             text = (text if not text or text.endswith("\n") else text + "\n") + "".join(f"-- {n}\n" for n in notes)
         return text
+
+    async def _require_manager(self, unit: str) -> None:
+        """Raise SystemdUnavailable when no systemd user manager answers.
+
+        journalctl reads journal files, not the bus: without a user session it answers "-- No entries --"
+        and exit 0, which reads as "the agent logged nothing" when the truth is that systemd is not there.
+        """
+        try:
+            done = await self._run([*self._config.systemctl, "is-active", unit], min(self.timeout, QUERY_TIMEOUT))
+        except TimeoutError:
+            return  # systemd is there but slow: the empty log stands as journalctl gave it
+        missing = _unavailable_reason(done.stderr)
+        if missing:
+            raise SystemdUnavailable(missing)
 
     # --- running ------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ State in DIR (every file optional):
   fail, fail@<unit>   start/stop/restart fail (exit 1) with the file's text, or systemctl's usual words
   crash@<unit>        start/restart exit 0, but the unit ends up failed
   no-bus              behave as when systemd is not running: "Failed to connect to bus: No medium found"
+  no-session          as no-bus for systemctl; journalctl, which reads files rather than the bus, answers
+                      "-- No entries --" and exit 0, as on a host without a systemd user session
   hang                never answer (for timeouts)
 Exit codes as systemctl's: is-active 0 when active, 3 otherwise (printing the state); 1 on failure.
 """
@@ -39,9 +41,13 @@ def main(argv: list[str]) -> int:
         calls.write(json.dumps([mode, *rest]) + "\n")
     if (state_dir / "hang").exists():
         threading.Event().wait()
-    if (state_dir / "no-bus").exists():
+    if (state_dir / "no-bus").exists() or ((state_dir / "no-session").exists() and mode == "systemctl"):
         print(NO_BUS, file=sys.stderr)
         return 1
+    if (state_dir / "no-session").exists():
+        print("-- No entries --")
+        print("No journal files were found.", file=sys.stderr)
+        return 0
     if mode == "journalctl":
         return journalctl(state_dir, rest)
     return systemctl(state_dir, rest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -32,7 +33,9 @@ def relocated_config(tmp_path: Path, ports: dict[str, int]) -> Path:
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k != "DISCORD_TOKEN"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k not in ("DISCORD_TOKEN", "COLUMNS")
+    }
     env.update({"ATOMIZER_HOOKS_TOKEN": HOOKS_TOKEN, "ATOMIZER_DB": str(tmp_path / "atomizer.db")}, **extra)
     return env
 
@@ -76,6 +79,74 @@ async def test_status_plain_text_is_a_table(start_fleet: FleetStarter, tmp_path:
     assert lines[0].split()[:4] == ["agent", "state", "unit", "port"]
     assert any(line.startswith("auditor") and " down " in line for line in lines)
     assert "8 agents: 7 ready, 1 down" in out
+
+
+async def run_cli_on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """The CLI with its stdout on a pseudo-terminal (colours and all); the output without its escapes."""
+    controller, terminal = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", *args, env=env, stdout=terminal, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+
+    def read_all() -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return b"".join(chunks)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    try:
+        raw = await asyncio.to_thread(read_all)
+    finally:
+        os.close(controller)
+    code = await process.wait()
+    return code, re.sub(r"\x1b\[[0-9;]*m", "", raw.decode().replace("\r\n", "\n"))
+
+
+@pytest.mark.parametrize(("columns", "terminal"), [(60, False), (80, False), (200, False), (80, True), (60, True)])
+async def test_status_fits_the_terminal_and_always_shows_state_and_why(
+    start_fleet: FleetStarter, tmp_path: Path, columns: int, terminal: bool
+) -> None:
+    config, _ = await start_fleet(
+        release={"webster": "2026.2.12"}, specs={"auditor": {"down": True}, "optimizer": {"hang": True}}
+    )
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env = cli_env(tmp_path, COLUMNS=str(columns))
+    args = ("--config", str(path), "status", "--timeout", "1")
+    if terminal:
+        code, out = await run_cli_on_a_terminal(*args, env=env)
+        err = ""
+    else:
+        code, out, err = await run_cli(*args, env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert all(len(line) <= columns for line in lines), "\n".join(line for line in lines if len(line) > columns)
+    auditor_port = {a.name: a.port for a in config.agents}["auditor"]
+    why = {
+        "auditor": ("down", f"connection refused on 127.0.0.1:{auditor_port} (the gateway is not listening)"),
+        "optimizer": ("down", "no answer within 1 s"),
+        "webster": ("ready", "hooks answer (no health routes: release 2026.2.x)"),
+        "manager": ("ready", ""),
+    }
+    for agent, (state, reason) in why.items():
+        [start] = [i for i, line in enumerate(lines) if line.split()[:1] == [agent]]
+        end = start + 1
+        while end < len(lines) and lines[end].startswith(" "):  # the detail's continuation lines
+            end += 1
+        assert lines[start].split()[1] == state, lines[start]
+        assert "".join(reason.split()) in "".join("".join(lines[start:end]).split()), (reason, lines[start:end])
+    if columns == 200:  # room for everything: one line per agent, every column
+        assert lines[0].split() == ["agent", "state", "unit", "port", "model", "latency", "release", "since", "up",
+                                    "24h", "last", "delegation", "detail"]  # fmt: skip
+        assert len(lines) == 1 + 8 + 2
+    assert "8 agents: 6 ready, 2 down" in " ".join(out.split())
 
 
 async def test_status_without_a_hooks_token_says_what_to_set(tmp_path: Path) -> None:

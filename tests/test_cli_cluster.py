@@ -293,6 +293,25 @@ async def test_without_systemd_every_verb_says_so_and_exits_1(cluster: Any, fake
     assert document["ok"] is False and {a["state"] for a in document["agents"]} == {"unknown"}
 
 
+async def test_logs_without_a_user_session_say_systemd_is_missing_not_that_the_log_is_empty(
+    cluster: Any, fake: FakeSystemd
+) -> None:
+    """journalctl reads files, not the bus: with no systemd user session it says "-- No entries --", exit 0."""
+    fake.flag("no-session")
+    for agent in ("webster", "all"):
+        code, out, err = await cluster("logs", agent)
+        assert code == 1 and out == "", out  # as `cluster status` says it: the operation failed, not bad input
+        assert err == (
+            "atomizer-hq: systemd is not running for this user (Failed to connect to bus: No medium found); "
+            "on this host start agents by hand or enable lingering: loginctl enable-linger $USER\n"
+        )
+
+
+async def test_an_empty_log_with_systemd_running_stays_an_empty_log(cluster: Any, fake: FakeSystemd) -> None:
+    code, out, err = await cluster("logs", "webster")
+    assert code == 0 and out == "-- No entries --\n", err
+
+
 async def test_logs_into_a_closed_pipe_end_quietly(tmp_path: Path, config_path: Path, fake: FakeSystemd) -> None:
     fake.journal(unit("webster"), *(f"line {i}" for i in range(2000)))
     reader, writer = os.pipe()
