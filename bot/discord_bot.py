@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import discord
-from discord import app_commands
+from discord import app_commands, http
 from discord.ext import commands
 
 from bot.authz import AccessLevel, Requester, level_for_roles
@@ -283,6 +283,17 @@ class _RateLimitCounter(logging.Filter):
         return True
 
 
+DISCORD_API_BASE = "https://discord.com/api/v10"
+
+
+def use_discord_api(base: str | None) -> None:
+    """Point discord.py's REST calls (and so its gateway URL, which REST answers) at `base`, or at Discord.
+
+    discord.py keeps the base on its Route class for the whole process; one bot per process makes that fine.
+    """
+    http.Route.BASE = base or DISCORD_API_BASE
+
+
 class AtomizerBot(commands.Bot):
     """The supervisory bot: wires the core services into the cogs and syncs the guild's commands.
 
@@ -302,6 +313,7 @@ class AtomizerBot(commands.Bot):
             tree_cls=AtomizerTree,
             help_command=None,
         )
+        use_discord_api(services.settings.discord_api_base)
         self.services = services
         self.sync_commands = sync_commands
         # Timers (the status monitor, alert posting) run for real; tests drive each round by hand.
