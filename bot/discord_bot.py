@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import discord
+import yarl
 from discord import app_commands, http
 from discord.ext import commands
+from discord.gateway import DiscordWebSocket
 
 from bot.authz import AccessLevel, Requester, level_for_roles
 from bot.config import ClusterConfig
@@ -286,12 +288,23 @@ class _RateLimitCounter(logging.Filter):
 DISCORD_API_BASE = "https://discord.com/api/v10"
 
 
-def use_discord_api(base: str | None) -> None:
-    """Point discord.py's REST calls (and so its gateway URL, which REST answers) at `base`, or at Discord.
+DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 
-    discord.py keeps the base on its Route class for the whole process; one bot per process makes that fine.
+
+def use_discord_api(base: str | None) -> None:
+    """Point discord.py's REST calls at `base`, or at Discord; the gateway follows at login (`use_api_gateway`).
+
+    discord.py keeps both addresses on its classes for the whole process; one bot per process makes that fine.
     """
     http.Route.BASE = base or DISCORD_API_BASE
+    DiscordWebSocket.DEFAULT_GATEWAY = DISCORD_GATEWAY
+
+
+async def use_api_gateway(client: discord.Client) -> None:
+    """Connect to the gateway the configured API names: a non-sharded discord.py Client never asks, it
+    goes to gateway.discord.gg, which would leave a test server or proxy with half of the traffic."""
+    _, url, _ = await client.http.get_bot_gateway()
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
 
 
 class AtomizerBot(commands.Bot):
@@ -347,6 +360,11 @@ class AtomizerBot(commands.Bot):
         self.http.request = counted  # type: ignore[method-assign]
         self._rate_limit_counter = _RateLimitCounter(counters)
         logging.getLogger("discord.http").addFilter(self._rate_limit_counter)
+
+    async def login(self, token: str) -> None:
+        await super().login(token)
+        if self.services.settings.discord_api_base is not None:
+            await use_api_gateway(self)
 
     async def setup_hook(self) -> None:
         for extension in self.initial_extensions:
