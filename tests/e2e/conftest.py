@@ -8,16 +8,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 
-from bot.config import ClusterConfig
-from bot.simulator import SimulatedFleet, free_ports
-from tests.conftest import API_TOKENS, HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
+from bot.config import ClusterConfig, load_cluster_config
+from bot.simulator import SimAgentSpec, SimulatedFleet, free_ports
+from tests.conftest import API_TOKENS, HOOKS_TOKEN, SHIPPED_CONFIG
 from tests.loopback_discord import GuildState, LoopbackDiscord, User
 
 DISCORD_TOKEN = "discord-SECRET-MTAwMDAwMDAwMDAwMDAwMDAx.e2e.loopback0123456789"
@@ -42,8 +44,6 @@ def agent_user(config: ClusterConfig, name: str) -> User:
 
 def cluster_file(tmp_path: Path, config: ClusterConfig, api_port: int) -> Path:
     """The shipped cluster file (text-edited, so it stays the real file) with test ports for agents and API."""
-    from bot.config import load_cluster_config
-
     text = SHIPPED_CONFIG.read_text(encoding="utf-8")
     ports = {a.name: a.port for a in config.agents}
     for agent in load_cluster_config(SHIPPED_CONFIG).agents:
@@ -83,7 +83,9 @@ class BotProcess:
                 if text in line:
                     return line
             if self.process.returncode is not None and self._reader.done():
-                raise AssertionError(f"atomizer-hq exited ({self.process.returncode}) before logging {text!r}:\n{self.log()}")
+                raise AssertionError(
+                    f"atomizer-hq exited ({self.process.returncode}) before logging {text!r}:\n{self.log()}"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"atomizer-hq did not log {text!r} within {timeout} s:\n{self.log()}")
@@ -96,7 +98,9 @@ class BotProcess:
             answer = await client.get(f"{self.api_url}/healthz")
         return answer.status_code, answer.json()
 
-    async def wait_for_health(self, predicate: Callable[[int, dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+    async def wait_for_health(
+        self, predicate: Callable[[int, dict[str, Any]], bool], timeout: float = 30.0
+    ) -> dict[str, Any]:
         """Poll /healthz (an HTTP state, not a sleep) until `predicate(status, body)` holds."""
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -128,53 +132,70 @@ class BotProcess:
         return self.process.returncode
 
 
-StartBot = Callable[..., Awaitable[BotProcess]]
+async def launch_bot(config: ClusterConfig, api_base: str, tmp_path: Path) -> BotProcess:
+    """Start the real process as an operator would, with production intents and cache flags (nothing test-only
+    but ATOMIZER_DISCORD_API_BASE); it is not waited on."""
+    api_port = free_ports(1)
+    config_path = cluster_file(tmp_path, config, api_port)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k != "DISCORD_TOKEN"}
+    env.update(
+        DISCORD_TOKEN=DISCORD_TOKEN, ATOMIZER_GUILD_ID=GUILD_ID, ATOMIZER_DISCORD_API_BASE=api_base,
+        ATOMIZER_HOOKS_TOKEN=HOOKS_TOKEN, ATOMIZER_API_TOKENS=",".join(f"{k}:{v}" for k, v in API_TOKENS.items()),
+    )  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        str(ATOMIZER), "--config", str(config_path), "--db", str(tmp_path / "atomizer.db"), "run",
+        env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return BotProcess(process, f"http://127.0.0.1:{api_port}")
 
 
-@pytest.fixture
-async def fleet(start_fleet: FleetStarter) -> tuple[ClusterConfig, SimulatedFleet]:
-    return await start_fleet()
+def assert_clean(server: LoopbackDiscord) -> None:
+    """Nothing the bot sent broke Discord's limits, and every route it called is one the server knows."""
+    violations, unhandled = list(server.violations), list(server.unhandled)
+    server.violations.clear()
+    server.unhandled.clear()
+    assert not violations, "requests Discord would refuse:\n" + "\n".join(map(str, violations))
+    assert not unhandled, f"routes the loopback Discord does not serve: {unhandled}"
 
 
-@pytest.fixture
-async def discord_server(fleet: tuple[ClusterConfig, SimulatedFleet]) -> AsyncIterator[LoopbackDiscord]:
-    """The loopback Discord; at teardown, no request may have broken Discord's limits or missed a route."""
-    server = LoopbackDiscord(guild_for(fleet[0]), token=DISCORD_TOKEN)
+async def stop_clean(bot: BotProcess) -> None:
+    code = await bot.stop()
+    assert code == 0, f"atomizer-hq exited {code}:\n{bot.log()}"
+    assert DISCORD_TOKEN not in bot.log()
+
+
+@dataclass
+class Wire:
+    """One running bot process shared by a module's tests (a process start costs seconds; tests use own data)."""
+
+    config: ClusterConfig
+    fleet: SimulatedFleet
+    server: LoopbackDiscord
+    bot: BotProcess
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def wire_running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wire]:
+    config = load_cluster_config(SHIPPED_CONFIG).relocated(free_ports(8), 4)
+    fleet = SimulatedFleet([SimAgentSpec(name=a.name, port=a.port) for a in config.agents], HOOKS_TOKEN)
+    await fleet.start()
+    server = LoopbackDiscord(guild_for(config), token=DISCORD_TOKEN)
     await server.start()
-    yield server
-    await server.stop()
-    assert not server.violations, "requests Discord would refuse:\n" + "\n".join(map(str, server.violations))
-    assert not server.unhandled, f"routes the loopback Discord does not serve: {server.unhandled}"
+    bot = await launch_bot(config, server.api_base, tmp_path_factory.mktemp("wire"))
+    try:
+        await bot.wait_for_health(lambda status, body: status == 200, timeout=START_DEADLINE_S)
+        yield Wire(config, fleet, server, bot)
+        await stop_clean(bot)
+    finally:
+        await bot.stop()
+        await server.stop()
+        await fleet.stop()
 
 
 @pytest.fixture
-async def start_bot(
-    fleet: tuple[ClusterConfig, SimulatedFleet], discord_server: LoopbackDiscord, tmp_path: Path
-) -> AsyncIterator[StartBot]:
-    """Start the real process (production intents and cache flags: nothing is changed for the test)."""
-    started: list[BotProcess] = []
-
-    async def start(*, wait_ready: bool = True) -> BotProcess:
-        api_port = free_ports(1)
-        config_path = cluster_file(tmp_path, fleet[0], api_port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k != "DISCORD_TOKEN"}
-        env.update(
-            DISCORD_TOKEN=DISCORD_TOKEN, ATOMIZER_GUILD_ID=GUILD_ID, ATOMIZER_DISCORD_API_BASE=discord_server.api_base,
-            ATOMIZER_HOOKS_TOKEN=HOOKS_TOKEN, ATOMIZER_API_TOKENS=",".join(f"{k}:{v}" for k, v in API_TOKENS.items()),
-        )  # fmt: skip
-        process = await asyncio.create_subprocess_exec(
-            str(ATOMIZER), "--config", str(config_path), "--db", str(tmp_path / "atomizer.db"), "run",
-            env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        bot = BotProcess(process, f"http://127.0.0.1:{api_port}")
-        started.append(bot)
-        if wait_ready:
-            await bot.wait_for_health(lambda status, body: status == 200, timeout=START_DEADLINE_S)
-        return bot
-
-    yield start
-    for bot in started:
-        code = await bot.stop()
-        assert code == 0, f"atomizer-hq exited {code}:\n{bot.log()}"
-        assert DISCORD_TOKEN not in bot.log()
+def wire(wire_running: Wire) -> Iterator[Wire]:
+    """The shared process; each test ends by asserting that nothing it caused broke Discord's limits."""
+    assert_clean(wire_running.server)
+    yield wire_running
+    assert_clean(wire_running.server)

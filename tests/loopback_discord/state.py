@@ -345,7 +345,7 @@ class GuildState:
         if reference:
             data["type"] = 19  # a reply
             data["message_reference"] = {
-                "type": 0, "message_id": reference.get("message_id"), "channel_id": channel.id,
+                "type": 0, "message_id": str(reference.get("message_id")), "channel_id": channel.id,
                 "guild_id": self.guild_id,
             }  # fmt: skip
         return data
