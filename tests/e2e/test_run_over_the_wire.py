@@ -120,6 +120,11 @@ async def test_after_a_forced_reconnect_the_bot_resumes_and_still_answers(wire: 
     answer = await server.invoke_slash("help", roles=["viewer"])
     assert answer.callback is not None and "/status" in answer.text()
 
+    await server.invalidate_session(resumable=False)  # the session is gone: a fresh IDENTIFY, READY, GUILD_CREATE
+    await server.wait_for(lambda: len(server.identifies) > identifies and server.connected, what="a new IDENTIFY")
+    answer = await server.invoke_slash("status", roles=["viewer"])
+    assert answer.callback is not None and answer.callback.at < 3.0
+
 
 async def test_a_429_is_waited_out_and_the_message_lands_once(wire: Wire) -> None:
     server = wire.server

@@ -248,8 +248,10 @@ class LoopbackDiscord:
         roles: list[str] = (),  # type: ignore[assignment]
         channel: str = "technical",
         timeout: float = 15.0,
+        wait: bool = True,
     ) -> Interaction:
-        """`/name [subcommand] option:value…` as Discord sends it; returns once answered (deferrals followed up).
+        """`/name [subcommand] option:value…` as Discord sends it; returns once answered (deferrals followed up),
+        or at once with `wait` False.
 
         Option types come from the commands the bot registered, so an unregistered command or option fails here.
         """
@@ -274,7 +276,7 @@ class LoopbackDiscord:
         holder["options"] = given
         if resolved:
             data["resolved"] = resolved
-        return await self._interact(2, data, user=user, roles=list(roles), channel=channel, timeout=timeout)
+        return await self._interact(2, data, user=user, roles=list(roles), channel=channel, timeout=timeout, wait=wait)
 
     async def click(
         self,
@@ -284,15 +286,16 @@ class LoopbackDiscord:
         user: User | None = None,
         roles: list[str] = (),  # type: ignore[assignment]
         timeout: float = 15.0,
+        wait: bool = True,
     ) -> Interaction:
-        """A button click on `message` (a component interaction, type 3)."""
+        """A button click on `message` (a component interaction, type 3); returns once answered, as invoke_slash."""
         buttons = [c for row in message.components for c in row.get("components") or []]
         if not any(b.get("custom_id") == custom_id for b in buttons):
             raise KeyError(f"message {message.id} has no component {custom_id!r}")
         data = {"custom_id": custom_id, "component_type": 2}
         channel = self.state.channels[message.channel_id].name
         return await self._interact(
-            3, data, user=user, roles=list(roles), channel=channel, timeout=timeout, message=message
+            3, data, user=user, roles=list(roles), channel=channel, timeout=timeout, message=message, wait=wait
         )
 
     def person(self, name: str, user_id: str | None = None) -> User:
@@ -696,6 +699,7 @@ class LoopbackDiscord:
         channel: str,
         timeout: float,
         message: StoredMessage | None = None,
+        wait: bool = True,
     ) -> Interaction:
         user = user or self.person("antoine", "100000000000000401")
         member = self.state.member(user, roles)
@@ -718,7 +722,8 @@ class LoopbackDiscord:
         interaction = Interaction(interaction_id, payload["token"], kind, payload, time.monotonic())
         self.state.interactions[interaction_id] = interaction
         await self.dispatch("INTERACTION_CREATE", payload)
-        await self.wait_for(lambda: interaction.settled, timeout, what=f"an answer to interaction {data}")
+        if wait:
+            await self.wait_for(lambda: interaction.settled, timeout, what=f"an answer to interaction {data}")
         return interaction
 
     def _interaction_by_token(self, request: web.Request, token: str) -> Interaction:
