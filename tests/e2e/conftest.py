@@ -118,6 +118,14 @@ class BotProcess:
             await asyncio.sleep(0.1)  # a polling interval, not synchronization: the deadline decides
         raise AssertionError(f"/healthz never matched; last answer {last!r}\n{self.log()}")
 
+    async def stop_when_exited(self, timeout: float) -> int:
+        """The exit code of a process expected to end on its own."""
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"atomizer-hq still runs after {timeout} s:\n{self.log()}") from None
+        return await self.stop()
+
     async def stop(self) -> int:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)

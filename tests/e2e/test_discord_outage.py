@@ -47,3 +47,15 @@ async def test_discord_down_at_start_then_up_connects_without_a_restart(tmp_path
 
 def process_alive(returncode: int | None) -> bool:
     return returncode is None
+
+
+async def test_a_refused_token_is_fatal_with_exit_2(tmp_path: Path) -> None:
+    config = load_cluster_config(SHIPPED_CONFIG).relocated(free_ports(8), 4)
+    async with LoopbackDiscord(guild_for(config), token="another-bot-s-token") as server:
+        bot = await launch_bot(config, server.api_base, tmp_path)
+        try:
+            assert await bot.stop_when_exited(timeout=START_DEADLINE_S) == 2
+        finally:
+            await bot.stop()
+        assert "Discord refused DISCORD_TOKEN" in bot.log() and DISCORD_TOKEN not in bot.log()
+        assert [r.status for r in server.requests] == [401] and not server.identifies
