@@ -17,8 +17,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import discord
-from discord import app_commands
+import yarl
+from discord import app_commands, http
 from discord.ext import commands
+from discord.gateway import DiscordWebSocket
 
 from bot.authz import AccessLevel, Requester, level_for_roles
 from bot.config import ClusterConfig
@@ -285,6 +287,28 @@ class _RateLimitCounter(logging.Filter):
         return True
 
 
+DISCORD_API_BASE = "https://discord.com/api/v10"
+
+
+DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
+
+
+def use_discord_api(base: str | None) -> None:
+    """Point discord.py's REST calls at `base`, or at Discord; the gateway follows at login (`use_api_gateway`).
+
+    discord.py keeps both addresses on its classes for the whole process; one bot per process makes that fine.
+    """
+    http.Route.BASE = base or DISCORD_API_BASE
+    DiscordWebSocket.DEFAULT_GATEWAY = DISCORD_GATEWAY
+
+
+async def use_api_gateway(client: discord.Client) -> None:
+    """Connect to the gateway the configured API names: a non-sharded discord.py Client never asks, it
+    goes to gateway.discord.gg, which would leave a test server or proxy with half of the traffic."""
+    _, url, _ = await client.http.get_bot_gateway()
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+
+
 class AtomizerBot(commands.Bot):
     """The supervisory bot: wires the core services into the cogs and syncs the guild's commands.
 
@@ -311,6 +335,7 @@ class AtomizerBot(commands.Bot):
             tree_cls=AtomizerTree,
             help_command=None,
         )
+        use_discord_api(services.settings.discord_api_base)
         self.services = services
         self.sync_commands = sync_commands
         # Timers (the status monitor, alert posting) run for real; tests drive each round by hand.
@@ -342,6 +367,11 @@ class AtomizerBot(commands.Bot):
         self.http.request = counted  # type: ignore[method-assign]
         self._rate_limit_counter = _RateLimitCounter(counters)
         logging.getLogger("discord.http").addFilter(self._rate_limit_counter)
+
+    async def login(self, token: str) -> None:
+        await super().login(token)
+        if self.services.settings.discord_api_base is not None:
+            await use_api_gateway(self)
 
     async def setup_hook(self) -> None:
         for extension in self.initial_extensions:

@@ -10,9 +10,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError, env_suffix
@@ -36,6 +37,8 @@ class Settings(BaseSettings):
     config_path: Path = Field(default=Path("config/cluster.toml"), alias="ATOMIZER_CONFIG")
     db_path: Path = Field(default=Path("data/atomizer.db"), alias="ATOMIZER_DB")
     log_level: str = Field(default="INFO", alias="ATOMIZER_LOG_LEVEL")
+    # Unset: Discord itself. Set only for a test server or a self-hosted proxy speaking Discord's API.
+    discord_api_base: str | None = Field(default=None, alias="ATOMIZER_DISCORD_API_BASE")
     # Filled from ATOMIZER_HOOKS_TOKEN_<AGENT> / ATOMIZER_API_TOKEN_<NAME> (suffix as in the variable).
     hooks_token_overrides: dict[str, SecretStr] = Field(default_factory=dict)
     api_token_vars: dict[str, SecretStr] = Field(default_factory=dict)
@@ -59,6 +62,20 @@ class Settings(BaseSettings):
             if isinstance(data[key], Mapping):
                 data[key] = {k: v for k, v in data[key].items() if not _blank(v)}
         return data
+
+    @field_validator("discord_api_base")
+    @classmethod
+    def _http_base(cls, value: str | None) -> str | None:
+        """Only an http(s) URL: anything else would send the bot token somewhere unexpected, or nowhere."""
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(
+                f"ATOMIZER_DISCORD_API_BASE must be an http:// or https:// URL such as "
+                f"https://discord.com/api/v10, not {value!r}; unset it to talk to Discord itself"
+            )
+        return value.strip().rstrip("/")
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for the log redactor."""
@@ -145,4 +162,8 @@ def load_settings(env_file: Path | None = None) -> Settings:
         load_dotenv(env_file, override=False)
     elif Path(".env").is_file():
         load_dotenv(Path(".env"), override=False)
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"environment: {error['msg'].removeprefix('Value error, ')}" for error in exc.errors()]
+        raise ConfigError(problems) from None
