@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bot.config import load_cluster_config
 from bot.simulator import free_ports
@@ -14,7 +13,6 @@ from tests.e2e.conftest import DISCORD_TOKEN, START_DEADLINE_S, assert_clean, gu
 from tests.loopback_discord import LoopbackDiscord
 
 
-@pytest.mark.xfail(strict=True, reason="item 2 not landed")
 async def test_discord_down_at_start_then_up_connects_without_a_restart(tmp_path: Path) -> None:
     config = load_cluster_config(SHIPPED_CONFIG).relocated(free_ports(8), 4)  # no fleet: agents down is fine
     server = LoopbackDiscord(guild_for(config), token=DISCORD_TOKEN, port=free_ports(1))  # not listening yet
