@@ -18,11 +18,11 @@ import pytest
 from bot.config import load_cluster_config
 from bot.simulator import free_ports
 from tests.conftest import HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
+from tests.e2e.conftest import launch_bot
 
 
 def relocated_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     """The shipped cluster file with the agents moved to test ports (text edit: it stays the real file)."""
-    from bot.config import load_cluster_config
 
     text = SHIPPED_CONFIG.read_text(encoding="utf-8")
     for agent in load_cluster_config(SHIPPED_CONFIG).agents:
@@ -365,22 +365,14 @@ async def test_bad_places_and_numbers_are_clear_errors_not_tracebacks(
 
 async def test_discord_voice_warnings_never_reach_stderr(tmp_path: Path) -> None:
     """`run` makes a discord.py client, which warns that voice needs PyNaCl and davey: noise for a bot that never
-    speaks. Discord is unreachable or refuses the fake token, so `run` ends on its own; stderr is complete then."""
-    base = free_ports(9)  # eight gateways nobody serves, and the loopback API just past them
-    path = relocated_config(
-        tmp_path, {name: base + i * 4 for i, name in enumerate(load_cluster_config(SHIPPED_CONFIG).agent_names)}
-    )
-    path.write_text(path.read_text(encoding="utf-8").replace("port = 18790\n", f"port = {base + 32}\n"), "utf-8")
-    env = cli_env(tmp_path, DISCORD_TOKEN="MTAw.fake.token", ATOMIZER_GUILD_ID="100000000000000001")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "--config", str(path), "run",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    speaks. Discord is unreachable here (a closed loopback port), so `run` logs in, says it will retry, and is
+    stopped; its log is complete then."""
+    config = load_cluster_config(SHIPPED_CONFIG).relocated(free_ports(8), 4)
+    bot = await launch_bot(config, f"http://127.0.0.1:{free_ports(1)}/api/v10", tmp_path)
     try:
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-    except TimeoutError:  # a network that neither answers nor fails: stop it, the client was made long ago
-        process.send_signal(signal.SIGTERM)
-        _, err = await process.communicate()
-    text = err.decode()
+        await bot.wait_for_line("cannot reach Discord")
+    finally:
+        assert await bot.stop() == 0
+    text = bot.log()
     assert "discord.client: logging in using static token" in text, text  # the client was made (and logs)
     assert "voice will NOT be supported" not in text and "PyNaCl" not in text and "davey" not in text

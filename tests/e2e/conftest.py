@@ -140,18 +140,29 @@ class BotProcess:
         return self.process.returncode
 
 
-async def launch_bot(config: ClusterConfig, api_base: str, tmp_path: Path) -> BotProcess:
+async def launch_bot(
+    config: ClusterConfig,
+    api_base: str | None,
+    tmp_path: Path,
+    *,
+    run_args: tuple[str, ...] = (),
+    discord_token: str | None = DISCORD_TOKEN,
+) -> BotProcess:
     """Start the real process as an operator would, with production intents and cache flags (nothing test-only
-    but ATOMIZER_DISCORD_API_BASE); it is not waited on."""
+    but ATOMIZER_DISCORD_API_BASE); it is not waited on. `run_args` go after `run` (e.g. --no-discord)."""
     api_port = free_ports(1)
     config_path = cluster_file(tmp_path, config, api_port)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATOMIZER_") and k != "DISCORD_TOKEN"}
     env.update(
-        DISCORD_TOKEN=DISCORD_TOKEN, ATOMIZER_GUILD_ID=GUILD_ID, ATOMIZER_DISCORD_API_BASE=api_base,
-        ATOMIZER_HOOKS_TOKEN=HOOKS_TOKEN, ATOMIZER_API_TOKENS=",".join(f"{k}:{v}" for k, v in API_TOKENS.items()),
+        ATOMIZER_GUILD_ID=GUILD_ID, ATOMIZER_HOOKS_TOKEN=HOOKS_TOKEN,
+        ATOMIZER_API_TOKENS=",".join(f"{k}:{v}" for k, v in API_TOKENS.items()),
     )  # fmt: skip
+    if discord_token is not None:
+        env["DISCORD_TOKEN"] = discord_token
+    if api_base is not None:
+        env["ATOMIZER_DISCORD_API_BASE"] = api_base
     process = await asyncio.create_subprocess_exec(
-        str(ATOMIZER), "--config", str(config_path), "--db", str(tmp_path / "atomizer.db"), "run",
+        str(ATOMIZER), "--config", str(config_path), "--db", str(tmp_path / "atomizer.db"), "run", *run_args,
         env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
