@@ -278,7 +278,7 @@ async def cmd_task(args: argparse.Namespace) -> int:
     if args.json:
         print(TaskRecord.of(task).model_dump_json(indent=2))
     else:
-        print(task_line(task, today))
+        print(f"{task.already}; nothing changed" if task.already else task_line(task, today))
     return 0
 
 

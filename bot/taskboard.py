@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -131,6 +131,8 @@ class Task:
     created_at: str
     updated_at: str
     version: int
+    # Set by a write that changed nothing ("T-1 is already done"): the front ends say so; not a column.
+    already: str | None = field(default=None, compare=False)
 
     @property
     def display_id(self) -> str:
@@ -198,9 +200,25 @@ class TaskDetail:
     delegations: list[dict[str, Any]]
 
 
+def _changes_anything(task: Task, fields: dict[str, Any]) -> bool:
+    """Whether writing `fields` would change `task`; a person's label alone is no change (names drift)."""
+    return any(getattr(task, name) != value for name, value in fields.items() if name != "assignee_label")
+
+
+def _already(task: Task, actions: list[str]) -> str:
+    """What a write that changed nothing says: "T-1 is already done", "… already assigned to auditor"."""
+    said = []
+    if "move" in actions:
+        status = task.status.replace("_", " ")
+        said.append(f"{status}: {task.blocked_reason}" if task.status == "blocked" and task.blocked_reason else status)
+    if "assign" in actions:
+        said.append("unassigned" if task.assignee is None else f"assigned to {task.assignee_text}")
+    return f"{task.display_id} is already {' and '.join(said)}"
+
+
 TaskListener = Callable[[Task, TaskEvent], Awaitable[None]]
 _Change = Callable[[Task], tuple[dict[str, Any], str, str | None, str | None]]  # fields, action, old, new
-_COLUMNS = ", ".join(Task.__dataclass_fields__)  # type: ignore[attr-defined]
+_COLUMNS = ", ".join(name for name in Task.__dataclass_fields__ if name != "already")  # type: ignore[attr-defined]
 
 
 class TaskBoard:
@@ -481,20 +499,31 @@ class TaskBoard:
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownTask(f"no task T-{number}; see `/task list` or `atomizer-hq task list`")
-            task = Task(**dict(row))
-            if expected_version is not None and expected_version != task.version:
-                raise TaskConflict(
-                    f"{task.display_id} changed since you read it (you had version {expected_version}, it is now "
-                    f"{task.version}: {task.status}, {task.assignee_text}, updated {task.updated_at[11:16]} UTC); "
-                    "reload it and try again"
-                )
-            if not authorized:
-                self._may_change(requester, task)
+            task = current = Task(**dict(row))
             fields: dict[str, Any] = {}
-            for index, change in enumerate(changes):
+            steps: list[tuple[str, str | None, str | None]] = []
+            for change in changes:
                 changed, action, old, new = change(task)
+                if not _changes_anything(task, changed):
+                    continue  # a no-op part of the write leaves no history line
                 task = replace(task, **changed)  # the next change sees this one's result
                 fields.update(changed)
+                steps.append((action, old, new))
+            if not steps:
+                # Nothing would change: nothing is recorded and the version stays, so the caller's next
+                # If-Match still holds. Checked before the version: a retry of a write that landed is no conflict.
+                if not authorized:
+                    self._may_change(requester, task)
+                return replace(task, already=_already(task, [change(task)[1] for change in changes]))
+            if expected_version is not None and expected_version != current.version:
+                raise TaskConflict(
+                    f"{current.display_id} changed since you read it (you had version {expected_version}, it is now "
+                    f"{current.version}: {current.status}, {current.assignee_text}, updated "
+                    f"{current.updated_at[11:16]} UTC); reload it and try again"
+                )
+            if not authorized:
+                self._may_change(requester, current)
+            for index, (action, old, new) in enumerate(steps):
                 said = note if index == 0 else None  # the note explains the first change (the move)
                 events.append(await self._event(tx, number, requester, action, old, new, said, now))
             assignments = ", ".join(f"{name} = ?" for name in fields)

@@ -155,7 +155,10 @@ class TaskView(AtomizerView):
         self.refresh(task)
         self.interaction = interaction
         detail = await self.cog.tasks.show(task.id)
-        await interaction.response.edit_message(embeds=detail_embeds(detail), view=self, allowed_mentions=NO_MENTIONS)
+        note = f"{plain(task.already, 600)}; nothing changed." if task.already else None
+        await interaction.response.edit_message(
+            content=note, embeds=detail_embeds(detail), view=self, allowed_mentions=NO_MENTIONS
+        )
 
     @discord.ui.button(label="Start", style=discord.ButtonStyle.primary)
     async def start(self, interaction: discord.Interaction, button: discord.ui.Button[TaskView]) -> None:
@@ -463,6 +466,10 @@ class Tasks(commands.Cog):
     # --- writes (operators; the core applies its own rules too) ----------------------------------
 
     async def announce(self, interaction: discord.Interaction, task: Task, what: str, requester: Requester) -> None:
+        if task.already:  # nothing changed: only the caller needs to hear it
+            text = f"{plain(task.already, 600)}; nothing changed."
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         await interaction.response.send_message(change_text(task, what, requester), allowed_mentions=NO_MENTIONS)
 
     @task.command(name="add", description="Add a task (operators)")

@@ -114,13 +114,47 @@ async def test_moving_and_reassigning_at_once_is_both_or_neither(board: TaskBoar
 
 async def test_concurrent_writers_from_several_front_ends_lose_nothing(board: TaskBoard) -> None:
     task = await board.add(OPERATOR, "Shared", assignee="nx-expert")
-    writers = [
-        board.move(agent("nx-expert"), task.id, status) for status in ("in_progress", "review", "in_progress") * 10
-    ] + [board.assign(OPERATOR, task.id, "nx-expert", note=f"n{i}") for i in range(10)]
-    await asyncio.gather(*writers)
+    writers = [board.block(agent("nx-expert"), task.id, f"waiting for part {i}") for i in range(30)] + [
+        board.assign(OPERATOR, task.id, "nx-expert", note=f"n{i}") for i in range(10)
+    ]
+    results = await asyncio.gather(*writers)
     detail = await board.show(task.id, history_limit=100)
-    assert detail.task.version == 1 + 40
-    assert len(detail.history) == 41  # every write is in the history, none lost
+    assert detail.task.version == 1 + 30
+    assert len(detail.history) == 31  # every change is in the history, none lost
+    # The assignments changed nothing (it was nx-expert's already): each said so, none was recorded.
+    assert {r.already for r in results[30:]} == {"T-1 is already assigned to nx-expert"}
+
+
+async def test_a_no_op_says_already_records_nothing_and_keeps_the_version(board: TaskBoard) -> None:
+    task = await board.add(OPERATOR, "Mesh", assignee="nx-expert")
+    done = await board.done(agent("nx-expert"), task.id, "meshed")
+    again = await board.done(agent("nx-expert"), task.id, "meshed, really", expected_version=done.version)
+    assert (again.already, again.version, again.status) == ("T-1 is already done", done.version, "done")
+    # A retry with the version read before the first write: what it asked for holds, so no conflict either.
+    retry = await board.move(OPERATOR, task.id, "done", expected_version=task.version)
+    assert retry.already == "T-1 is already done"
+    same_owner = await board.assign(OPERATOR, task.id, "@nx-expert", expected_version=done.version)
+    assert same_owner.already == "T-1 is already assigned to nx-expert"
+    both = await board.update(OPERATOR, task.id, status="done", assignee="nx-expert", expected_version=done.version)
+    assert both.already == "T-1 is already done and assigned to nx-expert"
+    blocked = await board.block(OPERATOR, task.id, "no licence", expected_version=done.version)
+    assert (await board.block(OPERATOR, task.id, "no licence")).already == "T-1 is already blocked: no licence"
+    assert (await board.block(OPERATOR, task.id, "still no licence")).version == blocked.version + 1  # a new reason
+    detail = await board.show(task.id)
+    assert [(e.action, e.new_value) for e in detail.history] == [
+        ("create", "Mesh"), ("move", "done"), ("move", "blocked"), ("move", "blocked")
+    ]  # fmt: skip
+    # Half a no-op: only the part that changes is recorded, with the note.
+    moved = await board.update(OPERATOR, task.id, status="blocked", assignee="auditor", note="still no licence")
+    assert [(e.action, e.new_value, e.note) for e in (await board.show(task.id)).history[-1:]] == [
+        ("assign", "auditor", "still no licence")
+    ]
+    assert moved.version == blocked.version + 2
+    # A refusal stays a refusal, even when nothing would change.
+    with pytest.raises(NotAllowed):
+        await board.done(VIEWER, task.id)
+    with pytest.raises(NotAllowed):
+        await board.assign(agent("webster"), task.id, "auditor")
 
 
 async def test_a_user_can_be_an_assignee(board: TaskBoard) -> None:
