@@ -97,9 +97,15 @@ def parse_priority(text: str) -> str:
     return value
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
 def parse_due(text: str, today: date) -> str:
-    """YYYY-MM-DD, today, tomorrow, +3d, +2w."""
+    """YYYY-MM-DD, today, tomorrow, +3d, +2w, or a weekday (the next one; today's is today)."""
     value = text.strip().lower()
+    weekday = next((i for i, day in enumerate(_WEEKDAYS) if len(value) >= 3 and day.startswith(value)), None)
+    if weekday is not None:
+        return (today + timedelta(days=(weekday - today.weekday()) % 7)).isoformat()
     if value == "today":
         return today.isoformat()
     if value == "tomorrow":
@@ -111,7 +117,9 @@ def parse_due(text: str, today: date) -> str:
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise InvalidInput(f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow or +3d") from None
+        raise InvalidInput(
+            f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow, +3d or a weekday"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -572,6 +580,10 @@ class TaskBoard:
         target = TargetNormalizer(self._config, self.directory).normalize(value if explicit else f"@{value}")
         if target.kind != "user":
             raise InvalidInput(f"{text!r} is a channel; a task is assigned to an agent or a person")
+        # A mention of an agent's own bot account (<@id>, user:<id>) means the agent, not a person.
+        agent = next((a for a in self._config.agents if a.discord_user_id == target.id), None)
+        if agent is not None:
+            return "agent", agent.name, None
         return "user", target.id, target.display or f"user:{target.id}"
 
     # --- the link with delegation -------------------------------------------------------------

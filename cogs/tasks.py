@@ -39,7 +39,7 @@ from bot.discord_bot import (
 )
 from bot.errors import AtomizerError, InvalidInput
 from bot.targets import GuildDirectory
-from bot.task_grammar import BoardCommand, MessageOutcome, apply_board_message, parse_board_message
+from bot.task_grammar import BoardCommand, MessageOutcome, apply_board_message, parse_board_post
 from bot.task_view import BOARD_TASKS_MAX, PRIORITY_MARK, STATUS_ICON, task_board, task_detail, task_line
 from bot.taskboard import (
     DESCRIPTION_MAX,
@@ -416,11 +416,12 @@ class Tasks(commands.Cog):
         ):
             return
         requester = requester_for_user(message.author, self.bot.services.config)
-        parsed = parse_board_message(message.content)
         if not requester.is_agent:
             # People talk here too: only an operator's post that reads as a board command is applied.
             # Other bots are never people, whatever roles they hold.
-            if message.author.bot or requester.level < AccessLevel.OPERATOR or not isinstance(parsed, BoardCommand):
+            if message.author.bot or requester.level < AccessLevel.OPERATOR:
+                return
+            if not any(isinstance(parsed, BoardCommand) for parsed in parse_board_post(message.content)):
                 return
         directory = self.use_guild(message.guild)
         if directory is not None:
@@ -435,19 +436,18 @@ class Tasks(commands.Cog):
             await self.answer(message, GENERIC_FAILURE)
             return
         if outcome.applied:
-            created = isinstance(parsed, BoardCommand) and parsed.action == "create"
-            await self.acknowledge(message, outcome, created=created)
+            await self.acknowledge(message, outcome)
         elif outcome.reply:
             await self.answer(message, outcome.reply)
 
-    async def acknowledge(self, message: discord.Message, outcome: MessageOutcome, *, created: bool) -> None:
-        """A ✅ reaction; a new task also gets its id in words (its author cannot know it otherwise)."""
+    async def acknowledge(self, message: discord.Message, outcome: MessageOutcome) -> None:
+        """A ✅ reaction; words as well when it does not say it all (a new task's id, a line refused)."""
         try:
             await message.add_reaction(ACK)
         except discord.HTTPException:  # no Add Reactions permission, or the post is gone: say it in words
             await self.answer(message, f"{ACK} {outcome.reply}")
             return
-        if created and outcome.reply:
+        if not outcome.quiet and outcome.reply:
             await self.answer(message, outcome.reply)
 
     async def answer(self, message: discord.Message, text: str) -> None:
