@@ -185,7 +185,9 @@ _ASSIGN_FIRST = re.compile(
     rf"pass(?:es|ed|ing)?)\s+(?P<ids>{_IDS})\s+(?:over\s+)?to\s+(?P<who>{_WHO})\s*$",
     re.I,
 )
-_UNASSIGN = re.compile(rf"^(?:(?P<ids>{_IDS})\s*[:\-–—]?\s*unassign(?:ed)?|unassign(?:ing)?\s+(?P<ids2>{_IDS}))\s*$", re.I)
+_UNASSIGN = re.compile(
+    rf"^(?:(?P<ids>{_IDS})\s*[:\-–—]?\s*unassign(?:ed)?|unassign(?:ing)?\s+(?P<ids2>{_IDS}))\s*$", re.I
+)
 _CREATE = re.compile(
     r"^(?:please\s+)?(?:"
     r"(?:new|create|add|open|make|log|file|raise)(?:\s+an?)?(?:\s+new)?\s+task(?:\s+for\s+(?P<for>"
@@ -417,10 +419,12 @@ def _read_verb_first(cleaned: str, raw: str) -> list[Parsed] | None:
     names = _VERB_NAMES if match.re is _VERB_FIRST else _STATUS_NAMES
     status = _status_of(match, names)
     after = cleaned[match.end() :]
-    if status == "review" and match.re is _VERB_FIRST and (tail := _REVIEW_TAIL.match(after)):
+    handed_in = match.re is _VERB_FIRST and re.match(rf"{_SUBJECT}(?:submit|send|sent|hand)", match.group(0), re.I)
+    if status == "review" and handed_in:
+        tail = _REVIEW_TAIL.match(after)
+        if tail is None:
+            return None  # "Sent T-1 to Antoine" is no review
         after = after[tail.end() :]  # "Submitting T-1 for review: …"
-    elif status == "review" and match.re is _VERB_FIRST and re.match(r"(?:submit|send|sent|hand)", match.group(0), re.I):
-        return None  # "Sent T-1 to Antoine" is no review
     return _moves(_ids(match.group("ids")), status, _note(after, verb_first=True))
 
 
@@ -497,7 +501,7 @@ def _creation(rest: str, for_whom: str | None = None) -> Parsed:
     title = re.sub(r"\s+(?:for|to|cc|->|→)$", "", title, flags=re.I).strip(" -–—:;,|")
     if len(title) >= 2 and title[0] == title[-1] and title[0] in "\"'“”":
         title = title[1:-1].strip()
-    title = title.strip("\"“”").strip(" -–—:;,|")
+    title = title.strip('"“”').strip(" -–—:;,|")
     if not title:
         return NotUnderstood("A new task needs a title: `new task: Review thermal analysis @auditor !high`.")
     return BoardCommand("create", title=title, assignee=assignee, priority=level, due=when)

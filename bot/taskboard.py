@@ -117,9 +117,7 @@ def parse_due(text: str, today: date) -> str:
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise InvalidInput(
-            f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow, +3d or a weekday"
-        ) from None
+        raise InvalidInput(f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow, +3d or a weekday") from None
 
 
 @dataclass(frozen=True)
