@@ -360,14 +360,14 @@ def _note(text: str, *, verb_first: bool = False) -> str | None:
 def fit_note(note: str) -> str:
     """A note as long as the board keeps: a longer one (Discord allows 2,000) is cut, saying so."""
     note = " ".join(note.split())
-    if len(note) <= NOTE_MAX:
-        return note
     keep = NOTE_MAX
-    while True:
-        suffix = f"… (cut: {len(note) - keep:,} more characters)"
-        if keep + len(suffix) <= NOTE_MAX:
-            return note[:keep].rstrip() + suffix
-        keep = NOTE_MAX - len(suffix)
+    while len(note) > NOTE_MAX:
+        kept = note[:keep].rstrip()
+        cut = f"{kept}… (cut: {len(note) - len(kept):,} more characters)"
+        if len(cut) <= NOTE_MAX:
+            return cut
+        keep -= len(cut) - NOTE_MAX
+    return note
 
 
 def _moves(ids: list[int], status: str, note: str | None) -> list[Parsed]:
