@@ -529,6 +529,7 @@ class HeartbeatPauseIn(BaseModel):
 class HeartbeatPaused(BaseModel):
     agent: str
     paused_until: str | None = Field(description="null once resumed; 9999-12-31… means until resumed.")
+    changed: bool = Field(default=True, description="false when it was already so: nothing was recorded.")
 
 
 class HeartbeatSeen(BaseModel):
@@ -1194,13 +1195,13 @@ class LoopbackApi:
     ) -> HeartbeatPaused:
         seconds = pause_seconds(body.duration)
         agent = self.services.config.require_agent(request.match_info["agent"]).name
-        until = await self.services.heartbeats.pause(requester, agent, seconds)
-        return HeartbeatPaused(agent=agent, paused_until=until)
+        pause = await self.services.heartbeats.pause(requester, agent, seconds)
+        return HeartbeatPaused(agent=agent, paused_until=pause.until, changed=pause.already is None)
 
     async def resume_heartbeat(self, request: web.Request, requester: Requester, data: None) -> HeartbeatPaused:
         agent = self.services.config.require_agent(request.match_info["agent"]).name
-        await self.services.heartbeats.resume(requester, agent)
-        return HeartbeatPaused(agent=agent, paused_until=None)
+        already = await self.services.heartbeats.resume(requester, agent)
+        return HeartbeatPaused(agent=agent, paused_until=None, changed=already is None)
 
     async def heartbeat_seen(self, request: web.Request, requester: Requester, data: None) -> HeartbeatSeen:
         named = request.match_info["agent"]
