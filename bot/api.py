@@ -1071,7 +1071,9 @@ class LoopbackApi:
                 "the answer is 409 `conflict` and nothing is changed; reload and decide again. Without it the change "
                 "applies to the current task. 403: agents change only tasks assigned to them. With both a status "
                 "and an assignee, the status changes first (an agent may finish its task and hand it on); these are "
-                "two writes, so a change slipping in between them gets the 409 after the status has moved.",
+                "two writes, so a change slipping in between them gets the 409 after the status has moved. "
+                "Asking for what the task already is (its status, its assignee) changes nothing: 200 with the record "
+                "as it is, the same version, nothing in its history (a retry after a lost answer is no conflict).",
             )
         )
 
