@@ -63,11 +63,13 @@ _UPDATE_PREFIX = re.compile(
 # --- task ids ----------------------------------------------------------------------------------------
 
 _DASH = r"[-‐‑‒–—_]"
-_ONE_ID = rf"(?:(?:task\s*)?#?\s*t\s*{_DASH}?\s*|task\s*#?\s*)(\d{{1,9}})(?!\d)"
+# Each piece matches one way only (no `\s*x?\s*`): a list of ids never backtracks exponentially.
+_ID_START = rf"(?:(?:task\s*(?:#\s*)?|#\s*)?t\s*(?:{_DASH}\s*)?|task\s*(?:#\s*)?)"
+_ONE_ID = rf"{_ID_START}(\d{{1,9}})(?!\d)"
 _ID = rf"[\[(]?{_ONE_ID}[\])]?"
 _IDS = rf"{_ID}(?:\s*(?:,|&|\+|/|\band\b)\s*{_ID})*"
 _TASK_REF = re.compile(rf"(?<![\w-]){_ONE_ID}\b", re.I)
-_SPLIT = re.compile(rf"\s*(?:[;,|]|\s(?:and|&|then|\+)\s)\s*(?=(?:task\s*)?#?\s*t\s*{_DASH}?\s*\d)", re.I)
+_SPLIT = re.compile(rf"\s*(?:[;,|]|\s(?:and|&|then|\+)\s)\s*(?={_ID_START}\d)", re.I)
 _LEADING_ID = re.compile(rf"^{_ID}(?![\w-])", re.I)
 _ID_LIST = re.compile(rf"^{_IDS}(?![\w-])", re.I)
 
@@ -117,9 +119,10 @@ _STATUS_ALT, _STATUS_NAMES = _alternation(_PHRASES)
 _END = r"(?![\w'’-])"
 # Words between the id and the status: "T-1 is now done", "T-1 → review", "T-1 marked as done".
 _FILLER = (
-    r"(?:(?:is|are|was|were|has\s+been|have\s+been|been|now|just|also|finally|officially|got|gets|marked|"
-    r"moved|moving|set|changed|status|state|as|to|into|back|->|=>|→|⇒|➡|>)\s*[:=]?\s*)*"
+    r"(?:(?:(?:is|are|was|were|has\s+been|have\s+been|been|now|just|also|finally|officially|got|gets|marked|"
+    r"moved|moving|set|changed|status|state|as|to|into|back)\b|->|=>|→|⇒|➡|>)\s*(?::\s*)?)*"
 )
+_TITLE_SEPARATORS = 6  # "T-1 – a title: done": a title has few separators; past these it is prose
 _SEP = r"(?:\s*[:\-–—|;,]\s*|\s*\.\s+|\s+|$)"
 _MOVE_AFTER_ID = re.compile(rf"^\s*[:\-–—|]?\s*{_FILLER}(?:(?P<wait>{_WAITING})|(?:{_STATUS_ALT}){_END})", re.I)
 
@@ -383,7 +386,8 @@ def _read_move_after_id(cleaned: str, raw: str) -> list[Parsed] | None:
     ids, rest = _ids(head.group(0)), cleaned[head.end() :]
     candidates = [rest]
     # "T-1 (Mesh the mirror): done", "T-1 – Mesh the M2 mirror — ✅ Done": a title, then the status.
-    candidates += [rest[m.end() :] for m in re.finditer(r"\)\s*|\s*[:–—|]\s*|\s+-\s+", rest) if m.start() > 0]
+    separators = re.finditer(r"\)\s*|\s*[:–—|]\s*|\s+-\s+", rest)
+    candidates += [rest[m.end() :] for m in separators if m.start() > 0][:_TITLE_SEPARATORS]
     for candidate in candidates:
         lead = _lead_status(candidate)
         body = _LEAD.sub("", candidate) if lead else candidate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
@@ -451,3 +452,12 @@ async def test_a_burst_of_updates_gives_at_most_one_edit_per_message_per_2_s_and
 
 async def _request(live: CoalescedBoard) -> None:
     live.request()
+
+
+@pytest.mark.parametrize("filler", ["is ", "->:", "T-1, ", "# ", "- ", "ab: ", "to => "])
+def test_a_post_of_repeated_fillers_is_read_at_once(filler: str) -> None:
+    """Up to Discord's 2,000 characters of what the grammar skips: read in linear time, never a hang."""
+    started = time.monotonic()
+    parsed = parse_board_post("T-1 " + filler * (1990 // len(filler)) + "?")
+    assert time.monotonic() - started < 5.0  # exponential backtracking takes minutes; linear, milliseconds
+    assert all(isinstance(p, BoardCommand | NotUnderstood) for p in parsed)
