@@ -123,7 +123,9 @@ _FILLER = (
     r"moved|moving|set|changed|status|state|as|to|into|back)\b|->|=>|→|⇒|➡|>)\s*(?::\s*)?)*"
 )
 _TITLE_SEPARATORS = 6  # "T-1 – a title: done": a title has few separators; past these it is prose
-_SEP = r"(?:\s*[:\-–—|;,]\s*|\s*\.\s+|\s+|$)"
+_SEP = r"(?:\s*[:\-–—|;,]\s*|\s*[.!]\s+|\s+|$)"
+# "T-6 complete and ready for review": the later status is the one that holds.
+_THEN = re.compile(r"^\s*,?\s*(?:and|but|&|so)\s+(?:(?:it\s+is|it's|is|now)\s+)*", re.I)
 _MOVE_AFTER_ID = re.compile(rf"^\s*[:\-–—|]?\s*{_FILLER}(?:(?P<wait>{_WAITING})|(?:{_STATUS_ALT}){_END})", re.I)
 
 # Verb first: "Starting T-1 now", "Done with T-4", "Picking up T-6", "Marking T-1 as done".
@@ -194,7 +196,7 @@ _UNASSIGN = re.compile(
 _CREATE = re.compile(
     r"^(?:please\s+)?(?:"
     r"(?:new|create|add|open|make|log|file|raise)(?:\s+an?)?(?:\s+new)?\s+task(?:\s+for\s+(?P<for>"
-    r"<@!?\d{1,25}>|@[\w.\-]+))?\s*(?:[:\-–—]\s*|\s+(?=\S))"
+    r"<@!?\d{1,25}>|@[\w.\-]+))?\s*(?:[:\-–—]\s*|\s+(?=\S)|$)"
     r"|(?:new|task|todo|to[\s\-]?do|add|create)\s*[:\-–—]\s*"
     r")(?P<rest>.*)$",
     re.I,
@@ -274,7 +276,7 @@ def tidy(text: str) -> str:
         line = stripped
     line = _UPDATE_PREFIX.sub("", line)
     line = _LEAD.sub("", line)
-    return _SPACES.sub(" ", line).strip().rstrip(".!")
+    return _TRAIL.sub("", _SPACES.sub(" ", line).strip())
 
 
 def _lead_status(text: str) -> str | None:
@@ -350,11 +352,13 @@ def _status_of(match: re.Match[str], names: dict[str, str]) -> str:
 
 def _note(text: str, *, verb_first: bool = False) -> str | None:
     note = text.strip()
-    note = re.sub(r"^[\s:\-–—|;,.]+", "", note)
+    note = re.sub(r"^[\s:\-–—|;,.!]+", "", note)
     if verb_first:
         note = _TIME_WORDS.sub("", note)
         note = re.sub(r"^[\s:\-–—|;,.]+", "", note)
     note = _TRAIL.sub("", note)
+    if note.startswith("(") and note.endswith(")") and note.count("(") == 1:
+        note = note[1:-1].strip()  # "T-4 in progress (60%)"
     if not note or _ONLY_DECORATION.match(note):
         return None
     return fit_note(note)
@@ -402,6 +406,10 @@ def _read_move_after_id(cleaned: str, raw: str) -> list[Parsed] | None:
             else:
                 if not re.match(_SEP, after):
                     continue
+                then = _THEN.match(after)
+                later = _MOVE_AFTER_ID.match(after[then.end() :]) if then else None
+                if then and later and not later.group("wait") and re.match(_SEP, after[then.end() + later.end() :]):
+                    status, after = _status_of(later, _STATUS_NAMES), after[then.end() + later.end() :]
                 note = _note(after)
             return _moves(ids, status, note)
         if lead is not None and (not body.strip() or re.match(r"^\s*[:\-–—|]", candidate)):
