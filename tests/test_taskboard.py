@@ -164,6 +164,12 @@ async def test_a_user_can_be_an_assignee(board: TaskBoard) -> None:
     assert [t.id for t in await board.list(assignee="user:100000000000000777")] == [task.id]
 
 
+@pytest.mark.parametrize("written", ["<@100000000000000307>", "<@!100000000000000307>", "user:100000000000000307"])
+async def test_a_mention_of_an_agents_own_account_is_that_agent(board: TaskBoard, written: str) -> None:
+    task = await board.add(OPERATOR, "Mesh", assignee=written)
+    assert (task.assignee_kind, task.assignee, task.assignee_text) == ("agent", "nx-expert", "nx-expert")
+
+
 # --- the #task-board grammar --------------------------------------------------------------------
 
 GRAMMAR_TABLE: list[tuple[str, BoardCommand | str | None]] = [
