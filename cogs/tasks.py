@@ -416,18 +416,17 @@ class Tasks(commands.Cog):
         ):
             return
         requester = requester_for_user(message.author, self.bot.services.config)
+        commands = [parsed for parsed in parse_board_post(message.content) if isinstance(parsed, BoardCommand)]
         if not requester.is_agent:
             # People talk here too: only an operator's post that reads as a board command is applied.
             # Other bots are never people, whatever roles they hold.
-            if message.author.bot or requester.level < AccessLevel.OPERATOR:
-                return
-            if not any(isinstance(parsed, BoardCommand) for parsed in parse_board_post(message.content)):
+            if message.author.bot or requester.level < AccessLevel.OPERATOR or not commands:
                 return
         directory = self.use_guild(message.guild)
         if directory is not None:
             directory.remember([message.author, *message.mentions])
-            if isinstance(parsed, BoardCommand) and parsed.assignee:
-                await directory.look_up(parsed.assignee)  # the core then knows the person, or says who it knows
+            for assignee in dict.fromkeys(command.assignee for command in commands if command.assignee):
+                await directory.look_up(assignee)  # the core then knows the person, or says who it knows
         requester = replace(requester, front_end="task-board")
         try:
             outcome = await apply_board_message(self.tasks, requester, message.content)
