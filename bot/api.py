@@ -529,6 +529,7 @@ class HeartbeatPauseIn(BaseModel):
 class HeartbeatPaused(BaseModel):
     agent: str
     paused_until: str | None = Field(description="null once resumed; 9999-12-31… means until resumed.")
+    changed: bool = Field(default=True, description="false when it was already so: nothing was recorded.")
 
 
 class HeartbeatSeen(BaseModel):
@@ -1070,7 +1071,9 @@ class LoopbackApi:
                 "the answer is 409 `conflict` and nothing is changed; reload and decide again. Without it the change "
                 "applies to the current task. 403: agents change only tasks assigned to them. With both a status "
                 "and an assignee, the status changes first (an agent may finish its task and hand it on); these are "
-                "two writes, so a change slipping in between them gets the 409 after the status has moved.",
+                "two writes, so a change slipping in between them gets the 409 after the status has moved. "
+                "Asking for what the task already is (its status, its assignee) changes nothing: 200 with the record "
+                "as it is, the same version, nothing in its history (a retry after a lost answer is no conflict).",
             )
         )
 
@@ -1194,13 +1197,13 @@ class LoopbackApi:
     ) -> HeartbeatPaused:
         seconds = pause_seconds(body.duration)
         agent = self.services.config.require_agent(request.match_info["agent"]).name
-        until = await self.services.heartbeats.pause(requester, agent, seconds)
-        return HeartbeatPaused(agent=agent, paused_until=until)
+        pause = await self.services.heartbeats.pause(requester, agent, seconds)
+        return HeartbeatPaused(agent=agent, paused_until=pause.until, changed=pause.already is None)
 
     async def resume_heartbeat(self, request: web.Request, requester: Requester, data: None) -> HeartbeatPaused:
         agent = self.services.config.require_agent(request.match_info["agent"]).name
-        await self.services.heartbeats.resume(requester, agent)
-        return HeartbeatPaused(agent=agent, paused_until=None)
+        already = await self.services.heartbeats.resume(requester, agent)
+        return HeartbeatPaused(agent=agent, paused_until=None, changed=already is None)
 
     async def heartbeat_seen(self, request: web.Request, requester: Requester, data: None) -> HeartbeatSeen:
         named = request.match_info["agent"]

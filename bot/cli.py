@@ -278,7 +278,7 @@ async def cmd_task(args: argparse.Namespace) -> int:
     if args.json:
         print(TaskRecord.of(task).model_dump_json(indent=2))
     else:
-        print(task_line(task, today))
+        print(f"{task.already}; nothing changed" if task.already else task_line(task, today))
     return 0
 
 
@@ -312,11 +312,18 @@ async def cmd_heartbeat(args: argparse.Namespace) -> int:
                 print(describe_run(run))
             return 0 if run.status == "ok" else 1
         if action == "pause":
-            until = await heartbeats.pause(requester, agent, pause_seconds(args.duration))
+            pause = await heartbeats.pause(requester, agent, pause_seconds(args.duration))
+            if pause.already:
+                print(f"{pause.already}; nothing changed")
+                return 0
+            until = pause.until
             when = "until resumed" if until.startswith("9999") else f"until {until[:16].replace('T', ' ')} UTC"
             print(f"{agent}: heartbeats paused {when}; `atomizer-hq heartbeat resume {agent}` resumes them")
             return 0
-        await heartbeats.resume(requester, agent)
+        already = await heartbeats.resume(requester, agent)
+        if already:
+            print(f"{already}; nothing changed")
+            return 0
         [job] = [job for job in await heartbeats.status() if job.agent == agent]
         upcoming = f"; next slot {_utc(job.next_slot)}" if job.next_slot else ""
         print(f"{agent}: heartbeats resumed{upcoming}")

@@ -142,6 +142,15 @@ class JobStatus:
     failures: int
 
 
+@dataclass(frozen=True)
+class Pause:
+    """What `pause` left in force; `already` says so when it was in force before (nothing recorded)."""
+
+    agent: str
+    until: str
+    already: str | None = None
+
+
 _RUN_COLUMNS = "agent, slot, trigger, status, level, run_id, detail, started_at, finished_at"
 AlertSink = Callable[[str, str, str], Awaitable[None]]  # agent, kind, text
 
@@ -442,24 +451,38 @@ class HeartbeatService:
 
     # --- pause, resume, list ------------------------------------------------------------------
 
-    async def pause(self, requester: Requester, agent: str, duration_s: float | None = None) -> str:
-        """No heartbeats for `agent` until the returned time (None: until resumed). Admins only."""
+    async def pause(self, requester: Requester, agent: str, duration_s: float | None = None) -> Pause:
+        """No heartbeats for `agent` until the returned time (FOREVER: until resumed). Admins only.
+
+        A pause that would end no later than the one in force changes nothing and records nothing."""
         if requester.is_agent or requester.level < AccessLevel.ADMIN:
             raise NotAllowed(f"pausing heartbeats needs the admin level; {requester.describe()} is not")
         name = self._job(agent) and self._config.require_agent(agent).name
         until = FOREVER if not duration_s else iso(self._clock() + timedelta(seconds=duration_s))
         await self._state(name)
-        await self._store.execute(
-            "UPDATE heartbeat_state SET paused_until = ?, paused_by = ? WHERE agent = ?", (until, requester.name, name)
+        changed = await self._store.update(
+            "UPDATE heartbeat_state SET paused_until = ?, paused_by = ? "
+            "WHERE agent = ? AND (paused_until IS NULL OR paused_until < ?)",
+            (until, requester.name, name, until),
         )
-        return until
+        if changed:
+            return Pause(name, until)
+        state = await self._state(name)
+        current = state["paused_until"]
+        how_long = "until resumed" if current == FOREVER else f"until {current[:16].replace('T', ' ')} UTC"
+        return Pause(name, current, already=f"{name}'s heartbeats are already paused {how_long}")
 
-    async def resume(self, requester: Requester, agent: str) -> None:
+    async def resume(self, requester: Requester, agent: str) -> str | None:
+        """Heartbeats for `agent` again; "… are not paused" (and nothing recorded) when they were not."""
         if requester.is_agent or requester.level < AccessLevel.ADMIN:
             raise NotAllowed(f"resuming heartbeats needs the admin level; {requester.describe()} is not")
         name = self._job(agent) and self._config.require_agent(agent).name
         await self._state(name)
-        await self._store.execute("UPDATE heartbeat_state SET paused_until = NULL WHERE agent = ?", (name,))
+        changed = await self._store.update(
+            "UPDATE heartbeat_state SET paused_until = NULL WHERE agent = ? AND paused_until > ?",
+            (name, iso(self._clock())),
+        )
+        return None if changed else f"{name}'s heartbeats are not paused; they already run"
 
     async def _paused(self, agent: str, now: datetime) -> bool:
         row = await self._store.fetchone("SELECT paused_until FROM heartbeat_state WHERE agent = ?", (agent,))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -97,9 +97,15 @@ def parse_priority(text: str) -> str:
     return value
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
 def parse_due(text: str, today: date) -> str:
-    """YYYY-MM-DD, today, tomorrow, +3d, +2w."""
+    """YYYY-MM-DD, today, tomorrow, +3d, +2w, or a weekday (the next one; today's is today)."""
     value = text.strip().lower()
+    weekday = next((i for i, day in enumerate(_WEEKDAYS) if len(value) >= 3 and day.startswith(value)), None)
+    if weekday is not None:
+        return (today + timedelta(days=(weekday - today.weekday()) % 7)).isoformat()
     if value == "today":
         return today.isoformat()
     if value == "tomorrow":
@@ -111,7 +117,7 @@ def parse_due(text: str, today: date) -> str:
     try:
         return date.fromisoformat(value).isoformat()
     except ValueError:
-        raise InvalidInput(f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow or +3d") from None
+        raise InvalidInput(f"{text!r} is not a due date; write YYYY-MM-DD, today, tomorrow, +3d or a weekday") from None
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,8 @@ class Task:
     created_at: str
     updated_at: str
     version: int
+    # Set by a write that changed nothing ("T-1 is already done"): the front ends say so; not a column.
+    already: str | None = field(default=None, compare=False)
 
     @property
     def display_id(self) -> str:
@@ -198,9 +206,25 @@ class TaskDetail:
     delegations: list[dict[str, Any]]
 
 
+def _changes_anything(task: Task, fields: dict[str, Any]) -> bool:
+    """Whether writing `fields` would change `task`; a person's label alone is no change (names drift)."""
+    return any(getattr(task, name) != value for name, value in fields.items() if name != "assignee_label")
+
+
+def _already(task: Task, actions: list[str]) -> str:
+    """What a write that changed nothing says: "T-1 is already done", "… already assigned to auditor"."""
+    said = []
+    if "move" in actions:
+        status = task.status.replace("_", " ")
+        said.append(f"{status}: {task.blocked_reason}" if task.status == "blocked" and task.blocked_reason else status)
+    if "assign" in actions:
+        said.append("unassigned" if task.assignee is None else f"assigned to {task.assignee_text}")
+    return f"{task.display_id} is already {' and '.join(said)}"
+
+
 TaskListener = Callable[[Task, TaskEvent], Awaitable[None]]
 _Change = Callable[[Task], tuple[dict[str, Any], str, str | None, str | None]]  # fields, action, old, new
-_COLUMNS = ", ".join(Task.__dataclass_fields__)  # type: ignore[attr-defined]
+_COLUMNS = ", ".join(name for name in Task.__dataclass_fields__ if name != "already")  # type: ignore[attr-defined]
 
 
 class TaskBoard:
@@ -481,20 +505,31 @@ class TaskBoard:
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownTask(f"no task T-{number}; see `/task list` or `atomizer-hq task list`")
-            task = Task(**dict(row))
-            if expected_version is not None and expected_version != task.version:
-                raise TaskConflict(
-                    f"{task.display_id} changed since you read it (you had version {expected_version}, it is now "
-                    f"{task.version}: {task.status}, {task.assignee_text}, updated {task.updated_at[11:16]} UTC); "
-                    "reload it and try again"
-                )
-            if not authorized:
-                self._may_change(requester, task)
+            task = current = Task(**dict(row))
             fields: dict[str, Any] = {}
-            for index, change in enumerate(changes):
+            steps: list[tuple[str, str | None, str | None]] = []
+            for change in changes:
                 changed, action, old, new = change(task)
+                if not _changes_anything(task, changed):
+                    continue  # a no-op part of the write leaves no history line
                 task = replace(task, **changed)  # the next change sees this one's result
                 fields.update(changed)
+                steps.append((action, old, new))
+            if not steps:
+                # Nothing would change: nothing is recorded and the version stays, so the caller's next
+                # If-Match still holds. Checked before the version: a retry of a write that landed is no conflict.
+                if not authorized:
+                    self._may_change(requester, task)
+                return replace(task, already=_already(task, [change(task)[1] for change in changes]))
+            if expected_version is not None and expected_version != current.version:
+                raise TaskConflict(
+                    f"{current.display_id} changed since you read it (you had version {expected_version}, it is now "
+                    f"{current.version}: {current.status}, {current.assignee_text}, updated "
+                    f"{current.updated_at[11:16]} UTC); reload it and try again"
+                )
+            if not authorized:
+                self._may_change(requester, current)
+            for index, (action, old, new) in enumerate(steps):
                 said = note if index == 0 else None  # the note explains the first change (the move)
                 events.append(await self._event(tx, number, requester, action, old, new, said, now))
             assignments = ", ".join(f"{name} = ?" for name in fields)
@@ -543,6 +578,10 @@ class TaskBoard:
         target = TargetNormalizer(self._config, self.directory).normalize(value if explicit else f"@{value}")
         if target.kind != "user":
             raise InvalidInput(f"{text!r} is a channel; a task is assigned to an agent or a person")
+        # A mention of an agent's own bot account (<@id>, user:<id>) means the agent, not a person.
+        agent = next((a for a in self._config.agents if a.discord_user_id == target.id), None)
+        if agent is not None:
+            return "agent", agent.name, None
         return "user", target.id, target.display or f"user:{target.id}"
 
     # --- the link with delegation -------------------------------------------------------------

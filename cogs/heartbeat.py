@@ -245,7 +245,13 @@ class Heartbeat(commands.Cog):
         requester = requester_for(interaction, self.bot.services.config)
         name = self.job_agent(agent)
         seconds = pause_seconds(clip(duration, DURATION_MAX) if duration else None)
-        until = await self.heartbeats.pause(requester, name, seconds)
+        pause = await self.heartbeats.pause(requester, name, seconds)
+        if pause.already:  # nothing changed: only the caller needs to hear it
+            await interaction.response.send_message(
+                f"{pause.already}; nothing changed.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        until = pause.until
         how_long = "until resumed" if until == FOREVER else f"until {when(until)}"
         # In the channel: whoever wonders why an agent's heartbeats stopped should find out who and until when.
         await interaction.response.send_message(
@@ -260,7 +266,12 @@ class Heartbeat(commands.Cog):
     async def resume(self, interaction: discord.Interaction, agent: str) -> None:
         requester = requester_for(interaction, self.bot.services.config)
         name = self.job_agent(agent)
-        await self.heartbeats.resume(requester, name)
+        already = await self.heartbeats.resume(requester, name)
+        if already:
+            await interaction.response.send_message(
+                f"{already}; nothing changed.", ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
         job = next((job for job in await self.heartbeats.status() if job.agent == name), None)
         upcoming = f"; next {when(job.next_slot)}" if job is not None and job.next_slot else ""
         await interaction.response.send_message(

@@ -39,7 +39,7 @@ from bot.discord_bot import (
 )
 from bot.errors import AtomizerError, InvalidInput
 from bot.targets import GuildDirectory
-from bot.task_grammar import BoardCommand, MessageOutcome, apply_board_message, parse_board_message
+from bot.task_grammar import BoardCommand, MessageOutcome, apply_board_message, parse_board_post
 from bot.task_view import BOARD_TASKS_MAX, PRIORITY_MARK, STATUS_ICON, task_board, task_detail, task_line
 from bot.taskboard import (
     DESCRIPTION_MAX,
@@ -155,7 +155,10 @@ class TaskView(AtomizerView):
         self.refresh(task)
         self.interaction = interaction
         detail = await self.cog.tasks.show(task.id)
-        await interaction.response.edit_message(embeds=detail_embeds(detail), view=self, allowed_mentions=NO_MENTIONS)
+        note = f"{plain(task.already, 600)}; nothing changed." if task.already else None
+        await interaction.response.edit_message(
+            content=note, embeds=detail_embeds(detail), view=self, allowed_mentions=NO_MENTIONS
+        )
 
     @discord.ui.button(label="Start", style=discord.ButtonStyle.primary)
     async def start(self, interaction: discord.Interaction, button: discord.ui.Button[TaskView]) -> None:
@@ -413,17 +416,17 @@ class Tasks(commands.Cog):
         ):
             return
         requester = requester_for_user(message.author, self.bot.services.config)
-        parsed = parse_board_message(message.content)
+        commands = [parsed for parsed in parse_board_post(message.content) if isinstance(parsed, BoardCommand)]
         if not requester.is_agent:
             # People talk here too: only an operator's post that reads as a board command is applied.
             # Other bots are never people, whatever roles they hold.
-            if message.author.bot or requester.level < AccessLevel.OPERATOR or not isinstance(parsed, BoardCommand):
+            if message.author.bot or requester.level < AccessLevel.OPERATOR or not commands:
                 return
         directory = self.use_guild(message.guild)
         if directory is not None:
             directory.remember([message.author, *message.mentions])
-            if isinstance(parsed, BoardCommand) and parsed.assignee:
-                await directory.look_up(parsed.assignee)  # the core then knows the person, or says who it knows
+            for assignee in dict.fromkeys(command.assignee for command in commands if command.assignee):
+                await directory.look_up(assignee)  # the core then knows the person, or says who it knows
         requester = replace(requester, front_end="task-board")
         try:
             outcome = await apply_board_message(self.tasks, requester, message.content)
@@ -432,19 +435,18 @@ class Tasks(commands.Cog):
             await self.answer(message, GENERIC_FAILURE)
             return
         if outcome.applied:
-            created = isinstance(parsed, BoardCommand) and parsed.action == "create"
-            await self.acknowledge(message, outcome, created=created)
+            await self.acknowledge(message, outcome)
         elif outcome.reply:
             await self.answer(message, outcome.reply)
 
-    async def acknowledge(self, message: discord.Message, outcome: MessageOutcome, *, created: bool) -> None:
-        """A ✅ reaction; a new task also gets its id in words (its author cannot know it otherwise)."""
+    async def acknowledge(self, message: discord.Message, outcome: MessageOutcome) -> None:
+        """A ✅ reaction; words as well when it does not say it all (a new task's id, a line refused)."""
         try:
             await message.add_reaction(ACK)
         except discord.HTTPException:  # no Add Reactions permission, or the post is gone: say it in words
             await self.answer(message, f"{ACK} {outcome.reply}")
             return
-        if created and outcome.reply:
+        if not outcome.quiet and outcome.reply:
             await self.answer(message, outcome.reply)
 
     async def answer(self, message: discord.Message, text: str) -> None:
@@ -463,6 +465,10 @@ class Tasks(commands.Cog):
     # --- writes (operators; the core applies its own rules too) ----------------------------------
 
     async def announce(self, interaction: discord.Interaction, task: Task, what: str, requester: Requester) -> None:
+        if task.already:  # nothing changed: only the caller needs to hear it
+            text = f"{plain(task.already, 600)}; nothing changed."
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         await interaction.response.send_message(change_text(task, what, requester), allowed_mentions=NO_MENTIONS)
 
     @task.command(name="add", description="Add a task (operators)")

@@ -121,7 +121,8 @@ async def test_the_admin_pauses_for_a_while_and_resumes(hq: Hq) -> None:
     assert (await hq.state("webster"))["paused_by"] == "admin"
 
     resumed = await hq.post("/v1/heartbeats/webster/resume", "admin")
-    assert resumed.status_code == 200 and resumed.json() == {"agent": "webster", "paused_until": None}
+    assert resumed.status_code == 200
+    assert resumed.json() == {"agent": "webster", "paused_until": None, "changed": True}
     assert (await hq.listing())["webster"]["paused_until"] is None
 
 
@@ -200,3 +201,16 @@ async def test_openapi_documents_the_heartbeat_routes(hq: Hq) -> None:
     }
     listed = (await hq.post("/v1/heartbeats/manager/run", "operator")).json()
     assert set(schemas["HeartbeatRunOut"]["properties"]) == set(listed)
+
+
+async def test_pausing_what_is_paused_or_resuming_what_runs_is_200_and_records_nothing(hq: Hq) -> None:
+    resumed = await hq.post("/v1/heartbeats/webster/resume", "admin")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json() == {"agent": "webster", "paused_until": None, "changed": False}
+
+    first = await hq.post("/v1/heartbeats/webster/pause", "admin", {})
+    before = dict(await hq.state("webster"))
+    again = await hq.post("/v1/heartbeats/webster/pause", "admin", {"duration": "2h"})  # within the pause in force
+    assert again.status_code == 200, again.text
+    assert again.json() == {"agent": "webster", "paused_until": FOREVER, "changed": False}
+    assert first.json()["changed"] is True and dict(await hq.state("webster")) == before

@@ -392,3 +392,21 @@ async def test_openapi_documents_the_task_routes(hq: Hq) -> None:
     assert set(schemas["TaskRecord"]["properties"]) == set(await hq.record(created["id"]))
     detail = (await hq.get(f"/v1/tasks/{created['id']}")).json()
     assert set(schemas["TaskDetailOut"]["properties"]) == set(detail)
+
+
+async def test_a_patch_that_changes_nothing_is_200_with_the_record_and_keeps_the_version(hq: Hq) -> None:
+    await hq.services.tasks.add(ANTOINE, "Mesh the M2 mirror", assignee="nx-expert")
+    first = await hq.patch("T-1", "nx-expert", headers={"If-Match": '"1"'}, status="in_progress")
+    assert first.status_code == 200 and first.headers["ETag"] == '"2"'
+
+    # The same request again (a retry with the version it read), and the same status with the new version.
+    retried = await hq.patch("T-1", "nx-expert", headers={"If-Match": '"1"'}, status="in_progress")
+    again = await hq.patch("T-1", "nx-expert", headers={"If-Match": '"2"'}, status="in_progress", assignee="nx-expert")
+    for response in (retried, again):
+        assert response.status_code == 200, response.text
+        assert response.headers["ETag"] == '"2"' and response.json() == first.json()
+    # Nothing was recorded, so the version the caller holds still works.
+    done = await hq.patch("T-1", "nx-expert", headers={"If-Match": '"2"'}, status="done", note="meshed")
+    assert done.status_code == 200, done.text
+    assert done.json()["version"] == 3
+    assert len((await hq.services.tasks.show("T-1")).history) == 3  # create, in_progress, done

@@ -80,9 +80,14 @@ async def test_pause_for_a_while_until_resumed_and_resume(start_fleet: FleetStar
     code, out, _ = await run_cli("--config", str(path), "heartbeat", "list", env=env)
     assert next(line for line in out.splitlines() if line.startswith("webster")).endswith("until resumed")
 
+    code, out, _ = await run_cli("--config", str(path), "heartbeat", "pause", "webster", env=env)
+    assert (code, out) == (0, "webster's heartbeats are already paused until resumed; nothing changed\n")
+
     code, out, err = await run_cli("--config", str(path), "heartbeat", "resume", "webster", env=env)
     assert code == 0, err
     assert out.startswith("webster: heartbeats resumed; next slot 20")
+    code, out, err = await run_cli("--config", str(path), "heartbeat", "resume", "webster", env=env)
+    assert (code, out) == (0, "webster's heartbeats are not paused; they already run; nothing changed\n"), err
 
     code, _, err = await run_cli("--config", str(path), "heartbeat", "pause", "webster", "--for", "30", env=env)
     assert code == 2 and "has no unit" in err

@@ -203,3 +203,19 @@ async def test_the_agents_project_log_hears_the_cli(tmp_path: Path) -> None:
     assert "T-1 created by " in first and "(cli): Mesh the M2 mirror (assigned to nx-expert)" in first
     assert second.endswith("(cli): meshed, 42k elements")
     assert "· T-1 todo → done by nx-expert via " in second
+
+
+async def test_done_twice_says_already_and_records_nothing(host: Host) -> None:
+    await host.seed("Mesh the M2 mirror")
+    assert (await host.run("done", "T-1", "--note", "meshed"))[0] == 0
+
+    again = await host.run("done", "T-1", "--note", "meshed again", "--version", "2")
+    moved = await host.run("move", "T-1", "done")
+    assigned = [await host.run("assign", "T-1", "auditor") for _ in range(2)]
+
+    assert again[:2] == (0, "T-1 is already done; nothing changed\n")
+    assert moved[:2] == (0, "T-1 is already done; nothing changed\n")
+    assert assigned[1][:2] == (0, "T-1 is already assigned to auditor; nothing changed\n")
+    record = await host.record("T-1")
+    assert record["version"] == 3  # the done and the first assignment
+    assert (await host.json("move", "T-1", "review", "--version", "3"))["version"] == 4

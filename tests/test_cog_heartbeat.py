@@ -177,6 +177,19 @@ async def test_pause_for_a_while_then_resume(rig: Rig) -> None:
     assert resumed.text.startswith("▶️ Heartbeats for **webster** resumed by antoine; next <t:")
     assert (await rig.state("webster"))["paused_until"] is None
 
+    again = single_message(await rig.driver.invoke("heartbeat resume", user=admin, options={"agent": "webster"}))
+    assert again.ephemeral and again.text == "webster's heartbeats are not paused; they already run; nothing changed."
+
+
+async def test_pausing_a_paused_agent_again_says_so_privately_and_records_nothing(rig: Rig) -> None:
+    admin, other = rig.member(AccessLevel.ADMIN, "antoine"), rig.member(AccessLevel.ADMIN, "vera")
+    await rig.driver.invoke("heartbeat pause", user=admin, options={"agent": "manager"})
+
+    again = single_message(await rig.driver.invoke("heartbeat pause", user=other, options={"agent": "manager"}))
+
+    assert again.ephemeral and again.text == "manager's heartbeats are already paused until resumed; nothing changed."
+    assert (await rig.state("manager"))["paused_by"] == "antoine"
+
 
 async def test_pause_without_a_duration_lasts_until_resumed(rig: Rig) -> None:
     answer = single_message(

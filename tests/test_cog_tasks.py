@@ -977,3 +977,112 @@ async def test_unloading_the_cog_gives_the_core_its_own_directory_back(rig: Rig)
 
     assert not isinstance(rig.services.tasks.directory, DiscordGuildDirectory)
     await rig.bot.add_cog(Tasks(rig.bot, sleep=rig.clock.sleep, monotonic=rig.clock.monotonic))
+
+
+# --- mentions and no-ops, as agents and people meet them -----------------------------------------
+
+
+async def test_a_mention_of_an_agents_account_means_that_agent_and_of_a_person_that_person(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    vera = make_member(rig.bot, "vera")
+    rig.agent()  # nx-expert's account is in the guild: the message carries it in its mentions
+
+    for_agent = await rig.post(f"new task: Review the mesh <@{NX_EXPERT}>", rig.agent(WEBSTER, "webster"))
+    for_person = await rig.post(f"new task: Sign off the budget <@!{vera.id}> !high", operator)
+    await add(rig, "Tune the optimizer")
+    assigned = await rig.post(f"T-3 assign <@{NX_EXPERT}>", operator)
+    mentions = await rig.post("new task: Ask <@&100000000000000202> about <#100000000000000102>", operator)
+
+    first, second, third, fourth = [await rig.services.tasks.get(n) for n in (1, 2, 3, 4)]
+    assert (first.title, first.assignee_kind, first.assignee, first.creator) == (
+        "Review the mesh",
+        "agent",
+        "nx-expert",
+        "webster",
+    )
+    assert (second.title, second.assignee_kind, second.assignee, second.priority) == (
+        "Sign off the budget",
+        "user",
+        str(vera.id),
+        "high",
+    )
+    assert (third.assignee_kind, third.assignee) == ("agent", "nx-expert")
+    assert (fourth.title, fourth.assignee) == ("Ask <@&100000000000000202> about <#100000000000000102>", None)
+    for message_id in (for_agent, for_person, assigned, mentions):
+        assert rig.my_reactions(message_id) == [ACK]
+    assert [r.content for r in rig.replies_to(for_agent)] == ["T-1 created: Review the mesh (nx-expert)"]
+    assert rig.replies_to(assigned) == []
+
+
+async def test_verb_first_unblocked_and_several_updates_in_one_post_are_applied(rig: Rig) -> None:
+    for title in ("Mesh", "Tune", "Check"):
+        await add(rig, title, assignee="nx-expert")
+    agent = rig.agent()
+    await rig.post("T-3 blocked\u200b: waiting on the licence", agent)
+
+    posted = await rig.post(
+        "**Status update**\n✅ Finished T-1: meshed\nStarting T-2 now\nT-3 unblocked: licence arrived", agent
+    )
+
+    tasks = [await rig.services.tasks.get(n) for n in (1, 2, 3)]
+    assert [t.status for t in tasks] == ["done", "in_progress", "in_progress"]
+    assert rig.my_reactions(posted) == [ACK] and rig.replies_to(posted) == []
+    notes = [e.note for e in (await rig.services.tasks.show(3)).history[1:]]
+    assert notes == ["waiting on the licence", "licence arrived"]
+
+
+async def test_a_long_note_is_cut_saying_so_and_applied(rig: Rig) -> None:
+    await add(rig, "Mesh", assignee="nx-expert")
+
+    posted = await rig.post("T-1 done: " + "x" * 1990, rig.agent())
+
+    [event] = (await rig.services.tasks.show(1)).history[1:]
+    assert event.note is not None and len(event.note) <= 500 and event.note.endswith("more characters)")
+    assert (await rig.services.tasks.get(1)).status == "done" and rig.my_reactions(posted) == [ACK]
+
+
+async def test_a_repeated_update_says_already_and_records_nothing(rig: Rig) -> None:
+    await add(rig, "Mesh", assignee="nx-expert")
+    agent = rig.agent()
+    first = await rig.post("T-1 done: meshed", agent)
+    again = await rig.post("T-1 done", agent)
+    same_owner = await rig.post("T-1 assign @nx-expert", agent)
+
+    assert rig.my_reactions(first) == [ACK]
+    assert [r.content for r in rig.replies_to(again)] == ["T-1 is already done; nothing changed."]
+    assert [r.content for r in rig.replies_to(same_owner)] == ["T-1 is already assigned to nx-expert; nothing changed."]
+    assert rig.my_reactions(again) == [] and rig.my_reactions(same_owner) == []
+    detail = await rig.services.tasks.show(1)
+    assert (detail.task.version, len(detail.history)) == (2, 2)
+
+
+async def test_a_slash_command_that_changes_nothing_says_so_privately(rig: Rig) -> None:
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    await add(rig, "Mesh", assignee="nx-expert")
+    await rig.driver.invoke("task done", user=operator, options={"id": "T-1"})
+
+    done = single_message(await rig.driver.invoke("task done", user=operator, options={"id": "T-1", "note": "x"}))
+    moved = single_message(await rig.driver.invoke("task move", user=operator, options={"id": "T-1", "status": "done"}))
+    assigned = single_message(
+        await rig.driver.invoke("task assign", user=operator, options={"id": "T-1", "assignee": "nx-expert"})
+    )
+
+    assert done.ephemeral and done.content == "T-1 is already done; nothing changed."
+    assert moved.ephemeral and moved.content == "T-1 is already done; nothing changed."
+    assert assigned.ephemeral and assigned.content == "T-1 is already assigned to nx-expert; nothing changed."
+    detail = await rig.services.tasks.show(1)
+    assert (detail.task.version, len(detail.history)) == (2, 2)
+
+
+async def test_a_button_for_what_already_happened_shows_it_without_recording(rig: Rig) -> None:
+    await add(rig, "Mesh", assignee="nx-expert")
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    await rig.driver.invoke("task show", user=operator, options={"id": "T-1"})  # shows version 1, todo
+    await rig.post("Starting T-1", rig.agent())  # meanwhile: in progress, version 2
+
+    [clicked] = await rig.click("Start", user=operator)
+
+    assert clicked.type == 7 and clicked.content == "T-1 is already in progress; nothing changed."
+    assert {f.name: f.value for f in clicked.embeds[0].fields}["version"] == "2"
+    assert buttons(clicked) == {"Start": True, "Done": False, "Block": False}
+    assert len((await rig.services.tasks.show(1)).history) == 2

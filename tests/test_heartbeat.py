@@ -226,6 +226,28 @@ async def test_pause_resume_and_manual_runs(make: Make, clock: FakeClock) -> Non
     assert status.agent == "manager" and status.schedule == "every 30 min 00 s" and status.next_slot
 
 
+async def test_a_pause_in_force_or_heartbeats_already_running_change_nothing(make: Make, clock: FakeClock) -> None:
+    service, services, _ = await make()
+    other = Requester(kind="person", name="vera", front_end="discord", level=AccessLevel.ADMIN)
+
+    assert await service.resume(ADMIN, "manager") == "manager's heartbeats are not paused; they already run"
+    paused = await service.pause(ADMIN, "manager", 3600)
+    assert paused.already is None
+    within = await service.pause(other, "manager", 1800)  # ends before the pause in force: nothing to do
+    assert (within.until, within.already) == (paused.until, f"manager's heartbeats are already paused until "
+                                              f"{paused.until[:16].replace('T', ' ')} UTC")  # fmt: skip
+    state = await services.store.fetchone("SELECT paused_until, paused_by FROM heartbeat_state WHERE agent = ?",
+                                          ("manager",))  # fmt: skip
+    assert (state["paused_until"], state["paused_by"]) == (paused.until, "antoine")  # vera recorded nothing
+    longer = await service.pause(other, "manager", 7200)
+    assert longer.already is None and longer.until > paused.until
+    assert await service.resume(ADMIN, "manager") is None
+    clock.advance(3 * 3600)
+    await service.pause(ADMIN, "manager", 60)
+    clock.advance(120)  # that pause is over: resuming has nothing to do
+    assert await service.resume(ADMIN, "manager") == "manager's heartbeats are not paused; they already run"
+
+
 async def test_an_agents_own_heartbeat_unseen_for_its_period_raises_one_alert(make: Make, clock: FakeClock) -> None:
     service, services, _ = await make({"tech-lead": {"expect_every": "30m"}})
     await service.tick()  # starts watching

@@ -126,7 +126,10 @@ def assert_well_formed(command: BoardCommand) -> None:
         assert command.status in STATUSES
         assert command.note is None or (command.note == command.note.strip() and command.note)
     elif command.action == "assign":
-        assert command.task_id is not None and re.fullmatch(r"[\w.\-]+", command.assignee or "")
+        # A name, a mention as written (<@id> for a person or an agent's account; the core refuses roles and
+        # channels by name), or None: unassigned.
+        assert command.task_id is not None
+        assert command.assignee is None or re.fullmatch(r"[\w.\-]+|<(?:@|@&|#)\d{1,25}>", command.assignee)
     else:
         assert command.title and command.title == command.title.strip(" -–—:") and "\n" not in command.title
         assert command.priority is None or command.priority in PRIORITIES
