@@ -161,6 +161,7 @@ _VERBS: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 _VERB_ALT, _VERB_NAMES = _alternation(_VERBS)
+_SPEAKER = re.compile(r"^\s*[:\-–—|]?\s*(?:i|we)(?:\s*['’](?:ve|m|re)|\s+have|\s+had|\s+am|\s+are)?\s+(?=\w)", re.I)
 _VERB_FIRST = re.compile(
     rf"^{_SUBJECT}(?:(?:{_VERB_ALT})\s*[:\-–—]?\s*(?:the\s+)?(?:task\s+)?)(?P<ids>{_IDS})(?![\w-])", re.I
 )
@@ -216,7 +217,7 @@ _DUE = re.compile(
 )
 _DUE_LOOSE = re.compile(r"(?:^|(?<=\s)|(?<=[(\[]))due\s*[:=]?\s*(?P<date>[^\s)\]]+)", re.I)
 _MENTION = re.compile(
-    r"(?:(?:^|(?<=\s))(?:(?:assign(?:ed)?\s+to|assignee\s*[:=]?|owner\s*[:=]?|for|to|->|→|cc)\s*)?)"
+    r"(?:(?:^|(?<=\s))(?:(?:(?:re)?assign(?:ed)?(?:\s+to)?\s*[:=]?|assignee\s*[:=]?|owner\s*[:=]?|for|to|->|→|cc)\s*)?)"
     r"(?P<who><@!?\d{1,25}>|(?<![\w@])@(?!everyone\b|here\b)[\w][\w.\-]*)",
     re.I,
 )
@@ -395,6 +396,8 @@ def _read_move_after_id(cleaned: str, raw: str) -> list[Parsed] | None:
     for candidate in candidates:
         lead = _lead_status(candidate)
         body = _LEAD.sub("", candidate) if lead else candidate
+        # "T-7 — I've finished the CTE lookup", "Update on T-7: we have completed it": the speaker first.
+        body = _SPEAKER.sub("", body, count=1) if _SPEAKER.match(body) else body
         match = _MOVE_AFTER_ID.match(body)
         if match is not None:
             status = _status_of(match, _STATUS_NAMES)

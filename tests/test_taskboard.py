@@ -196,6 +196,8 @@ GRAMMAR_TABLE: list[tuple[str, BoardCommand | str | None]] = [
      BoardCommand("create", title="Check CTE data", due="2026-12-01")),
     ("task: Rerun the study !urgent @study-builder",
      BoardCommand("create", title="Rerun the study", assignee="study-builder", priority="urgent")),
+    ("New task: Validate the thermal model, assign @auditor, priority high",
+     BoardCommand("create", title="Validate the thermal model", assignee="auditor", priority="high")),
     ("new task:   ", "A new task needs a title"),
     ("T-42 maybe later", "I couldn't tell what to do with T-42"),
     ("T-42", "I couldn't tell what to do with T-42"),
@@ -332,6 +334,12 @@ AGENTS_WRITE: list[tuple[str, list[BoardCommand] | str | None]] = [
     ("new task", "A new task needs a title"),
     ("🆕 **New task** — Rerun the study @study-builder !p1",
      [BoardCommand("create", title="Rerun the study", assignee="study-builder", priority="high")]),
+    # the speaker before the status, once the line is addressed to a task
+    ("Update on T-7 — I've finished the CTE lookup", [move(7, "done", "the CTE lookup")]),
+    ("T-7: we have completed the lookup", [move(7, "done", "the lookup")]),
+    ("T-7 - I'm working on it", [move(7, "in_progress")]),
+    ("T-7: I am blocked by the licence server", [move(7, "blocked", "by the licence server")]),
+    ("T-7 - I need help with this", "I couldn't tell what to do with T-7"),
     # talk: a hint when a line starts with an id, nothing when an id is only mentioned
     ("T-1 is looking good I think", "I couldn't tell what to do with T-1"),
     ("✅ T-1 looks good to me", "I couldn't tell what to do with T-1"),
