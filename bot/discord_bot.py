@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -431,10 +432,22 @@ class _GatewayRetryLine(logging.Filter):
 
 
 class _CappedBackoff(ReconnectBackoff):
-    """What discord.py's gateway loop uses between reconnects (its own waits up to 17 min); see run_bot."""
+    """What discord.py's gateway loop uses between reconnects (its own waits up to 17 min); see run_bot.
+
+    Like discord.py's, it starts again from a short wait once the last failure is long past (the
+    connection held in between), since one loop object serves the whole life of the connection.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
+        self._last_failure = 0.0
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        if self.failures and now - self._last_failure > 2 * self.cap_s + 60:
+            self.reset()
+        self._last_failure = now
+        return super().delay()
 
 
 # discord.Client.connect builds its backoff from this module-level name and nothing else uses it in
@@ -487,7 +500,7 @@ async def run_bot(
     logging.getLogger("discord.client").addFilter(retry_line)
     try:
         while not stop.is_set():
-            if await _run_bot_once(services, token.get_secret_value(), stop, link):
+            if await _run_bot_once(services, token.get_secret_value(), stop, link, backoff):
                 return
             delay = backoff.delay()
             link.down(f"{link.reason}; retrying in {delay:.0f} s")
@@ -500,7 +513,9 @@ async def run_bot(
             loop.remove_signal_handler(sig)
 
 
-async def _run_bot_once(services: Services, token: str, stop: asyncio.Event, link: DiscordLink) -> bool:
+async def _run_bot_once(
+    services: Services, token: str, stop: asyncio.Event, link: DiscordLink, backoff: ReconnectBackoff
+) -> bool:
     """One bot from login to close: True when we are done, False when Discord could not be reached."""
     bot = AtomizerBot(services, link=link)
     async with bot:
@@ -519,6 +534,7 @@ async def _run_bot_once(services: Services, token: str, stop: asyncio.Event, lin
             return False
         if stop.is_set():
             return True
+        backoff.reset()  # logged in: a later outage starts again from a short wait
         try:
             await _until_stopped(bot.connect(reconnect=True), stop, bot)
         except discord.PrivilegedIntentsRequired:
