@@ -17,7 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bot import __version__
 from bot.config import ClusterConfig, load_cluster_config
@@ -628,8 +628,15 @@ async def cmd_install_systemd(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one line that says what was wrong and where to look, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="atomizer-hq",
         description="Control plane of the Atomizer-HQ fleet of OpenClaw agents.",
         epilog="Exit codes: 0 success, 1 the operation failed, 2 bad input or configuration, "

@@ -87,10 +87,10 @@ async def test_an_unknown_log_level_lists_the_valid_ones(tmp_path: Path) -> None
     base = ("--config", str(SHIPPED_CONFIG))
     code, out, err = await run_cli(*base, "--log-level", "verbose", "check-config", env=cli_env(tmp_path))
     assert code == 2 and out == "" and "Traceback" not in err
-    # argparse's refusal: its usage, then the line that says what would be right
-    assert err.splitlines()[-1] == (
+    # one line that says what would be right and where to read more, not argparse's usage block
+    assert one_line(err) == (
         "atomizer-hq: error: argument --log-level: invalid choice: 'VERBOSE' "
-        "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')"
+        "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR'); see `atomizer-hq --help`\n"
     )
     code, _, err = await run_cli(*base, "--log-level", "debug", "check-config", env=cli_env(tmp_path))
     assert code == 0, err
