@@ -294,28 +294,43 @@ def _waves(definition: WorkflowDefinition, needs: dict[str, list[str]]) -> tuple
 
 
 def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
-    """Distinct cycles among the steps left unplaced, each in run order (need first) from its earliest step."""
-    found: list[list[str]] = []
-    seen: set[frozenset[str]] = set()
+    """One cycle per knot of the steps left unplaced, in run order (need first) from its earliest step.
 
-    def visit(node: str, path: list[str]) -> None:
-        for need in graph.get(node, []):
-            if need in path:
-                cycle = path[path.index(need) :]
-                if frozenset(cycle) not in seen:
-                    seen.add(frozenset(cycle))
-                    found.append(cycle)
-            elif need in graph and len(path) < len(graph):
-                visit(need, [*path, need])
+    Linear in the size of the DAG (at most 200 steps): every knot is found by reachability, then one walk
+    along its needs closes a cycle; enumerating every cycle could take exponential time.
+    """
+    order = list(graph)
+    reach = {node: _reachable(graph, node) for node in order}
+    cycles: list[list[str]] = []
+    placed: set[str] = set()
+    for node in order:
+        if node in placed or node not in reach[node]:
+            continue
+        knot = {other for other in reach[node] if node in reach[other]}
+        placed |= knot
+        path = [node]
+        while True:
+            step = next(need for need in graph[path[-1]] if need in knot)
+            if step in path:
+                cycle = path[path.index(step) :]
+                break
+            path.append(step)
+        run_order = list(reversed(cycle))  # walked along needs: reversed, it is the order the steps would run in
+        pivot = run_order.index(min(run_order, key=order.index))
+        cycles.append(run_order[pivot:] + run_order[:pivot])
+    return cycles
 
-    for start in graph:
-        visit(start, [start])
-    ordered = []
-    for cycle in found:
-        run_order = list(reversed(cycle))  # found along needs: reversed, it is the order the steps would run in
-        pivot = run_order.index(min(run_order, key=list(graph).index))
-        ordered.append(run_order[pivot:] + run_order[:pivot])
-    return ordered
+
+def _reachable(graph: dict[str, list[str]], start: str) -> set[str]:
+    """The steps `start` waits for, directly or not (itself only if it is in a cycle)."""
+    seen: set[str] = set()
+    stack = [need for need in graph.get(start, []) if need in graph]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(need for need in graph[current] if need in graph)
+    return seen
 
 
 def _cycle_problems(
@@ -327,23 +342,26 @@ def _cycle_problems(
     at: Where,
 ) -> list[str]:
     problems = []
-    in_cycle: set[str] = set()
     for cycle in cycles:
-        in_cycle.update(cycle)
-        text = " → ".join([*cycle, cycle[0]])
-        first = cycle[0]
         problems.append(
-            f"{at('steps', index[first], 'needs')}: cycle {text}; remove one of these needs so the steps can run "
-            "in order"
+            f"{at('steps', index[cycle[0]], 'needs')}: cycle {_arrow(cycle)}; remove one of these needs so the "
+            "steps can run in order"
         )
+    in_cycle = {step for cycle in cycles for step in cycle}
+    unplaced = {step for step in needs if step not in waves}
+    graph = {step: needs[step] for step in unplaced}
     for i, step in enumerate(definition.steps):
-        if step.id in waves or step.id in in_cycle:
+        if step.id in waves or step.id in in_cycle or i != index[step.id]:
             continue
-        problems.append(
-            f"{at('steps', i, 'needs')}: {step.id} is unreachable: it waits for a step of the cycle "
-            f"{' → '.join([*cycles[0], cycles[0][0]]) if cycles else '(none)'}, which never runs; break the cycle"
-        )
+        upstream = _reachable(graph, step.id)
+        blocking = next((cycle for cycle in cycles if upstream.intersection(cycle)), None)
+        after = f"the cycle {_arrow(blocking)}" if blocking else "a step that never runs"
+        problems.append(f"{at('steps', i, 'needs')}: {step.id} is unreachable: it waits for {after}; break the cycle")
     return problems
+
+
+def _arrow(cycle: list[str]) -> str:
+    return " → ".join([*cycle, cycle[0]])
 
 
 def _ancestors(definition: WorkflowDefinition, needs: dict[str, list[str]]) -> dict[str, set[str]]:
