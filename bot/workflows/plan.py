@@ -176,7 +176,9 @@ def _plan(
     problems: list[str] = []
     values, input_problems = definition.check_inputs(given, require=require_inputs)
     problems += input_problems  # given on the command line (or the API), not written in the file
-    index = {step.id: i for i, step in reversed(list(enumerate(definition.steps)))}
+    index: dict[str, int] = {}  # each id's first step
+    for i, step in enumerate(definition.steps):
+        index.setdefault(step.id, i)
     problems += _duplicate_ids(definition, at)
     needs = _needs(definition, index, at, problems)
     waves, cycles = _waves(definition, needs)
