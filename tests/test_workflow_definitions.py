@@ -244,3 +244,18 @@ def test_the_catalog_lists_broken_files_and_refuses_two_workflows_of_one_name(tm
         catalog.get("fin")
     with pytest.raises(InvalidInput, match="has no workflow files"):
         WorkflowCatalog(tmp_path / "missing").get("study")
+
+
+def test_anchors_and_merge_keys_are_plain_yaml_and_still_point_at_the_right_lines(
+    tmp_path: Path, shipped_config: ClusterConfig
+) -> None:
+    text = edited("  - id: mesh\n    agent: nx-expert\n", "  - &defaults\n    id: mesh\n    agent: nx-expert\n")
+    text = text.replace("  - id: thermal\n", "  - <<: *defaults\n    id: thermal\n").replace("    timeout: 4h\n", "")
+    loaded = load_workflow_file(write(tmp_path, text), "study.yaml")
+    assert loaded.definition.step("thermal").timeout_s == 7_200  # merged from mesh
+    assert validate(loaded, shipped_config).ok
+    broken = text.replace("    id: thermal\n", "    id: thermal\n    timeout: soon\n")
+    assert problems_of(write(tmp_path, broken), shipped_config) == [
+        "study.yaml:13: steps[1].timeout: 'soon' is not a duration; write it as e.g. '30m', '2h', '1h30m' or '1d' "
+        "(s, m, h, d)"
+    ]

@@ -42,7 +42,7 @@ def _seconds(value: Any) -> Any:
         try:
             return parse_duration(value)
         except InvalidInput as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(str(exc).replace(", or '0' for none", "")) from None  # a step always takes time
     raise ValueError("a duration is written like 30m, 2h or 1h30m")
 
 

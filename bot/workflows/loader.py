@@ -114,7 +114,7 @@ def _parse(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
             raise InvalidWorkflow([f"{file}:{node.start_mark.line + 1}: (top level): got {got}; {_TOP_FIX}"])
         lines: dict[Loc, int] = {(): node.start_mark.line + 1}
         duplicates: list[str] = []
-        _walk(node, (), lines, duplicates, file)
+        _walk(node, (), lines, duplicates, file, set())
         if duplicates:
             raise InvalidWorkflow(duplicates)
         return loader.construct_document(node), lines
@@ -134,7 +134,12 @@ def _parse(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
 _TOP_FIX = "a workflow file is a mapping: name:, description:, inputs:, steps: (see docs/workflows.md)"
 
 
-def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], duplicates: list[str], file: str) -> None:
+def _walk(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], duplicates: list[str], file: str, seen_nodes: set[int]
+) -> None:
+    if id(node) in seen_nodes:  # an alias (*name) of a node already walked: its lines are known, and walking
+        return  # every alias again could take exponential time ("billion laughs")
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -147,11 +152,11 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], duplicates: list[str
                 )
             seen.setdefault(key, line)
             lines.setdefault((*loc, key), line)
-            _walk(value_node, (*loc, key), lines, duplicates, file)
+            _walk(value_node, (*loc, key), lines, duplicates, file, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines.setdefault((*loc, index), item.start_mark.line + 1)
-            _walk(item, (*loc, index), lines, duplicates, file)
+            _walk(item, (*loc, index), lines, duplicates, file, seen_nodes)
 
 
 # --- pydantic errors, said for a workflow's author ------------------------------------------------

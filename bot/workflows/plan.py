@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bot.authz import Requester
@@ -53,7 +53,7 @@ class PlannedStep:
     body_bytes: int | None = None  # the hook body at its worst case (agent steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}  # type: ignore[attr-defined]
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -246,7 +246,7 @@ def _plan(
     )
 
 
-Where = Any  # at(*loc) -> "file:line: key"
+Where = Callable[..., str]  # at(*loc) -> "file:line: key"
 
 
 def _duplicate_ids(definition: WorkflowDefinition, at: Where) -> list[str]:
