@@ -27,6 +27,7 @@ from bot.logsetup import LOG_LEVELS, configure_logging
 from bot.settings import Settings, load_settings
 from bot.status_view import collect_overview, print_fleet_status
 from bot.systemd import DEFAULT_LOG_LINES, SystemdUnits, UnitState, check_lines, resolve_agents
+from bot.workflows.cli import add_workflow_parser
 
 log = logging.getLogger("atomizer-hq")
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
@@ -847,6 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--units-dir", type=Path, help="write both units here instead of where systemd looks")
     ins.add_argument("--instances-dir", type=Path, help="the agents' instances (default: ~/atomizer/instances)")
     ins.add_argument("--force", action="store_true", help="write even when a path the units name is missing")
+
+    add_workflow_parser(commands)  # bot/workflows/cli.py: the `workflow` command and its actions
     return parser
 
 

@@ -140,6 +140,23 @@ class TaskBoardConfig(_Strict):
         return value
 
 
+class WorkflowsConfig(_Strict):
+    """Where workflow definitions live (docs/workflows.md)."""
+
+    dir: str = "workflows"  # every *.yaml / *.yml in it; relative to the working directory, like project_log
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("workflows_dir", 'empty path; write e.g. dir = "workflows"')
+        return value
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir).expanduser()
+
+
 DEFAULT_HEARTBEAT_PROMPT = (
     "Heartbeat from atomizer-hq: check HEARTBEAT.md, your inbox and your open tasks. Report anything that "
     "needs attention; if nothing does, reply HEARTBEAT_OK."
@@ -313,6 +330,7 @@ class ClusterConfig(_Strict):
     taskboard: TaskBoardConfig = Field(default_factory=TaskBoardConfig)
     heartbeat: dict[str, HeartbeatJob] = Field(default_factory=dict)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
+    workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -140,6 +140,33 @@ class Decision:
             raise NotAllowed(self.reason)
 
 
+def authorize(config: ClusterConfig, requester: Requester, agent: str) -> Decision:
+    """Whether `requester` may delegate to `agent`: /delegate's rule, also used to plan a workflow's hops."""
+    # "Who could" scans the whole delegation matrix: worked out only for a refusal, which shows it.
+    if requester.is_agent:
+        if requester.name == agent:
+            return Decision(False, f"{agent} may not delegate to itself. {_who_could(config, agent)}")
+        allowed = config.delegation_targets(requester.name)
+        if agent in allowed:
+            return Decision(True, f"{requester.name} may delegate to {agent} (delegates_to in config)")
+        scope = f"may delegate only to {', '.join(allowed)}" if allowed else "may not delegate to any agent"
+        return Decision(False, f"{requester.name} may not delegate to {agent}: it {scope}. {_who_could(config, agent)}")
+    if requester.level >= AccessLevel.OPERATOR:
+        return Decision(True, f"{requester.name} is {requester.level.label}: may delegate to any agent")
+    level = "has no atomizer-hq role" if requester.level is AccessLevel.NONE else "is a viewer"
+    return Decision(
+        False, f"{requester.name} {level}: delegating needs the operator level. {_who_could(config, agent)}"
+    )
+
+
+def _who_could(config: ClusterConfig, agent: str) -> str:
+    agents = [a for a in config.agent_names if agent in config.delegation_targets(a)]
+    people = "a person with the operator or admin role"
+    if agents:
+        return f"Who could: {', '.join(agents)}, or {people}."
+    return f"Who could: {agent} itself (taking it on directly), or {people}."
+
+
 @dataclass(frozen=True)
 class DelegationResult:
     decision: Decision
@@ -188,30 +215,7 @@ class DelegationService:
 
     def authorize(self, requester: Requester, agent: str) -> Decision:
         """One model for people (by level) and agents (by the matrix in config)."""
-        # "Who could" scans the whole delegation matrix: worked out only for a refusal, which shows it.
-        if requester.is_agent:
-            if requester.name == agent:
-                return Decision(False, f"{agent} may not delegate to itself. {self._who_could(agent)}")
-            allowed = self._config.delegation_targets(requester.name)
-            if agent in allowed:
-                return Decision(True, f"{requester.name} may delegate to {agent} (delegates_to in config)")
-            scope = f"may delegate only to {', '.join(allowed)}" if allowed else "may not delegate to any agent"
-            return Decision(
-                False, f"{requester.name} may not delegate to {agent}: it {scope}. {self._who_could(agent)}"
-            )
-        if requester.level >= AccessLevel.OPERATOR:
-            return Decision(True, f"{requester.name} is {requester.level.label}: may delegate to any agent")
-        level = "has no atomizer-hq role" if requester.level is AccessLevel.NONE else "is a viewer"
-        return Decision(
-            False, f"{requester.name} {level}: delegating needs the operator level. {self._who_could(agent)}"
-        )
-
-    def _who_could(self, agent: str) -> str:
-        agents = [a for a in self._config.agent_names if agent in self._config.delegation_targets(a)]
-        people = "a person with the operator or admin role"
-        if agents:
-            return f"Who could: {', '.join(agents)}, or {people}."
-        return f"Who could: {agent} itself (taking it on directly), or {people}."
+        return authorize(self._config, requester, agent)
 
     # --- making a delegation -----------------------------------------------------------------
 

@@ -43,6 +43,12 @@ class ConfigError(InvalidInput):
         super().__init__("\n".join(self.problems) if self.problems else "invalid configuration")
 
 
+class InvalidWorkflow(ConfigError):
+    """A workflow definition is invalid; `problems` holds one `file:line: key: what; fix` line each."""
+
+    code = "invalid_workflow"
+
+
 class MissingSecret(InvalidInput):
     """A command needs a token that is not set."""
 

@@ -42,7 +42,7 @@ def _seconds(value: Any) -> Any:
         try:
             return parse_duration(value)
         except InvalidInput as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(str(exc).replace(", or '0' for none", "")) from None  # a step always takes time
     raise ValueError("a duration is written like 30m, 2h or 1h30m")
 
 
@@ -208,6 +208,18 @@ class WorkflowDefinition(_Model):
 
     def resolve_inputs(self, given: dict[str, Any]) -> dict[str, str | int | float | bool]:
         """The run's inputs: defaults filled, each coerced to its type; InvalidInput naming every problem."""
+        values, problems = self.check_inputs(given)
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        return values
+
+    def check_inputs(
+        self, given: dict[str, Any], *, require: bool = True
+    ) -> tuple[dict[str, str | int | float | bool], list[str]]:
+        """The inputs as resolve_inputs makes them, and one line per problem instead of an exception.
+
+        `require=False` leaves an input with no default and no value out (validating a file: the run gives it).
+        """
         problems: list[str] = []
         unknown = sorted(set(given) - set(self.inputs))
         if unknown:
@@ -222,8 +234,6 @@ class WorkflowDefinition(_Model):
                     problems.append(f"input {name}: {exc}")
             elif spec.default is not None:
                 values[name] = coerce_input(spec.type, spec.default)
-            else:
+            elif require:
                 problems.append(f"input {name} is required ({spec.type}); give it as --input {name}=…")
-        if problems:
-            raise InvalidInput("; ".join(problems))
-        return values
+        return values, problems

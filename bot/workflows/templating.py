@@ -37,6 +37,9 @@ def references(template: str) -> References:
             steps.add(found.group("step"))
         else:
             malformed.append(match.group(0))
+    # An opening `${{` with no `}}` is no reference at all to the pattern above, and would be sent as written.
+    for rest in _REFERENCE.sub("", template).split("${{")[1:]:
+        malformed.append("${{" + rest.split("\n", 1)[0][:40])
     return References(frozenset(inputs), frozenset(steps), tuple(malformed))
 
 
