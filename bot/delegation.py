@@ -33,7 +33,7 @@ from bot.errors import (
     PayloadTooLarge,
     StoreError,
 )
-from bot.gateway import AgentHook, GatewayClient, encode_body
+from bot.gateway import AgentHook, GatewayClient, HookAccepted, encode_body
 from bot.store import Store
 from bot.targets import GuildDirectory, StaticDirectory, TargetNormalizer
 
@@ -81,6 +81,7 @@ class Delegation:
     expires_at: str
     accepted_at: str | None
     latency_ms: float | None
+    workflow_step: str | None = None  # `W-3/mesh#1` when a workflow step sent it
 
     @property
     def display_id(self) -> str:
@@ -111,14 +112,15 @@ class Delegation:
             "next_attempt_at": self.next_attempt_at,
             "expires_at": self.expires_at,
             "latency_ms": self.latency_ms,
+            "workflow_step": self.workflow_step,
         }
 
 
 _COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  # type: ignore[attr-defined]
 _INSERT_DELEGATION = (
     "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, requester_user_id, via, "
-    "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?) RETURNING {_COLUMNS}"
+    "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at, workflow_step) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?, ?) RETURNING {_COLUMNS}"
 )
 
 
@@ -231,11 +233,13 @@ class DelegationService:
         dry_run: bool = False,
         origin: str | None = None,
         directory: GuildDirectory | None = None,
+        workflow_step: str | None = None,
     ) -> DelegationResult:
         """Validate, authorize, record, then try to send once; the outbox retries what must be retried.
 
         `origin` is the delivery target of the place the request came from (e.g. the channel a slash
-        command was typed in); it is the default target.
+        command was typed in); it is the default target. `workflow_step` (`W-3/mesh#1`) is unique: a
+        second delegation for the same attempt raises DuplicateWorkflowStep, and nothing is sent.
         """
         if dry_run:
             name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
@@ -245,7 +249,7 @@ class DelegationService:
         task_ref = await self._task_ref(task)
         # Recorded already claimed for its first attempt (`sending`, one trip to the database): from
         # here on, a crash leaves it to `recover`, which knows the request may have arrived.
-        delegation = await self._record(requester, name, text, deliver, delivery, task_ref, decision)
+        delegation = await self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step)
         delegation = await self._send(self._config.require_agent(name), delegation)
         return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
 
@@ -346,18 +350,24 @@ class DelegationService:
         target: str | None,
         task: str | None,
         decision: Decision,
+        workflow_step: str | None = None,
     ) -> Delegation:
         now = self._clock()
         values = (
             uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
             requester.via, requester.front_end, agent, message, int(deliver), target, task,
-            iso(now + self.retry_window),
+            iso(now + self.retry_window), workflow_step,
         )  # fmt: skip
 
         def record(conn: sqlite3.Connection) -> Any:
             # The row and its audit record in one transaction and one trip to the database thread;
             # RETURNING gives the row as stored, so it is not read again.
-            row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
+            try:
+                row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
+            except sqlite3.IntegrityError as exc:
+                if workflow_step is not None and "workflow_step" in str(exc):
+                    raise DuplicateWorkflowStep(workflow_step) from None
+                raise
             conn.execute(*audit_row(requester, "delegate", agent, "allowed", {"delegation": f"D-{row['id']}"}, now))
             return row
 
@@ -375,6 +385,35 @@ class DelegationService:
         if row is None:
             raise UnknownDelegation(f"no delegation D-{number}; list recent ones with `atomizer-hq delegations`")
         return _row_to_delegation(row)
+
+    async def by_workflow_step(self, key: str) -> Delegation | None:
+        """The delegation a workflow step's attempt made (`W-3/mesh#1`), if any."""
+        row = await self._store.fetchone(f"SELECT {_COLUMNS} FROM delegations WHERE workflow_step = ?", (key,))
+        return _row_to_delegation(row) if row is not None else None
+
+    async def await_completion(self, delegation: Delegation, timeout_s: float) -> HookAccepted:
+        """Re-POST an accepted delegation with its own key and `waitForCompletion` (2026.9.6): the gateway replays
+        the run it admitted and answers when the run settles. Only safe while the gateway still remembers the
+        key (same process lifetime): the caller compares the runId and checks the gateway's start time first."""
+        agent = self._config.require_agent(delegation.agent)
+        hook = replace(
+            self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id),
+            wait_for_completion=True,
+        )
+        return await self._gateway.wait_for_completion(agent, hook, idempotency_key=delegation.idem_key,
+                                                       timeout_s=timeout_s)  # fmt: skip
+
+    async def expire_queued(self, delegation_id: int, reason: str) -> bool:
+        """Stop the outbox from sending a delegation still queued (its workflow step ended); False if too late."""
+        changed = await self._store.update(
+            "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, last_error = ?, updated_at = ? "
+            "WHERE id = ? AND status = 'queued'",
+            (reason, iso(self._clock()), delegation_id),
+        )
+        if changed:
+            async with self.changed:
+                self.changed.notify_all()
+        return bool(changed)
 
     async def recent(
         self,
@@ -644,3 +683,14 @@ class DelegationUnrecorded(StoreError):
 class UnknownDelegation(InvalidInput):
     code = "unknown_delegation"
     http_status = 404
+
+
+class DuplicateWorkflowStep(AtomizerError):
+    """A delegation for this workflow step's attempt exists already: adopt it, never send a second."""
+
+    code = "duplicate_workflow_step"
+    http_status = 409
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} has a delegation already; it is not sent twice")
+        self.key = key

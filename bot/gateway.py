@@ -206,6 +206,46 @@ class GatewayClient:
             completion=completion if isinstance(completion, dict) else None,
         )
 
+    async def wait_for_completion(
+        self, agent: AgentConfig, hook: AgentHook, *, idempotency_key: str, timeout_s: float
+    ) -> HookAccepted:
+        """Re-POST an admitted hook with `waitForCompletion: true` (2026.9.6): the answer comes when the run settles.
+
+        Outside the per-agent gate: one request stays open for the whole run, and must not starve admissions.
+        """
+        body = {**hook.body(), "waitForCompletion": True}
+        data = await self._post(agent, "/agent", body, idempotency_key, timeout_s, gated=False)
+        run_id = data.body.get("runId")
+        if data.body.get("ok") is not True or not isinstance(run_id, str) or not run_id:
+            raise GatewayProtocolError(
+                agent.name, f"answered HTTP {data.status} without ok and a runId: {data.snippet}"
+            )
+        completion = data.body.get("completion")
+        return HookAccepted(
+            agent=agent.name,
+            run_id=run_id,
+            status_code=data.status,
+            latency_s=data.latency_s,
+            completion=completion if isinstance(completion, dict) else None,
+        )
+
+    async def started_at(self, agent: AgentConfig) -> float | None:
+        """A lower bound of when the gateway process started (Unix time), from /startupz's uptimeMs.
+
+        None when it cannot be told (down, starting, no health routes). Never later than the true start, so
+        "started after X" is certain when this says so.
+        """
+        before = time.time()
+        try:
+            answer = await self._request("GET", f"{agent.base_url}/startupz", self._timeout)
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        report = _json_object(answer)
+        uptime = report.get("uptimeMs") if report is not None else None
+        if answer.status_code != 200 or isinstance(uptime, bool) or not isinstance(uptime, int | float):
+            return None
+        return before - (float(uptime) + 1.0) / 1000
+
     async def wake(self, agent: AgentConfig, text: str, mode: Literal["now", "next-heartbeat"] = "now") -> WakeAccepted:
         """Queue a system event for the agent's main session (a heartbeat-like nudge)."""
         data = await self._post(agent, "/wake", {"text": text, "mode": mode}, None, None)
@@ -235,6 +275,8 @@ class GatewayClient:
         body: dict[str, Any],
         idempotency_key: str | None,
         read_timeout: float | None,
+        *,
+        gated: bool = True,
     ) -> _Answer:
         payload = encode_body(body)
         if len(payload) > HOOK_BODY_LIMIT:
@@ -250,6 +292,8 @@ class GatewayClient:
         url = f"{agent.base_url}{agent.hooks_path}{route}"
         timeout = _timeout(self._config.connect_timeout, read_timeout) if read_timeout else self._timeout
         gate = self._gates.setdefault(agent.name, asyncio.Semaphore(HOOKS_IN_FLIGHT_PER_AGENT))
+        if not gated:
+            gate = asyncio.Semaphore(1)  # a completion wait: outside the agent's admission gate
         await gate.acquire()
         started = time.perf_counter()
         try:

@@ -96,6 +96,9 @@ class SimAgentSpec:
     # openclaw-hooks.md documents; "open" is what the conformance runs measured instead: hooks already
     # answered normally (400 "message required" to `{}`) while /readyz still said 503 starting.
     starting_hooks: Literal["503", "open"] = "503"
+    # 2026.9.6 runs settle at once (a `waitForCompletion` answer comes straight away) unless held: then they
+    # settle when `SimulatedFleet.settle` says so, and a waiting request stays open until then (or a restart).
+    hold_runs: bool = False
 
 
 @dataclass
@@ -116,6 +119,7 @@ class _Run:
 
     run_id: str
     completion: dict[str, str]
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -129,6 +133,7 @@ class _ProcessState:
     bad_tokens: dict[str, deque[float]] = field(default_factory=dict)
     pending_events: list[str] = field(default_factory=list)  # wake texts not yet drained (2026.9.6)
     drain_at: float | None = None  # when a "now" wake drains pending_events
+    runs: list[_Run] = field(default_factory=list)  # every run started, settled or not
 
 
 def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -522,6 +527,10 @@ class _Gateway:
     def in_flight(self) -> int:
         return len(self._open_requests)
 
+    @property
+    def runs(self) -> list[_Run]:
+        return self._state.runs
+
     async def wait_in_flight(self, count: int) -> None:
         async with self._arrivals:
             await self._arrivals.wait_for(lambda: len(self._open_requests) >= count)
@@ -771,6 +780,9 @@ class _Gateway:
         if run is None:
             completion = COMPLETION_OK if self.spec.model_ok else COMPLETION_MODEL_ERROR
             run = _Run(run_id=str(uuid.uuid4()), completion=completion)
+            if not self.spec.hold_runs:
+                run.settled.set()
+            self._state.runs.append(run)
             if replay_key is not None:
                 self._state.runs_by_key[replay_key] = run
             self._record(
@@ -789,6 +801,7 @@ class _Gateway:
         if self.legacy:
             return _json(202, answer)  # measured: 2026.2.12 ignores waitForCompletion and answers at once
         if payload.get("waitForCompletion") is True:
+            await run.settled.wait()  # a restart cuts this request (the process and its runs are gone)
             answer["completion"] = dict(run.completion)
         return _json(200, answer)
 
@@ -961,6 +974,16 @@ class SimulatedFleet:
     async def wait_in_flight(self, agent: str, count: int = 1) -> None:
         """Until the agent holds `count` unanswered requests: lets a test act once a request arrived."""
         await self._gateway(agent).wait_in_flight(count)
+
+    def settle(self, agent: str, *, ok: bool = True) -> int:
+        """Settle the agent's held runs (hold_runs): ok, or failed like a run without model credentials."""
+        settled = 0
+        for run in self._gateway(agent).runs:
+            if not run.settled.is_set():
+                run.completion = dict(COMPLETION_OK if ok else COMPLETION_MODEL_ERROR)
+                run.settled.set()
+                settled += 1
+        return settled
 
     def set_latency(self, agent: str, latency_ms: float) -> None:
         self._gateway(agent).spec.latency_ms = latency_ms
