@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 TICK_JOB = "heartbeat-tick"
 MONITOR_JOB = "status-monitor"
+WORKFLOW_JOB = "workflow-tick"
+WORKFLOW_TICK_S = 1.0  # step deadlines, approval expiries, completion grace
 STANDUP_JOB = "daily-standup"
 STANDUP_MISFIRE_S = 15 * 60  # a standup this late (a busy loop, a clock jump) is still posted
 STOP_GRACE_S = 5.0  # at shutdown, a tick under way gets this long before it is cancelled
@@ -67,6 +69,10 @@ class Schedule:
             name="status monitor", max_instances=1, coalesce=True, misfire_grace_time=None,
             next_run_time=datetime.now(UTC),
         )  # fmt: skip
+        scheduler.add_job(
+            self.workflow_tick, IntervalTrigger(seconds=WORKFLOW_TICK_S), id=WORKFLOW_JOB, name="workflow tick",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )  # fmt: skip
         hour, minute = (int(part) for part in settings.standup_time.split(":"))
         scheduler.add_job(
             self.post_standup,
@@ -87,6 +93,14 @@ class Schedule:
             except Exception:
                 log.exception("heartbeats: a tick failed; the next one runs as usual")
                 return []
+
+    async def workflow_tick(self) -> None:
+        """The workflow job: deadlines, approval expiries and completions of workflow runs."""
+        with self._tracked():
+            try:
+                await self.services.workflows.tick()
+            except Exception:
+                log.exception("workflows: a tick failed; the next one runs as usual")
 
     async def monitor_round(self) -> None:
         """The monitor job: probe and record whether or not Discord is there to show it."""
@@ -185,6 +199,7 @@ async def run_service(settings: Settings, config: ClusterConfig, *, discord: boo
         try:
             outbox = OutboxWorker(services.delegation)
             await outbox.start()
+            await services.workflows.recover()  # after the outbox decided the delegations left `sending`
             api = LoopbackApi(services, identities)
             try:
                 await api.start(config.api.host, config.api.port)

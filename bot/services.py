@@ -27,6 +27,7 @@ from bot.standup import StandupService
 from bot.store import Store
 from bot.systemd import SystemdUnits
 from bot.taskboard import TaskBoard
+from bot.workflows.engine import WorkflowEngine
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Services:
     health: HealthChecks  # what GET /healthz checks; the runner and the bot add theirs
     systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
+    workflows: WorkflowEngine  # workflow runs (docs/workflows-design.md); `run` recovers and ticks it
 
 
 @asynccontextmanager
@@ -63,6 +65,7 @@ async def open_services(
             monitor = StatusMonitor(config, store, cluster, policy=monitor_policy(config))
             if config.taskboard.project_log:  # every front end's changes reach the agents' shared log
                 tasks.add_listener(ProjectLog(config.taskboard.project_log))
+            delegation = DelegationService(config, store, gateway, tasks=tasks)
             services = Services(
                 settings=settings,
                 config=config,
@@ -70,7 +73,7 @@ async def open_services(
                 http=http,
                 gateway=gateway,
                 cluster=cluster,
-                delegation=DelegationService(config, store, gateway, tasks=tasks),
+                delegation=delegation,
                 monitor=monitor,
                 tasks=tasks,
                 heartbeats=HeartbeatService(config, store, gateway),
@@ -78,9 +81,13 @@ async def open_services(
                 health=HealthChecks(),
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
+                workflows=WorkflowEngine(config, store, delegation, gateway),
             )
             services.health.register("database", database_writable(services))
-            yield services
+            try:
+                yield services
+            finally:
+                await services.workflows.close()
     finally:
         if scheduler.running:
             scheduler.shutdown(wait=False)

@@ -1,0 +1,69 @@
+"""Approval gates: who may approve, the starter rule, quorum over distinct approvers, and expiry policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.authz import AccessLevel, Requester
+from bot.workflows.definition import ApprovalSpec
+
+
+@dataclass(frozen=True)
+class Starter:
+    """Who started a run, as far as the starter rule needs to know."""
+
+    kind: str
+    name: str
+    user_id: str | None
+
+
+def approver_key(requester: Requester) -> str:
+    """One key per approver, for "distinct approvers" and the double-click check: a Discord id when known."""
+    if requester.is_agent:
+        return f"agent:{requester.name}"
+    return f"user:{requester.user_id}" if requester.user_id else f"person:{requester.name}"
+
+
+def is_starter(requester: Requester, starter: Starter) -> bool:
+    if requester.kind != starter.kind:
+        return False
+    if requester.user_id and starter.user_id:
+        return requester.user_id == starter.user_id
+    return requester.name == starter.name
+
+
+def matches(requester: Requester, approver: str) -> bool:
+    """Whether one approver entry (role:<level>, user:<id>, agent:<name>) names this requester."""
+    kind, _, value = approver.partition(":")
+    if kind == "role":
+        return not requester.is_agent and requester.level >= AccessLevel[value.upper()]
+    if kind == "user":
+        return not requester.is_agent and requester.user_id == value
+    if kind == "agent":
+        return requester.is_agent and requester.name == value
+    return False
+
+
+def describe_approvers(approvers: list[str]) -> str:
+    words = []
+    for approver in approvers:
+        kind, _, value = approver.partition(":")
+        if kind == "role":
+            words.append(f"a person with the {value} role or above")
+        elif kind == "user":
+            words.append(f"<@{value}>")
+        else:
+            words.append(f"agent {value}")
+    return ", ".join(words)
+
+
+def refusal(requester: Requester, approvers: list[str], spec: ApprovalSpec, starter: Starter, step: str) -> str | None:
+    """Why this requester may not decide this gate, naming who may; None when they may."""
+    if not any(matches(requester, approver) for approver in approvers):
+        return f"{requester.describe()} may not approve {step}; who may: {describe_approvers(approvers)}"
+    if is_starter(requester, starter) and not spec.starter_may_approve:
+        return (
+            f"{requester.describe()} started this run and may not approve its own gate {step} "
+            f"(starter_may_approve is false); who may: {describe_approvers(approvers)}, other than the starter"
+        )
+    return None

@@ -1,0 +1,1051 @@
+"""WorkflowEngine: runs workflow DAGs durably on SQLite (docs/workflows-design.md).
+
+Every step moves through bot.workflows.store.TRANSITIONS; an agent step is a delegation (record before
+send, outbox, authority, exactly once), keyed `W-3/mesh#1` so the database refuses a second dispatch
+of the same attempt. The engine never re-sends an admitted step on its own: what it cannot prove
+waits for a person (`unconfirmed`, `timed_out`), who reports a result or retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from bot.audit import audit_row
+from bot.authz import AccessLevel, Requester
+from bot.clock import Clock, iso, utcnow
+from bot.config import ClusterConfig
+from bot.delegation import Delegation, DelegationService, DuplicateWorkflowStep
+from bot.errors import (
+    AgentUnavailable,
+    AtomizerError,
+    GatewayError,
+    GatewayProtocolError,
+    HookRateLimited,
+    InvalidInput,
+    NotAllowed,
+    UnknownAgent,
+)
+from bot.gateway import GatewayClient
+from bot.store import Store
+from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
+from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
+from bot.workflows.store import (
+    DONE_BADLY,
+    DONE_OK,
+    FINAL,
+    TRANSITIONS,
+    ApprovalRow,
+    EventRow,
+    RunRow,
+    StepRow,
+    WorkflowStore,
+    event_statement,
+    move_statement,
+    parse_run_id,
+    step_key,
+)
+from bot.workflows.templating import render
+
+log = logging.getLogger(__name__)
+
+OUTPUT_GRACE_S = 60.0  # a 2026.9.6 completion `ok` without text: the output may still come; then empty
+COMPLETION_MARGIN_S = 60.0  # a completion wait is held this long past the step's deadline
+OUTPUT_SOURCES = ("completion", "discord", "api", "taskboard", "person")
+Run = RunRow
+Listener = Callable[[str], Awaitable[None] | None]
+
+
+class WorkflowCatalog(Protocol):
+    """What the engine needs of the definition catalog (bot.workflows.loader)."""
+
+    def get(self, name: str) -> WorkflowDefinition: ...
+
+
+class UnknownRun(InvalidInput):
+    code = "unknown_workflow_run"
+    http_status = 404
+
+
+class StepConflict(InvalidInput):
+    """The step (or run) is not in a state where this can be done; the message says what it is in."""
+
+    code = "workflow_conflict"
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    run: RunRow
+    steps: list[StepRow]
+    approvals: list[ApprovalRow]
+    events: list[EventRow]
+
+    @property
+    def shown_status(self) -> str:
+        """`waiting` when only people (approvals, unconfirmed steps) block a running run."""
+        if self.run.status != "running":
+            return self.run.status
+        active = {"dispatching", "running", "pending"}
+        if any(s.status in active for s in self.steps if s.status != "pending"):
+            return "running"
+        if any(s.status in ("waiting_approval", "unconfirmed") for s in self.steps):
+            return "waiting"
+        return "running"
+
+    def step(self, step_id: str) -> StepRow:
+        return next(s for s in self.steps if s.step_id == step_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        run = self.run
+        order = {step_id: i for i, step_id in enumerate(run.definition.step_ids)}
+        return {
+            "id": run.display_id,
+            "workflow": run.workflow,
+            "status": run.status,
+            "shown_status": self.shown_status,
+            "inputs": run.inputs,
+            "starter": {"kind": run.starter_kind, "name": run.starter, "via": run.starter_via},
+            "front_end": run.front_end,
+            "thread_id": run.thread_id,
+            "created_at": run.created_at,
+            "updated_at": run.updated_at,
+            "finished_at": run.finished_at,
+            "error": run.error,
+            "steps": [
+                {
+                    "id": s.step_id,
+                    "kind": s.kind,
+                    "status": s.status,
+                    "agent": s.agent,
+                    "attempt": s.attempt,
+                    "delegation": f"D-{s.delegation_id}" if s.delegation_id else None,
+                    "output": s.output,
+                    "output_source": s.output_source,
+                    "started_at": s.started_at,
+                    "deadline_at": s.deadline_at,
+                    "finished_at": s.finished_at,
+                    "error": s.error,
+                    "needs": list(run.definition.step(s.step_id).needs),
+                }
+                for s in sorted(self.steps, key=lambda s: order.get(s.step_id, 0))
+            ],
+            "approvals": [
+                {"step": a.step_id, "approver": a.approver_name, "decision": a.decision, "at": a.at, "reason": a.reason}
+                for a in self.approvals
+            ],
+            "events": [
+                {"at": e.at, "step": e.step_id, "actor": e.actor, "kind": e.kind, "detail": e.detail}
+                for e in self.events
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    step_id: str
+    status: str  # the gate's status after this decision
+    approvals: int
+    quorum: int
+    decided: bool  # this decision resolved the gate
+
+
+class WorkflowEngine:
+    """start, advance, results, timers, approve, cancel, retry; shared by every front end."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        store: Store,
+        delegation: DelegationService,
+        gateway: GatewayClient,
+        *,
+        clock: Clock = utcnow,
+        catalog: WorkflowCatalog | None = None,
+        output_grace_s: float = OUTPUT_GRACE_S,
+    ) -> None:
+        self._config = config
+        self.tables = WorkflowStore(store)
+        self._delegation = delegation
+        self._gateway = gateway
+        self._clock = clock
+        self.catalog = catalog
+        self.output_grace_s = output_grace_s
+        self._listeners: list[Listener] = []
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
+        self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
+        # Tests crash the engine at a named point (dispatching, delegated, running, result) by raising here.
+        self.fault: Callable[[str], None] | None = None
+
+    # --- listeners and life cycle ---------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """`listener("W-3")` after every change of a run (the Discord cog redraws the run's card)."""
+        self._listeners.append(listener)
+
+    async def _notify(self, run_id: int) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(f"W-{run_id}")
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("workflow listener failed for W-%d", run_id)
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def idle(self) -> None:
+        """Until no completion wait is under way (tests: the background work has settled)."""
+        while pending := [task for task in self._watchers.values() if not task.done()]:
+            await asyncio.wait(pending)
+
+    async def close(self) -> None:
+        """Stop the completion waits (they are re-attached by `recover` in the next process)."""
+        tasks = list(self._watchers.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchers.clear()
+
+    def _crash_point(self, name: str) -> None:
+        if self.fault is not None:
+            self.fault(name)
+
+    def _lock(self, run_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(run_id, asyncio.Lock())
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def get(self, run_ref: str | int) -> RunDetail:
+        run = await self._require_run(run_ref)
+        return RunDetail(
+            run,
+            await self.tables.steps(run.id),
+            await self.tables.approvals(run.id),
+            await self.tables.events(run.id),
+        )
+
+    async def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRow]:
+        if status is not None and status not in ("running", "succeeded", "failed", "cancelled"):
+            raise InvalidInput(f"unknown run status {status!r}; valid: running, succeeded, failed, cancelled")
+        return await self.tables.runs(status=status, limit=max(1, min(limit, 100)))
+
+    async def _require_run(self, run_ref: str | int) -> RunRow:
+        run_id = parse_run_id(run_ref)
+        run = await self.tables.run(run_id)
+        if run is None:
+            raise UnknownRun(f"no workflow run W-{run_id}; list recent ones with `atomizer-hq workflow runs`")
+        return run
+
+    async def _require_step(self, run: RunRow, step_id: str) -> StepRow:
+        step = await self.tables.step(run.id, step_id)
+        if step is None:
+            steps = ", ".join(run.definition.step_ids)
+            raise InvalidInput(f"{run.display_id} has no step {step_id!r}; its steps: {steps}")
+        return step
+
+    async def wait_step(self, run_ref: str | int, step_id: str, timeout: float, *, poll_s: float = 0.5) -> StepRow:
+        """The step once final (or as it is at `timeout`); polls too, for results another process records."""
+        run = await self._require_run(run_ref)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while True:
+            step = await self._require_step(run, step_id)
+            left = end - loop.time()
+            if step.status in FINAL or left <= 0:
+                return step
+            with contextlib.suppress(TimeoutError):
+                async with self.changed:
+                    await asyncio.wait_for(self.changed.wait(), min(poll_s, left))
+
+    # --- starting -----------------------------------------------------------------------------
+
+    def _definition(self, workflow: WorkflowDefinition | str) -> WorkflowDefinition:
+        if isinstance(workflow, WorkflowDefinition):
+            return workflow
+        if self.catalog is None:
+            raise InvalidInput(f"no workflow catalog is configured, so {workflow!r} cannot be looked up")
+        return self.catalog.get(workflow)
+
+    async def start(
+        self,
+        requester: Requester,
+        workflow: WorkflowDefinition | str,
+        inputs: dict[str, Any],
+        *,
+        origin: str | None = None,
+        thread_id: str | None = None,
+    ) -> RunRow:
+        """Check inputs and the starter's authority for every agent step, record the run, dispatch its roots."""
+        definition = self._definition(workflow)
+        _check_shape(definition)
+        values = definition.resolve_inputs(inputs)
+        now = self._clock()
+        for step in definition.steps:
+            if not isinstance(step, AgentStep):
+                continue
+            try:
+                self._config.require_agent(step.agent)
+            except UnknownAgent as exc:
+                raise UnknownAgent(f"{definition.name}: step {step.id}: {exc}") from None
+            decision = self._delegation.authorize(requester, step.agent)
+            if not decision.allowed:
+                detail = {"step": step.id, "agent": step.agent, "reason": decision.reason}
+                row = audit_row(requester, "workflow-run", definition.name, "refused", detail, now)
+                await self.tables.db.atomically(lambda conn, row=row: conn.execute(*row))
+                raise NotAllowed(f"{definition.name}: step {step.id} ({step.agent}): {decision.reason}")
+        run = {
+            "workflow": definition.name,
+            "definition_json": definition.model_dump_json(),
+            "inputs_json": json.dumps(values, ensure_ascii=False),
+            "status": "running",
+            "starter_kind": requester.kind,
+            "starter": requester.name,
+            "starter_user_id": requester.user_id,
+            "starter_level": int(requester.level),
+            "starter_via": requester.via,
+            "front_end": requester.front_end,
+            "origin": origin,
+            "thread_id": thread_id,
+            "created_at": iso(now),
+            "updated_at": iso(now),
+        }
+        steps = [(s.id, s.kind, s.agent if isinstance(s, AgentStep) else None) for s in definition.steps]
+        audit = audit_row(requester, "workflow-run", definition.name, "allowed", {"inputs": values}, now)
+        run_id = await self.tables.insert_run(run, steps, [audit], now)
+        log.info("workflow %s started as W-%d by %s", definition.name, run_id, requester.describe())
+        await self._notify(run_id)
+        await self.advance(run_id)
+        return await self._require_run(run_id)
+
+    async def set_thread(self, run_ref: str | int, thread_id: str, card_message_id: str | None = None) -> None:
+        """The run's Discord thread (answers go there from the next dispatch on) and its live card."""
+        run = await self._require_run(run_ref)
+        await self.tables.set_run(run.id, self._clock(), thread_id=thread_id, card_message_id=card_message_id)
+
+    # --- advancing ----------------------------------------------------------------------------
+
+    async def advance(self, run_ref: str | int) -> None:
+        """Dispatch every step whose needs are met (all at once), fail or finish the run when it is time."""
+        run_id = parse_run_id(run_ref)
+        async with self._lock(run_id):
+            while True:
+                run = await self.tables.run(run_id)
+                if run is None or run.status != "running":
+                    return
+                steps = {s.step_id: s for s in await self.tables.steps(run_id)}
+                definition = run.definition
+                broken = [
+                    s for s in steps.values()
+                    if s.status in DONE_BADLY - {"unconfirmed", "cancelled"}
+                    and definition.step(s.step_id).on_failure == "fail"
+                ]  # fmt: skip
+                if broken:
+                    await self._fail_run(run, steps, broken[0])
+                    return
+                ready = [
+                    s for s in steps.values()
+                    if s.status == "pending"
+                    and all(_met(definition, steps[n]) for n in definition.step(s.step_id).needs)
+                ]  # fmt: skip
+                if not ready:
+                    if all(_met(definition, s) for s in steps.values()):
+                        await self._finish_run(run)
+                    return
+                await asyncio.gather(*(self._start_step(run, definition.step(s.step_id), s) for s in ready))
+
+    async def _fail_run(self, run: RunRow, steps: dict[str, StepRow], cause: StepRow) -> None:
+        now = self._clock()
+        error = f"step {cause.step_id} {cause.status}" + (f": {cause.error}" if cause.error else "")
+        if not await self.tables.set_run(run.id, now, expect="running", status="failed", finished_at=iso(now),
+                                         error=error):  # fmt: skip
+            return
+        for step in steps.values():
+            if step.status == "pending":
+                await self.tables.move(run.id, step.step_id, "skip", now, actor="atomizer-hq",
+                                       detail={"because": cause.step_id}, finished_at=iso(now))  # fmt: skip
+            elif step.status == "waiting_approval":
+                await self.tables.move(run.id, step.step_id, "cancel", now, actor="atomizer-hq",
+                                       detail={"because": cause.step_id}, finished_at=iso(now),
+                                       error=f"the run failed ({error})")  # fmt: skip
+        await self.tables.event(run.id, None, now, "atomizer-hq", "run_failed", {"error": error})
+        log.warning("workflow run W-%d failed: %s", run.id, error)
+        await self._notify(run.id)
+
+    async def _finish_run(self, run: RunRow) -> None:
+        now = self._clock()
+        if await self.tables.set_run(run.id, now, expect="running", status="succeeded", finished_at=iso(now)):
+            await self.tables.event(run.id, None, now, "atomizer-hq", "run_succeeded", {})
+            log.info("workflow run W-%d succeeded", run.id)
+            await self._notify(run.id)
+
+    async def _start_step(self, run: RunRow, spec: AgentStep | ApprovalStep, step: StepRow) -> None:
+        now = self._clock()
+        if isinstance(spec, ApprovalStep):
+            deadline = now + timedelta(seconds=spec.approval.expires_in_s)
+            evidence = {"approvers": list(spec.approval.approvers)}
+            if await self.tables.move(run.id, step.step_id, "open_gate", now, actor="atomizer-hq",
+                                      detail={"expires_at": iso(deadline)}, started_at=iso(now),
+                                      deadline_at=iso(deadline), evidence=evidence):  # fmt: skip
+                await self._notify(run.id)
+            return
+        attempt = step.attempt + 1
+        moved = await self.tables.move(
+            run.id, step.step_id, "dispatch", now, actor="atomizer-hq", detail={"attempt": attempt},
+            attempt=attempt, started_at=iso(now), evidence=None, error=None, finished_at=None,
+        )  # fmt: skip
+        if not moved:
+            return
+        self._crash_point("dispatching")
+        await self._dispatch(run, spec, attempt)
+
+    def _delivery(self, run: RunRow, spec: AgentStep) -> tuple[str | None, bool]:
+        """Where the agent's answer goes: the run's thread, else the workflow's deliver_to, or nowhere."""
+        where = spec.deliver_to or run.definition.deliver_to
+        if where == "none":
+            return None, False
+        if where == "thread":
+            # No thread (started from the CLI or the API): the origin, else the default channel.
+            return (f"channel:{run.thread_id}" if run.thread_id else None), True
+        return where, True
+
+    @staticmethod
+    def _starter(run: RunRow) -> Requester:
+        return Requester(
+            kind=run.starter_kind,  # type: ignore[arg-type]
+            name=run.starter,
+            front_end=run.front_end,  # type: ignore[arg-type]
+            level=AccessLevel(run.starter_level),
+            user_id=run.starter_user_id,
+            via=run.starter_via,
+        )
+
+    async def _dispatch(self, run: RunRow, spec: AgentStep, attempt: int) -> None:
+        """The delegation of one attempt (adopted if it exists already), then the step is `running`."""
+        key = step_key(run.id, spec.id, attempt)
+        delegation = await self._delegation.by_workflow_step(key)
+        if delegation is None:
+            steps = {s.step_id: s for s in await self.tables.steps(run.id)}
+            outputs = {step_id: s.output for step_id, s in steps.items()}
+            target, deliver = self._delivery(run, spec)
+            try:
+                message = render(spec.message, run.inputs, outputs)
+                result = await self._delegation.delegate(
+                    self._starter(run), spec.agent, message, target=target, deliver=deliver, origin=run.origin,
+                    workflow_step=key,
+                )  # fmt: skip
+                delegation = result.delegation
+            except DuplicateWorkflowStep:
+                delegation = await self._delegation.by_workflow_step(key)
+            except (AtomizerError, KeyError) as exc:
+                if isinstance(exc, AtomizerError) and exc.http_status >= 500 and not isinstance(exc, GatewayError):
+                    raise  # the database: the step stays `dispatching` and recover() finishes it
+                await self._end_step(run.id, spec.id, "fail", f"not dispatched: {exc}")
+                return
+        assert delegation is not None
+        self._crash_point("delegated")
+        now = self._clock()
+        deadline = now + timedelta(seconds=spec.timeout_s)
+        moved = await self.tables.move(
+            run.id, spec.id, "delegated", now, actor="atomizer-hq",
+            detail={"delegation": delegation.display_id, "status": delegation.status},
+            delegation_id=delegation.id, deadline_at=iso(deadline),
+        )  # fmt: skip
+        if moved:
+            await self._notify(run.id)
+        self._crash_point("running")
+        step = await self.tables.step(run.id, spec.id)
+        if step is not None and step.status == "running":
+            await self._sync(run, step, delegation)
+
+    async def _end_step(
+        self, run_id: int, step_id: str, event: str, why: str | None, *, actor: str = "atomizer-hq", **fields: Any
+    ) -> bool:
+        now = self._clock()
+        moved = await self.tables.move(run_id, step_id, event, now, actor=actor, detail={"why": why} if why else {},
+                                       finished_at=iso(now), error=why, **fields)  # fmt: skip
+        if moved:
+            if event in ("fail", "time_out", "unconfirm"):
+                log.warning("workflow step W-%d/%s %s: %s", run_id, step_id, TRANSITIONS[event][1], why)
+            await self._notify(run_id)
+        return moved
+
+    async def _proven_failure(self, run: RunRow, step: StepRow, why: str) -> None:
+        """A failure that proves the work did not happen (or ended in error): retry if retries are left."""
+        spec = run.definition.step(step.step_id)
+        assert isinstance(spec, AgentStep)
+        if step.status == "running" and step.attempt <= spec.retries and run.status == "running":
+            now = self._clock()
+            attempt = step.attempt + 1
+            moved = await self.tables.move(
+                run.id, step.step_id, "redispatch", now, actor="atomizer-hq",
+                detail={"why": why, "attempt": attempt}, attempt=attempt, evidence=None, delegation_id=None,
+                deadline_at=None, error=why,
+            )  # fmt: skip
+            if moved:
+                await self._dispatch(run, spec, attempt)
+            return
+        await self._end_step(run.id, step.step_id, "fail", why)
+
+    # --- following a running step ---------------------------------------------------------------
+
+    async def _sync(self, run: RunRow, step: StepRow, delegation: Delegation | None = None) -> None:
+        """Bring a running step up to date with its delegation: failed, unconfirmed, or admitted (watch it)."""
+        if step.delegation_id is None:
+            return
+        delegation = delegation or await self._delegation.get(step.delegation_id)
+        if delegation.status == "failed":
+            await self._proven_failure(run, step, f"{delegation.display_id} failed: {delegation.last_error}")
+        elif delegation.status == "unconfirmed":
+            await self._end_step(run.id, step.step_id, "unconfirm", f"{delegation.display_id}: {delegation.last_error}")
+        elif delegation.status == "expired":
+            await self._end_step(run.id, step.step_id, "time_out",
+                                 f"{delegation.display_id} was never admitted: {delegation.last_error}")  # fmt: skip
+        elif delegation.status == "accepted":
+            if "admitted_unix" not in step.evidence:
+                # An upper bound of the admission time, on the wall clock the gateway's uptime is read against.
+                evidence = {**step.evidence, "run_id": delegation.run_id, "admitted_unix": time.time()}
+                await self._set_evidence(step, evidence)
+                step = await self.tables.step(step.run_id, step.step_id) or step
+            await self._maybe_watch(step, delegation)
+
+    async def _set_evidence(self, step: StepRow, evidence: dict[str, Any]) -> None:
+        await self.tables.db.update(
+            "UPDATE workflow_steps SET evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
+            "AND status = 'running'",
+            (json.dumps(evidence), step.run_id, step.step_id, step.attempt),
+        )
+
+    async def _maybe_watch(self, step: StepRow, delegation: Delegation) -> None:
+        """On 2026.9.6, wait for the run's completion in the background (2026.2.12 has none: results only)."""
+        if "completion" in step.evidence:
+            return
+        watch = (step.run_id, step.step_id, step.attempt)
+        if watch in self._watchers and not self._watchers[watch].done():
+            return
+        honours = self._gateway.honours_idempotency(delegation.agent)
+        if honours is None:
+            agent = self._config.agent(delegation.agent)
+            if agent is not None:
+                await self._gateway.readiness(agent)
+            honours = self._gateway.honours_idempotency(delegation.agent)
+        if not honours:
+            return
+        self._watchers[watch] = asyncio.create_task(self._watch(*watch), name=f"W-{step.run_id}/{step.step_id}")
+
+    async def _watch(self, run_id: int, step_id: str, attempt: int) -> None:
+        try:
+            await self._watch_once(run_id, step_id, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("workflow W-%d/%s: following the completion failed; tick() tries again", run_id, step_id)
+
+    async def _watch_once(self, run_id: int, step_id: str, attempt: int) -> None:
+        run = await self.tables.run(run_id)
+        step = await self.tables.step(run_id, step_id)
+        if run is None or step is None or step.status != "running" or step.attempt != attempt:
+            return
+        assert step.delegation_id is not None
+        delegation = await self._delegation.get(step.delegation_id)
+        agent = self._config.require_agent(delegation.agent)
+        admitted = step.evidence.get("admitted_unix")
+        booted = await self._gateway.started_at(agent)
+        if booted is not None and isinstance(admitted, int | float) and booted > admitted:
+            # A re-POST now would start a second run: the gateway forgot the key when it restarted.
+            await self._end_step(run_id, step_id, "unconfirm",
+                                 f"{agent.name}'s gateway restarted after admitting {delegation.display_id}; it "
+                                 "forgets runs when it restarts, so the step was not re-sent: check the agent's work, "
+                                 f"then report the result or retry (atomizer-hq workflow retry W-{run_id} --from "
+                                 f"{step_id})")  # fmt: skip
+            return
+        deadline = datetime.fromisoformat(step.deadline_at) if step.deadline_at else self._clock()
+        wait_s = max(1.0, (deadline - self._clock()).total_seconds()) + COMPLETION_MARGIN_S
+        try:
+            answer = await self._delegation.await_completion(delegation, wait_s)
+        except HookRateLimited:
+            return  # tick() attaches again
+        except (AgentUnavailable, GatewayProtocolError) as exc:
+            await self._end_step(run_id, step_id, "unconfirm",
+                                 f"{agent.name}'s gateway went away while {delegation.display_id} ran ({exc.reason}); "
+                                 "a restarted gateway forgets its runs, so the step was not re-sent: check the "
+                                 "agent's work, then report the result or retry")  # fmt: skip
+            return
+        except GatewayError as exc:
+            await self._end_step(run_id, step_id, "unconfirm", f"the completion could not be read: {exc.reason}")
+            return
+        if answer.run_id != delegation.run_id:
+            await self._end_step(run_id, step_id, "unconfirm",
+                                 f"{agent.name}'s gateway answered with runId {answer.run_id}, not the "
+                                 f"{delegation.run_id} it admitted: it restarted and forgot the run (and may have "
+                                 "started it again); not re-sent")  # fmt: skip
+            return
+        completion = answer.completion or {}
+        status = completion.get("status")
+        run = await self.tables.run(run_id) or run
+        step = await self.tables.step(run_id, step_id) or step
+        if step.status != "running" or step.attempt != attempt:
+            return  # a result arrived first
+        if status == "ok":
+            await self._completed(run, step, completion)
+        elif status in ("error", "skipped"):
+            await self._proven_failure(run, step, f"the gateway reports the run ended with status {status}")
+            await self.advance(run_id)
+        else:
+            await self._end_step(run_id, step_id, "unconfirm", f"the gateway's answer had no completion: {completion}")
+
+    async def _completed(self, run: RunRow, step: StepRow, completion: dict[str, Any]) -> None:
+        """Completion `ok`: without a reply to wait for, done now; else the output has OUTPUT_GRACE_S to arrive."""
+        now = self._clock()
+        disposition = completion.get("replyDisposition")
+        if disposition in ("silent", "empty"):
+            await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
+            await self.advance(run.id)
+            return
+        evidence = {**step.evidence, "completion": completion, "completed_at": iso(now)}
+        await self._set_evidence(step, evidence)
+        await self.tables.event(run.id, step.step_id, now, "atomizer-hq", "completed", {"completion": completion})
+        await self._notify(run.id)
+
+    # --- results ------------------------------------------------------------------------------
+
+    async def report_result(
+        self, requester: Requester, run_ref: str | int, step_id: str, *, ok: bool, output: str, source: str
+    ) -> StepRow:
+        """A step's result: from its agent (API, Discord, the task board) or a person (operator or above)."""
+        if source not in OUTPUT_SOURCES:
+            raise InvalidInput(f"unknown result source {source!r}; valid: {', '.join(OUTPUT_SOURCES)}")
+        run = await self._require_run(run_ref)
+        step = await self._require_step(run, step_id)
+        where = f"{run.display_id}/{step_id}"
+        if step.kind != "agent":
+            raise InvalidInput(f"{where} is an approval gate; approve or reject it instead")
+        if not (requester.is_agent and requester.name == step.agent) and (
+            requester.is_agent or requester.level < AccessLevel.OPERATOR
+        ):
+            raise NotAllowed(
+                f"{requester.describe()} may not report the result of {where}: only {step.agent} (the step's agent) "
+                "or a person with the operator or admin role may"
+            )
+        if step.status not in ("running", "unconfirmed", "timed_out"):
+            raise StepConflict(f"{where} is {step.status}{_since(step)}: {_why_no_result(step.status)}")
+        if run.status == "cancelled":
+            raise StepConflict(f"{where}: {run.display_id} was cancelled; its results are no longer taken")
+        now = self._clock()
+        detail = {"ok": ok, "source": source, "chars": len(output)}
+        audit = audit_row(requester, "workflow-result", where, "allowed", detail, now)
+        if ok:
+            moved = await self.tables.move(
+                run.id, step_id, "succeed", now, actor=requester.name, detail=detail, extra=[audit],
+                output=output, output_source=source, finished_at=iso(now), error=None,
+            )  # fmt: skip
+        else:
+            moved = True
+            await self.tables.event(run.id, step_id, now, requester.name, "result_failed", detail)
+            await self._proven_failure(run, step, f"{requester.name} reported a failure: {output.strip()[:500]}")
+        if not moved:
+            current = await self._require_step(run, step_id)
+            raise StepConflict(f"{where} is {current.status}{_since(current)}: {_why_no_result(current.status)}")
+        await self._notify(run.id)
+        self._crash_point("result")
+        await self.advance(run.id)
+        return await self._require_step(run, step_id)
+
+    # --- approvals ----------------------------------------------------------------------------
+
+    async def approve(
+        self, requester: Requester, run_ref: str | int, step_id: str, *, approve: bool, reason: str | None = None
+    ) -> ApprovalOutcome:
+        """One decision on a gate, race-safe: the check and the write are one transaction."""
+        run = await self._require_run(run_ref)
+        step = await self._require_step(run, step_id)
+        spec = run.definition.step(step_id)
+        where = f"{run.display_id}/{step_id}"
+        if not isinstance(spec, ApprovalStep):
+            raise InvalidInput(f"{where} is an agent step, not an approval gate; report its result instead")
+        approvers = list(step.evidence.get("approvers") or spec.approval.approvers)
+        starter = Starter(run.starter_kind, run.starter, run.starter_user_id)
+        why_not = refusal(requester, approvers, spec.approval, starter, where)
+        now = self._clock()
+        if why_not is not None:
+            row = audit_row(requester, "workflow-approve", where, "refused", {"reason": why_not}, now)
+            await self.tables.db.atomically(lambda conn: conn.execute(*row))
+            raise NotAllowed(why_not)
+        key = approver_key(requester)
+        decision = "approve" if approve else "reject"
+        quorum = spec.approval.quorum
+
+        def work(conn: Any) -> ApprovalOutcome:
+            current = conn.execute(
+                "SELECT status, finished_at, evidence FROM workflow_steps WHERE run_id = ? AND step_id = ?",
+                (run.id, step_id),
+            ).fetchone()
+            mine = conn.execute(
+                "SELECT decision, at FROM workflow_approvals WHERE run_id = ? AND step_id = ? AND approver = ?",
+                (run.id, step_id, key),
+            ).fetchone()
+            if mine is not None:
+                raise StepConflict(f"{where}: already {mine['decision']}d by you at {mine['at'][:19]} UTC")
+            if current["status"] != "waiting_approval":
+                raise StepConflict(_gate_ended(conn, run.id, step_id, where, current))
+            conn.execute(
+                "INSERT INTO workflow_approvals (run_id, step_id, approver_kind, approver, approver_name, "
+                "approver_user_id, decision, at, front_end, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.id, step_id, requester.kind, key, requester.name, requester.user_id, decision, iso(now),
+                 requester.front_end, reason),
+            )  # fmt: skip
+            conn.execute(*event_statement(run.id, step_id, now, requester.name, decision, {"reason": reason}))
+            conn.execute(*audit_row(requester, "workflow-approve", where, "allowed", {"decision": decision}, now))
+            count = conn.execute(
+                "SELECT count(DISTINCT approver) FROM workflow_approvals WHERE run_id = ? AND step_id = ? "
+                "AND decision = 'approve'",
+                (run.id, step_id),
+            ).fetchone()[0]
+            event = "reject" if not approve else ("approve" if count >= quorum else None)
+            if event is None:
+                return ApprovalOutcome(step_id, "waiting_approval", count, quorum, False)
+            fields = {
+                "finished_at": iso(now),
+                "error": f"rejected by {requester.name}: {reason}" if not approve else None,
+            }
+            sql, params = move_statement(run.id, step_id, event, now, fields)
+            conn.execute(sql, params)
+            conn.execute(*event_statement(run.id, step_id, now, requester.name, event, {"approvals": count}))
+            return ApprovalOutcome(step_id, TRANSITIONS[event][1], count, quorum, True)
+
+        outcome = await self.tables.db.atomically(work)
+        await self._notify(run.id)
+        if outcome.decided:
+            await self.advance(run.id)
+        return outcome
+
+    async def _expire_gate(self, run: RunRow, step: StepRow) -> None:
+        spec = run.definition.step(step.step_id)
+        assert isinstance(spec, ApprovalStep)
+        now = self._clock()
+        policy = spec.approval.on_expire
+        detail = {"on_expire": policy, "expired_at": step.deadline_at}
+        if policy == "approve":
+            await self.tables.move(
+                run.id,
+                step.step_id,
+                "approve",
+                now,
+                actor="atomizer-hq",
+                detail=detail,
+                finished_at=iso(now),
+                evidence={**step.evidence, "resolved_by": "expiry"},
+            )
+        elif policy == "escalate" and not step.evidence.get("escalated"):
+            deadline = now + timedelta(seconds=spec.approval.expires_in_s)
+            evidence = {**step.evidence, "approvers": list(spec.approval.escalate_to), "escalated": True}
+            await self.tables.move(run.id, step.step_id, "escalate", now, actor="atomizer-hq",
+                                   detail={**detail, "approvers": spec.approval.escalate_to,
+                                           "expires_at": iso(deadline)},
+                                   evidence=evidence, deadline_at=iso(deadline))  # fmt: skip
+        else:  # reject, or an escalation that expired too
+            why = f"no decision by {step.deadline_at[:19] if step.deadline_at else '?'} UTC (on_expire: {policy})"
+            await self.tables.move(run.id, step.step_id, "expire", now, actor="atomizer-hq", detail=detail,
+                                   finished_at=iso(now), error=why)  # fmt: skip
+        await self._notify(run.id)
+
+    # --- cancel and retry -----------------------------------------------------------------------
+
+    def _may_steer(self, requester: Requester, run: RunRow, what: str) -> None:
+        starter = Starter(run.starter_kind, run.starter, run.starter_user_id)
+        if is_starter(requester, starter) or (not requester.is_agent and requester.level >= AccessLevel.OPERATOR):
+            return
+        raise NotAllowed(
+            f"{requester.describe()} may not {what} {run.display_id}: its starter ({run.starter}) or a person with "
+            "the operator or admin role may"
+        )
+
+    async def cancel(self, requester: Requester, run_ref: str | int, *, reason: str | None = None) -> RunRow:
+        """Pending steps cancelled; running agents told to stop with a follow-up hook; no new dispatch."""
+        run = await self._require_run(run_ref)
+        self._may_steer(requester, run, "cancel")
+        now = self._clock()
+        why = f"cancelled by {requester.name}" + (f": {reason}" if reason else "")
+        async with self._lock(run.id):
+            if not await self.tables.set_run(run.id, now, expect="running", status="cancelled", finished_at=iso(now),
+                                             error=why):  # fmt: skip
+                current = await self._require_run(run.id)
+                raise StepConflict(f"{run.display_id} is already {current.status}; nothing to cancel")
+            audit = audit_row(requester, "workflow-cancel", run.display_id, "allowed", {"reason": reason}, now)
+            await self.tables.db.atomically(lambda conn: conn.execute(*audit))
+            for step in await self.tables.steps(run.id):
+                await self._cancel_step(run, step, why, requester)
+        await self.tables.event(run.id, None, now, requester.name, "run_cancelled", {"reason": reason})
+        for watch, task in list(self._watchers.items()):
+            if watch[0] == run.id:
+                task.cancel()
+        await self._notify(run.id)
+        return await self._require_run(run.id)
+
+    async def _cancel_step(self, run: RunRow, step: StepRow, why: str, requester: Requester) -> None:
+        now = self._clock()
+        if step.status in ("pending", "dispatching", "waiting_approval"):
+            await self.tables.move(run.id, step.step_id, "cancel", now, actor=requester.name, finished_at=iso(now),
+                                   error=why)  # fmt: skip
+            return
+        if step.status != "running" or step.delegation_id is None:
+            return
+        delegation = await self._delegation.get(step.delegation_id)
+        told: str | None = None
+        if not (delegation.status == "queued" and await self._delegation.expire_queued(delegation.id, why)):
+            if delegation.status in ("accepted", "sending", "queued"):
+                told = await self._tell_to_stop(run, step, delegation, why)
+        note = why + (f"; {step.agent} was told to stop ({told})" if told else "")
+        await self.tables.move(run.id, step.step_id, "cancel", now, actor=requester.name, finished_at=iso(now),
+                               error=note)  # fmt: skip
+
+    async def _tell_to_stop(self, run: RunRow, step: StepRow, delegation: Delegation, why: str) -> str | None:
+        message = (
+            f"Stop work on {run.display_id}/{step.step_id} ({run.workflow}, {delegation.display_id}): the workflow run "
+            f"was {why}. Do not post a result for it."
+        )
+        try:
+            result = await self._delegation.delegate(
+                self._starter(run), delegation.agent, message, deliver=False, workflow_step=f"{step.key}/stop"
+            )
+        except DuplicateWorkflowStep:
+            found = await self._delegation.by_workflow_step(f"{step.key}/stop")
+            return found.display_id if found else None
+        except AtomizerError as exc:
+            log.warning("W-%d/%s: could not tell %s to stop: %s", run.id, step.step_id, delegation.agent, exc)
+            return None
+        return result.delegation.display_id if result.delegation else None
+
+    async def retry(self, requester: Requester, run_ref: str | int, *, from_step: str | None = None) -> RunRow:
+        """Run again from a step (default: the failed, timed-out, unconfirmed ones) and everything after it;
+        succeeded steps not downstream keep their outputs."""
+        run = await self._require_run(run_ref)
+        self._may_steer(requester, run, "retry")
+        definition = run.definition
+        steps = {s.step_id: s for s in await self.tables.steps(run.id)}
+        if from_step is not None:
+            await self._require_step(run, from_step)
+            roots = {from_step}
+        else:
+            roots = {s.step_id for s in steps.values() if s.status in DONE_BADLY | {"skipped"}}
+            if not roots:
+                raise StepConflict(
+                    f"{run.display_id}: no step failed, timed out, is unconfirmed or was skipped; "
+                    "name one to run again with --from STEP"
+                )
+        targets = _downstream(definition, roots)
+        busy = [s for s in targets if steps[s].status in ("running", "dispatching")]
+        if busy:
+            step = steps[busy[0]]
+            raise StepConflict(
+                f"{run.display_id}/{step.step_id} is still {step.status}"
+                + (f" (D-{step.delegation_id})" if step.delegation_id else "")
+                + ": report its result or cancel the run before running it again"
+            )
+        now = self._clock()
+        resets = [s for s in targets if steps[s].status != "pending"]
+        cleared = {"output": None, "output_source": None, "evidence": None, "delegation_id": None,
+                   "deadline_at": None, "finished_at": None, "error": None, "started_at": None}  # fmt: skip
+
+        def work(conn: Any) -> None:
+            for step_id in resets:
+                conn.execute(*move_statement(run.id, step_id, "reset", now, cleared))
+                conn.execute("DELETE FROM workflow_approvals WHERE run_id = ? AND step_id = ?", (run.id, step_id))
+            conn.execute(
+                "UPDATE workflow_runs SET status = 'running', finished_at = NULL, error = NULL, updated_at = ? "
+                "WHERE id = ?",
+                (iso(now), run.id),
+            )
+            conn.execute(*event_statement(run.id, None, now, requester.name, "retry", {"steps": sorted(targets)}))
+            conn.execute(*audit_row(requester, "workflow-retry", run.display_id, "allowed",
+                                    {"from": from_step, "steps": sorted(targets)}, now))  # fmt: skip
+
+        async with self._lock(run.id):
+            await self.tables.db.atomically(work)
+        await self._notify(run.id)
+        await self.advance(run.id)
+        return await self._require_run(run.id)
+
+    # --- timers and recovery --------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Deadlines, approval expiries, completion grace, delegations that changed; then advance what moved."""
+        now = self._clock()
+        moved: set[int] = set()
+        runs: dict[int, RunRow | None] = {}
+
+        async def run_of(run_id: int) -> RunRow | None:
+            if run_id not in runs:
+                runs[run_id] = await self.tables.run(run_id)
+            return runs[run_id]
+
+        for step in await self.tables.steps_in(("running", "waiting_approval")):
+            run = await run_of(step.run_id)
+            if run is None:
+                continue
+            deadline = datetime.fromisoformat(step.deadline_at) if step.deadline_at else None
+            if step.status == "waiting_approval":
+                if deadline is not None and now >= deadline and run.status == "running":
+                    await self._expire_gate(run, step)
+                    moved.add(run.id)
+                continue
+            if deadline is not None and now >= deadline:
+                await self._deadline(run, step)
+                moved.add(run.id)
+                continue
+            completed_at = step.evidence.get("completed_at")
+            if completed_at and now >= datetime.fromisoformat(completed_at) + timedelta(seconds=self.output_grace_s):
+                why = (
+                    f"the gateway reported the run ok, but no output reached atomizer-hq within "
+                    f"{self.output_grace_s:g} s; succeeded with an empty output"
+                )
+                await self.tables.event(run.id, step.step_id, now, "atomizer-hq", "no_output", {"why": why})
+                await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
+                moved.add(run.id)
+                continue
+            before = step.status
+            await self._sync(run, step)
+            after = await self.tables.step(step.run_id, step.step_id)
+            if after is not None and after.status != before:
+                moved.add(run.id)
+        for run_id in sorted(moved):
+            await self.advance(run_id)
+
+    async def _deadline(self, run: RunRow, step: StepRow) -> None:
+        spec = run.definition.step(step.step_id)
+        timeout = f"timeout {spec.timeout_s:g} s" if isinstance(spec, AgentStep) else "deadline"
+        delegation = await self._delegation.get(step.delegation_id) if step.delegation_id else None
+        if delegation is not None and delegation.status == "queued":
+            if await self._delegation.expire_queued(delegation.id, f"{step.key} timed out before it was sent"):
+                await self._end_step(
+                    run.id,
+                    step.step_id,
+                    "time_out",
+                    f"{step.agent} never admitted {delegation.display_id} before the {timeout}",
+                )
+                return
+        if delegation is not None and delegation.status == "failed":
+            await self._end_step(
+                run.id, step.step_id, "fail", f"{delegation.display_id} failed: {delegation.last_error}"
+            )
+            return
+        await self._end_step(run.id, step.step_id, "unconfirm",
+                             f"no result by the deadline ({timeout}) although {step.agent} admitted "
+                             f"{delegation.display_id if delegation else 'it'}: check the agent's work, then report "
+                             f"the result or retry")  # fmt: skip
+
+    async def recover(self) -> None:
+        """On start: finish `dispatching` steps exactly once, follow running ones again, dispatch what is due."""
+        for step in await self.tables.steps_in(("dispatching",)):
+            run = await self.tables.run(step.run_id)
+            if run is None:
+                continue
+            spec = run.definition.step(step.step_id)
+            assert isinstance(spec, AgentStep)
+            if run.status != "running" and await self._delegation.by_workflow_step(step.key) is None:
+                await self.tables.move(run.id, step.step_id, "cancel", self._clock(), actor="atomizer-hq",
+                                       error=f"the run is {run.status}; not dispatched")  # fmt: skip
+                continue
+            await self._dispatch(run, spec, step.attempt)  # adopts the delegation if it exists
+        for step in await self.tables.steps_in(("running",)):
+            run = await self.tables.run(step.run_id)
+            if run is not None:
+                await self._sync(run, step)
+        for run_id in await self.tables.running_run_ids():
+            await self.advance(run_id)
+
+
+# --- the DAG --------------------------------------------------------------------------------------
+
+
+def _met(definition: WorkflowDefinition, step: StepRow) -> bool:
+    """Done in a way that lets the steps after it run."""
+    if step.status in DONE_OK or step.status == "skipped":
+        return True
+    return step.status in DONE_BADLY and definition.step(step.step_id).on_failure == "continue"
+
+
+def _downstream(definition: WorkflowDefinition, roots: set[str]) -> set[str]:
+    found = set(roots)
+    changed = True
+    while changed:
+        changed = False
+        for step in definition.steps:
+            if step.id not in found and found.intersection(step.needs):
+                found.add(step.id)
+                changed = True
+    return found
+
+
+def _check_shape(definition: WorkflowDefinition) -> None:
+    """What would make a run hang: needs naming no step, a cycle (bot.workflows.plan explains in full)."""
+    ids = definition.step_ids
+    if len(set(ids)) != len(ids):
+        raise InvalidInput(
+            f"{definition.name}: step ids repeat: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}"
+        )
+    for step in definition.steps:
+        unknown = [n for n in step.needs if n not in ids]
+        if unknown:
+            raise InvalidInput(f"{definition.name}: step {step.id} needs unknown step(s) {', '.join(unknown)}")
+    done: set[str] = set()
+    while len(done) < len(ids):
+        wave = [s.id for s in definition.steps if s.id not in done and set(s.needs) <= done]
+        if not wave:
+            raise InvalidInput(f"{definition.name}: steps {', '.join(sorted(set(ids) - done))} form a cycle")
+        done.update(wave)
+
+
+def _since(step: StepRow) -> str:
+    return f" since {step.finished_at[:19]} UTC" if step.finished_at else ""
+
+
+def _why_no_result(status: str) -> str:
+    if status in ("pending", "dispatching"):
+        return "it has not been sent yet; a result is taken once it runs"
+    if status in ("succeeded", "failed"):
+        return "it has a result already; to run it again: atomizer-hq workflow retry … --from STEP"
+    return "a result is taken only while it runs (or is unconfirmed or timed out)"
+
+
+def _gate_ended(conn: Any, run_id: int, step_id: str, where: str, current: Any) -> str:
+    status = current["status"]
+    at = f" at {current['finished_at'][:19]} UTC" if current["finished_at"] else ""
+    evidence = json.loads(current["evidence"]) if current["evidence"] else {}
+    if status in ("approved", "rejected"):
+        if evidence.get("resolved_by") == "expiry":
+            return f"{where} was approved{at} by its expiry policy (on_expire: approve)"
+        decision = "approve" if status == "approved" else "reject"
+        names = [row[0] for row in conn.execute(
+            "SELECT approver_name FROM workflow_approvals WHERE run_id = ? AND step_id = ? AND decision = ? "
+            "ORDER BY id", (run_id, step_id, decision)
+        ).fetchall()]  # fmt: skip
+        by = f" by {', '.join(names)}" if names else ""
+        return f"{where} was already {status}{by}{at}"
+    if status == "expired":
+        return f"{where} expired{at} with no decision (on_expire: reject)"
+    if status == "pending":
+        return f"{where} is not open for approval yet: it waits for the steps before it"
+    return f"{where} is {status}{at}; it takes no decision"
+
+
+__all__ = [
+    "OUTPUT_GRACE_S",
+    "ApprovalOutcome",
+    "RunDetail",
+    "StepConflict",
+    "UnknownRun",
+    "WorkflowEngine",
+    "describe_approvers",
+]

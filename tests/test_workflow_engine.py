@@ -1,0 +1,420 @@
+"""The workflow engine on the simulated fleet: real SQLite, real loopback gateways of both releases."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bot.authz import AccessLevel, Requester
+from bot.errors import InvalidInput, NotAllowed
+from bot.services import Services
+from bot.simulator import RELEASE_LEGACY, SimulatedFleet
+from bot.workflows.definition import WorkflowDefinition
+from bot.workflows.engine import StepConflict, WorkflowEngine
+from tests.clocks import FakeClock
+from tests.conftest import ServicesOnFleet
+
+ANTOINE = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR, user_id="1" * 18)
+ALICE = Requester(kind="person", name="alice", front_end="discord", level=AccessLevel.ADMIN, user_id="2" * 18)
+BOB = Requester(kind="person", name="bob", front_end="discord", level=AccessLevel.ADMIN, user_id="3" * 18)
+VIEWER = Requester(kind="person", name="vic", front_end="discord", level=AccessLevel.VIEWER, user_id="4" * 18)
+
+
+def m2(**approval: Any) -> WorkflowDefinition:
+    """The M2 example's shape: a parallel pair, a join, an approval gate, a report."""
+    gate = {"prompt": "Approve the thermal results for ${{ inputs.mirror }}?", "approvers": ["role:admin"]}
+    gate.update(approval)
+    return WorkflowDefinition.model_validate(
+        {
+            "name": "m2-mirror-study",
+            "description": "Mesh, material, thermal, approve, report.",
+            "inputs": {"mirror": {"type": "string", "default": "M2"}},
+            "deliver_to": "technical",
+            "steps": [
+                {"id": "mesh", "agent": "nx-expert", "message": "Mesh the ${{ inputs.mirror }} mirror.",
+                 "timeout": "2h"},
+                {"id": "material", "agent": "webster", "message": "CTE of Zerodur for ${{ inputs.mirror }}.",
+                 "timeout": "1h", "retries": 1},
+                {"id": "thermal", "agent": "optimizer", "needs": ["mesh", "material"], "timeout": "4h",
+                 "message": "Thermal of ${{ inputs.mirror }}.\nMesh: ${{ steps.mesh.output }}\n"
+                 "Material: ${{ steps.material.output }}"},
+                {"id": "review", "needs": ["thermal"], "approval": gate},
+                {"id": "report", "agent": "secretary", "needs": ["review"], "timeout": "1h",
+                 "message": "Report from ${{ steps.thermal.output }}."},
+            ],
+        }
+    )  # fmt: skip
+
+
+def chain(*agents: str, timeout: str = "1h", **extra: Any) -> WorkflowDefinition:
+    steps = []
+    for i, agent in enumerate(agents):
+        step: dict[str, Any] = {"id": f"s{i}", "agent": agent, "message": f"Step {i}.", "timeout": timeout, **extra}
+        if i:
+            step["needs"] = [f"s{i - 1}"]
+        steps.append(step)
+    return WorkflowDefinition.model_validate({"name": "chain", "description": "A chain.", "steps": steps})
+
+
+def hooks_for(fleet: SimulatedFleet, key_part: str) -> list[Any]:
+    """Hooks the gateways received whose name carries a delegation of the step."""
+    return [hook for hook in fleet.received() if key_part in str(hook.body.get("message"))]
+
+
+async def agent_hooks(fleet: SimulatedFleet, agent: str) -> list[Any]:
+    return [hook for hook in fleet.received(agent) if hook.path.endswith("/agent")]
+
+
+async def status(engine: WorkflowEngine, run: str) -> dict[str, str]:
+    detail = await engine.get(run)
+    return {step.step_id: step.status for step in detail.steps}
+
+
+def as_agent(name: str) -> Requester:
+    return Requester(kind="agent", name=name, front_end="api")
+
+
+# --- the M2 shape end to end ----------------------------------------------------------------------
+
+
+async def test_m2_shape_runs_to_success(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={name: {"hold_runs": True} for name in ("nx-expert", "webster")})
+    engine = services.workflows
+    changes: list[str] = []
+    engine.add_listener(changes.append)
+    run = await engine.start(ANTOINE, m2(), {"mirror": "M1"})
+    # Fan-out: both roots were dispatched at once, before either finished.
+    assert await status(engine, run.display_id) == {
+        "mesh": "running", "material": "running", "thermal": "pending", "review": "pending", "report": "pending",
+    }  # fmt: skip
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "webster")) == 1
+    mesh_hook = (await agent_hooks(fleet, "nx-expert"))[0]
+    assert mesh_hook.body["message"] == "Mesh the M1 mirror." and mesh_hook.body["to"].startswith("channel:")
+    # The join waits for both.
+    await engine.report_result(as_agent("nx-expert"), run.display_id, "mesh", ok=True, output="120k elements",
+                               source="api")  # fmt: skip
+    assert (await status(engine, run.display_id))["thermal"] == "pending"
+    await engine.report_result(as_agent("webster"), run.display_id, "material", ok=True, output="CTE 0 ± 0.007",
+                               source="api")  # fmt: skip
+    assert (await status(engine, run.display_id))["thermal"] == "running"
+    thermal = (await agent_hooks(fleet, "optimizer"))[0].body["message"]
+    assert "Mesh: 120k elements" in thermal and "Material: CTE 0 ± 0.007" in thermal
+    await engine.report_result(ANTOINE, run.display_id, "thermal", ok=True, output="dT 0.3 K", source="person")
+    assert (await status(engine, run.display_id))["review"] == "waiting_approval"
+    outcome = await engine.approve(ALICE, run.display_id, "review", approve=True, reason="fine")
+    assert outcome.decided and outcome.status == "approved"
+    assert (await status(engine, run.display_id))["report"] == "running"
+    await engine.report_result(as_agent("secretary"), run.display_id, "report", ok=True, output="done", source="api")
+    detail = await engine.get(run.display_id)
+    assert detail.run.status == "succeeded"
+    assert detail.step("mesh").output_source == "api" and detail.step("thermal").output_source == "person"
+    assert "W-1" in changes
+    kinds = [event.kind for event in detail.events]
+    assert kinds[0] == "started" and "approve" in kinds and kinds[-1] == "run_succeeded"
+    delegation = await services.delegation.get(detail.step("mesh").delegation_id or 0)
+    assert delegation.workflow_step == "W-1/mesh#1" and delegation.to_dict()["workflow_step"] == "W-1/mesh#1"
+    fleet.settle("nx-expert")
+    fleet.settle("webster")
+    await engine.idle()
+
+
+async def test_authority_is_checked_for_every_step_up_front(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet()
+    with pytest.raises(NotAllowed, match=r"step s1 \(manager\)"):
+        await services.workflows.start(as_agent("tech-lead"), chain("nx-expert", "manager"), {})
+    assert await services.workflows.runs() == []
+    assert fleet.received() == []
+    audit = await services.store.fetchall("SELECT action, decision, detail FROM audit_log")
+    assert [(row[0], row[1]) for row in audit] == [("workflow-run", "refused")]
+
+
+async def test_bad_inputs_are_refused_naming_them(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    with pytest.raises(InvalidInput, match="unknown input"):
+        await services.workflows.start(ANTOINE, m2(), {"mirorr": "M1"})
+
+
+# --- 2026.9.6 completion ------------------------------------------------------------------------
+
+
+async def test_completion_ok_without_output_succeeds_after_the_grace(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    run = await engine.start(ANTOINE, chain("nx-expert"), {})
+    await engine.idle()
+    step = (await engine.get(run.display_id)).step("s0")
+    assert step.status == "running" and step.evidence["completion"]["status"] == "ok"
+    await engine.tick()
+    assert (await status(engine, run.display_id))["s0"] == "running"
+    clock.advance(61)
+    await engine.tick()
+    detail = await engine.get(run.display_id)
+    assert detail.step("s0").status == "succeeded" and detail.step("s0").output == ""
+    assert detail.step("s0").output_source == "completion" and detail.run.status == "succeeded"
+    assert any("no output reached atomizer-hq" in str(e.detail) for e in detail.events)
+
+
+async def test_completion_error_fails_the_step_and_retries_once(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"model_ok": False}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", retries=1), {})
+    await engine.idle()
+    await engine.idle()
+    detail = await engine.get(run.display_id)
+    assert detail.step("s0").status == "failed" and detail.step("s0").attempt == 2
+    assert "status error" in (detail.step("s0").error or "")
+    assert detail.run.status == "failed"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 2  # two attempts, two delegations, nothing more
+
+
+async def test_legacy_agent_in_a_run_relies_on_reported_results(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(release={"webster": RELEASE_LEGACY})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("webster", "nx-expert"), {})
+    await engine.idle()
+    await engine.tick()
+    assert await status(engine, run.display_id) == {"s0": "running", "s1": "pending"}
+    await engine.report_result(as_agent("webster"), run.display_id, "s0", ok=True, output="found", source="api")
+    assert (await status(engine, run.display_id))["s1"] == "running"
+    assert len(await agent_hooks(fleet, "webster")) == 1
+
+
+async def test_gateway_restart_between_admission_and_completion_is_unconfirmed(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", "secretary"), {})
+    await fleet.wait_in_flight("nx-expert")  # the completion wait is attached
+    await fleet.restart("nx-expert")
+    await engine.idle()
+    detail = await engine.get(run.display_id)
+    assert detail.step("s0").status == "unconfirmed", detail.step("s0").error
+    assert "not re-sent" in (detail.step("s0").error or "")
+    await engine.tick()
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1  # ONE hook for that step, ever
+    assert detail.run.status == "running"  # it waits for a person
+    # A person reports the result by hand: the run goes on.
+    await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="checked by hand", source="person")
+    assert (await status(engine, run.display_id))["s1"] == "running"
+
+
+async def test_restart_while_the_bot_was_down_is_caught_before_reattaching(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    run = await services.workflows.start(ANTOINE, chain("nx-expert"), {})
+    await fleet.wait_in_flight("nx-expert")
+    await services.workflows.close()
+    await fleet.restart("nx-expert")
+    again, _ = await services_on_fleet()
+    await again.workflows.recover()
+    await again.workflows.idle()
+    assert (await status(again.workflows, run.display_id))["s0"] == "unconfirmed"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+
+
+# --- agents down, timeouts ----------------------------------------------------------------------
+
+
+async def test_agent_down_when_due_stays_running_while_the_outbox_retries(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert"), {})
+    detail = await engine.get(run.display_id)
+    assert detail.step("s0").status == "running"
+    delegation = await services.delegation.get(detail.step("s0").delegation_id or 0)
+    assert delegation.status == "queued"
+    await engine.tick()
+    assert (await status(engine, run.display_id))["s0"] == "running"
+    await fleet.bring_up("nx-expert")
+    await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")
+    await services.delegation.process_due()
+    await engine.tick()
+    await engine.idle()
+    step = (await engine.get(run.display_id)).step("s0")
+    assert step.status == "running" and step.evidence["completion"]["status"] == "ok"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+
+
+async def test_a_step_times_out(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}}, release={"webster": RELEASE_LEGACY})
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    definition = WorkflowDefinition.model_validate(
+        {"name": "two", "description": "Two roots.", "steps": [
+            {"id": "down", "agent": "nx-expert", "message": "x", "timeout": "30m"},
+            {"id": "quiet", "agent": "webster", "message": "y", "timeout": "30m", "on_failure": "continue"},
+        ]}
+    )  # fmt: skip
+    run = await engine.start(ANTOINE, definition, {})
+    clock.advance(29 * 60)
+    await engine.tick()
+    assert await status(engine, run.display_id) == {"down": "running", "quiet": "running"}
+    clock.advance(61)
+    await engine.tick()
+    detail = await engine.get(run.display_id)
+    assert detail.step("down").status == "timed_out" and "never admitted" in (detail.step("down").error or "")
+    assert detail.step("quiet").status == "unconfirmed"  # admitted by a 2026.2.12 gateway, no result
+    assert detail.run.status == "failed"
+    delegation = await services.delegation.get(detail.step("down").delegation_id or 0)
+    assert delegation.status == "expired"  # the outbox will not send it late
+    await fleet.bring_up("nx-expert")
+
+
+# --- approvals ----------------------------------------------------------------------------------
+
+
+async def gate_run(services: Services, engine: WorkflowEngine | None = None, **approval: Any) -> str:
+    engine = engine or services.workflows
+    definition = WorkflowDefinition.model_validate(
+        {"name": "gate", "description": "Just a gate.", "steps": [
+            {"id": "review", "approval": {"prompt": "OK?", "approvers": ["role:admin"], **approval}},
+            {"id": "after", "agent": "secretary", "needs": ["review"], "message": "go", "timeout": "1h"},
+        ]}
+    )  # fmt: skip
+    run = await engine.start(ALICE, definition, {})
+    return run.display_id
+
+
+async def test_approval_rules(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    engine = services.workflows
+    run = await gate_run(services)
+    with pytest.raises(NotAllowed, match="started this run"):
+        await engine.approve(ALICE, run, "review", approve=True)
+    with pytest.raises(NotAllowed, match="who may: a person with the admin role"):
+        await engine.approve(ANTOINE, run, "review", approve=True)
+    with pytest.raises(NotAllowed):
+        await engine.approve(as_agent("manager"), run, "review", approve=True)
+    outcome = await engine.approve(BOB, run, "review", approve=True)
+    assert outcome.decided
+    with pytest.raises(StepConflict, match="already approved by you"):
+        await engine.approve(BOB, run, "review", approve=True)
+    carol = Requester(kind="person", name="carol", front_end="cli", level=AccessLevel.ADMIN, user_id="5" * 18)
+    with pytest.raises(StepConflict, match="already approved by bob"):
+        await engine.approve(carol, run, "review", approve=False)
+
+
+async def test_quorum_two_needs_two_distinct_people(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    engine = services.workflows
+    run = await gate_run(services, quorum=2, starter_may_approve=True)
+    first = await engine.approve(BOB, run, "review", approve=True)
+    assert not first.decided and first.approvals == 1
+    with pytest.raises(StepConflict, match="already approved by you"):
+        await engine.approve(BOB, run, "review", approve=True)
+    second = await engine.approve(ALICE, run, "review", approve=True)  # the starter, allowed here
+    assert second.decided and second.approvals == 2
+    assert (await status(engine, run))["after"] == "running"
+
+
+async def test_two_approvers_at_once_one_wins(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    engine = services.workflows
+    run = await gate_run(services)
+    carol = Requester(kind="person", name="carol", front_end="cli", level=AccessLevel.ADMIN, user_id="5" * 18)
+    results = await asyncio.gather(
+        engine.approve(BOB, run, "review", approve=True),
+        engine.approve(carol, run, "review", approve=True),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1
+    assert isinstance(lost[0], StepConflict) and "already approved by" in str(lost[0])
+    assert len(await agent_hooks_in(services, "secretary")) == 1
+
+
+async def agent_hooks_in(services: Services, agent: str) -> list[Any]:
+    rows = await services.store.fetchall("SELECT id FROM delegations WHERE agent = ?", (agent,))
+    return list(rows)
+
+
+async def test_a_reject_resolves_at_once_and_fails_the_run(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    run = await gate_run(services, quorum=2)
+    outcome = await services.workflows.approve(BOB, run, "review", approve=False, reason="numbers off")
+    assert outcome.decided and outcome.status == "rejected"
+    detail = await services.workflows.get(run)
+    assert detail.run.status == "failed" and detail.step("after").status == "skipped"
+
+
+@pytest.mark.parametrize(
+    ("policy", "gate_status", "after"),
+    [("reject", "expired", "skipped"), ("approve", "approved", "running"), ("escalate", "waiting_approval", "pending")],
+)
+async def test_expiry_policies(services_on_fleet: ServicesOnFleet, policy: str, gate_status: str, after: str) -> None:
+    services, _ = await services_on_fleet()
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    extra = {"escalate_to": [f"user:{BOB.user_id}"]} if policy == "escalate" else {}
+    run = await gate_run(services, engine, expires_in="1h", on_expire=policy, **extra)
+    clock.advance(3601)
+    await engine.tick()
+    detail = await engine.get(run)
+    assert detail.step("review").status == gate_status
+    assert detail.step("after").status == after
+    if policy == "reject":
+        with pytest.raises(StepConflict, match=r"expired .* with no decision"):
+            await engine.approve(BOB, run, "review", approve=True)
+    if policy == "escalate":
+        with pytest.raises(NotAllowed, match=f"<@{BOB.user_id}>"):  # admins no longer: only the escalation
+            await engine.approve(
+                Requester(kind="person", name="carol", front_end="cli", level=AccessLevel.ADMIN, user_id="5" * 18),
+                run, "review", approve=True,
+            )  # fmt: skip
+        assert (await engine.approve(BOB, run, "review", approve=True)).decided
+
+
+# --- cancel, retry ------------------------------------------------------------------------------
+
+
+async def test_cancel_tells_running_agents_to_stop(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, m2(), {})
+    with pytest.raises(NotAllowed):
+        await engine.cancel(VIEWER, run.display_id)
+    cancelled = await engine.cancel(ANTOINE, run.display_id, reason="wrong mirror")
+    assert cancelled.status == "cancelled"
+    assert set((await status(engine, run.display_id)).values()) == {"cancelled"}
+    stops = [hook for hook in await agent_hooks(fleet, "nx-expert") if "Stop work on W-1/mesh" in hook.body["message"]]
+    assert len(stops) == 1 and stops[0].body["deliver"] is False
+    with pytest.raises(StepConflict, match="cancelled"):
+        await engine.report_result(as_agent("nx-expert"), run.display_id, "mesh", ok=True, output="x", source="api")
+    fleet.settle("nx-expert")
+    await engine.idle()
+
+
+async def test_retry_from_a_step_reuses_outputs(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(release=RELEASE_LEGACY)
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", "optimizer", "secretary"), {})
+    await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="mesh-v1", source="person")
+    await engine.report_result(ANTOINE, run.display_id, "s1", ok=False, output="diverged", source="person")
+    detail = await engine.get(run.display_id)
+    assert detail.run.status == "failed" and detail.step("s2").status == "skipped"
+    await engine.retry(ANTOINE, run.display_id)
+    assert await status(engine, run.display_id) == {"s0": "succeeded", "s1": "running", "s2": "pending"}
+    again = await engine.get(run.display_id)
+    assert again.step("s0").output == "mesh-v1" and again.step("s1").attempt == 2
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "optimizer")) == 2
+    with pytest.raises(StepConflict, match="still running"):
+        await engine.retry(ANTOINE, run.display_id, from_step="s0")
+
+
+async def test_result_rules(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet(release=RELEASE_LEGACY)
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", "optimizer"), {})
+    with pytest.raises(NotAllowed, match="only nx-expert"):
+        await engine.report_result(as_agent("webster"), run.display_id, "s0", ok=True, output="x", source="api")
+    with pytest.raises(StepConflict, match="has not been sent yet"):
+        await engine.report_result(ANTOINE, run.display_id, "s1", ok=True, output="x", source="person")
+    await engine.report_result(as_agent("nx-expert"), run.display_id, "s0", ok=True, output="x", source="api")
+    with pytest.raises(StepConflict, match="succeeded"):
+        await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="y", source="person")
