@@ -418,3 +418,60 @@ async def test_result_rules(services_on_fleet: ServicesOnFleet) -> None:
     await engine.report_result(as_agent("nx-expert"), run.display_id, "s0", ok=True, output="x", source="api")
     with pytest.raises(StepConflict, match="succeeded"):
         await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="y", source="person")
+
+
+# --- crashes ------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    """The process dies here: nothing after this point of the code runs."""
+
+
+@pytest.mark.parametrize("point", ["dispatching", "delegated", "running", "result"])
+async def test_a_crash_at_every_transition_dispatches_each_step_once(
+    services_on_fleet: ServicesOnFleet, point: str
+) -> None:
+    services, fleet = await services_on_fleet(release={"optimizer": RELEASE_LEGACY})
+    crashed: set[str] = set()
+
+    def crash(name: str, key: str) -> None:
+        if name == point and key not in crashed:
+            crashed.add(key)
+            raise Crash(f"{name} {key}")
+
+    engine = services.workflows
+    engine.fault = crash
+    down = False
+    try:
+        await engine.start(ANTOINE, chain("nx-expert", "optimizer", "secretary"), {})
+    except Crash:
+        down = True
+    for _ in range(30):
+        if down:  # a new process on the same database
+            await engine.close()
+            engine = (await services_on_fleet())[0].workflows
+            engine.fault = crash
+            down = False
+            try:
+                await engine.recover()
+            except Crash:
+                down = True
+                continue
+        await engine.idle()
+        detail = await engine.get("W-1")
+        if detail.run.status != "running":
+            break
+        running = [step for step in detail.steps if step.status == "running"]
+        assert running, {step.step_id: step.status for step in detail.steps}
+        try:
+            await engine.report_result(ANTOINE, "W-1", running[0].step_id, ok=True, output="ok", source="person")
+        except Crash:
+            down = True
+    detail = await engine.get("W-1")
+    assert detail.run.status == "succeeded"
+    assert len(crashed) == 3  # one crash per step at this point
+    for agent in ("nx-expert", "optimizer", "secretary"):
+        assert len(await agent_hooks(fleet, agent)) == 1, agent
+    rows = await engine.tables.db.fetchall("SELECT workflow_step FROM delegations ORDER BY id")
+    assert [row[0] for row in rows] == ["W-1/s0#1", "W-1/s1#1", "W-1/s2#1"]
+    await engine.close()

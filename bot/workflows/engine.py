@@ -183,8 +183,9 @@ class WorkflowEngine:
         self._locks: dict[int, asyncio.Lock] = {}
         self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
         self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
-        # Tests crash the engine at a named point (dispatching, delegated, running, result) by raising here.
-        self.fault: Callable[[str], None] | None = None
+        # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
+        # (`W-3/mesh#1`) by raising here.
+        self.fault: Callable[[str, str], None] | None = None
 
     # --- listeners and life cycle ---------------------------------------------------------------
 
@@ -218,9 +219,9 @@ class WorkflowEngine:
                 await task
         self._watchers.clear()
 
-    def _crash_point(self, name: str) -> None:
+    def _crash_point(self, name: str, key: str) -> None:
         if self.fault is not None:
-            self.fault(name)
+            self.fault(name, key)
 
     def _lock(self, run_id: int) -> asyncio.Lock:
         return self._locks.setdefault(run_id, asyncio.Lock())
@@ -407,7 +408,7 @@ class WorkflowEngine:
         )  # fmt: skip
         if not moved:
             return
-        self._crash_point("dispatching")
+        self._crash_point("dispatching", step_key(run.id, step.step_id, attempt))
         await self._dispatch(run, spec, attempt)
 
     def _delivery(self, run: RunRow, spec: AgentStep) -> tuple[str | None, bool]:
@@ -454,7 +455,7 @@ class WorkflowEngine:
                 await self._end_step(run.id, spec.id, "fail", f"not dispatched: {exc}")
                 return
         assert delegation is not None
-        self._crash_point("delegated")
+        self._crash_point("delegated", key)
         now = self._clock()
         deadline = now + timedelta(seconds=spec.timeout_s)
         moved = await self.tables.move(
@@ -464,7 +465,7 @@ class WorkflowEngine:
         )  # fmt: skip
         if moved:
             await self._notify(run.id)
-        self._crash_point("running")
+        self._crash_point("running", key)
         step = await self.tables.step(run.id, spec.id)
         if step is not None and step.status == "running":
             await self._sync(run, step, delegation)
@@ -658,7 +659,7 @@ class WorkflowEngine:
             current = await self._require_step(run, step_id)
             raise StepConflict(f"{where} is {current.status}{_since(current)}: {_why_no_result(current.status)}")
         await self._notify(run.id)
-        self._crash_point("result")
+        self._crash_point("result", step.key)
         await self.advance(run.id)
         return await self._require_step(run, step_id)
 
