@@ -106,6 +106,8 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
     requester = host_operator()
     if args.as_agent:
         requester = requester.acting_as(args.as_agent, config)
+    if args.wait_result:
+        return await _delegate_wait_result(args, settings, config, requester)
     async with open_services(settings, config) as services:
         result = await services.delegation.delegate(
             requester, args.agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run
@@ -142,6 +144,38 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
 
 
 WAIT_RAN_OUT = 3  # `delegate --wait`: neither delivered nor failed yet; a script tells this from both
+
+
+async def _delegate_wait_result(
+    args: argparse.Namespace, settings: Settings, config: ClusterConfig, requester: Any
+) -> int:
+    """`delegate … --wait-result`: a one-step workflow run, followed here until the agent's result."""
+    from bot.services import open_services
+    from bot.workflows.cli_runs import delegate_and_wait
+
+    if args.dry_run or args.wait:
+        raise InvalidInput("--wait-result does not go with --dry-run or --wait")
+    deliver_to = "none" if args.no_deliver else (args.to or "thread")
+    async with open_services(settings, config) as services:
+        run, step = await delegate_and_wait(
+            services, requester, args.agent, args.message, wait_s=args.wait_s, deliver_to=deliver_to
+        )
+    if args.json:
+        document = {"run": run.display_id, "step": step.status, "output": step.output, "error": step.error}
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    elif step.status == "succeeded":
+        print(step.output or "")
+    if step.status == "succeeded":
+        return 0
+    if step.status in ("running", "dispatching", "pending"):
+        print(
+            f"atomizer-hq: {run.display_id} still {step.status} after {args.wait_s:g} s; follow it with "
+            f"`atomizer-hq workflow show {run.display_id}`",
+            file=sys.stderr,
+        )
+        return WAIT_RAN_OUT
+    print(f"atomizer-hq: {run.display_id}/work {step.status}: {step.error or 'no detail'}", file=sys.stderr)
+    return 1
 
 
 def _utc_seconds(moment: str | None) -> str:
@@ -714,6 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dlg.add_argument("--wait-s", type=float, default=600.0, help="how long --wait waits, in seconds (default 600)")
     dlg.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    dlg.add_argument(
+        "--wait-result", action="store_true",
+        help="run it as a one-step workflow and wait for the agent's result (up to --wait-s); print its output",
+    )  # fmt: skip
 
     dls = add("delegations", cmd_delegations, "recent delegations; show one; retry an unconfirmed one")
     dls.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")

@@ -28,6 +28,7 @@ from bot.store import Store
 from bot.systemd import SystemdUnits
 from bot.taskboard import TaskBoard
 from bot.workflows.engine import WorkflowEngine
+from bot.workflows.loader import WorkflowCatalog
 
 
 @dataclass
@@ -81,7 +82,9 @@ async def open_services(
                 health=HealthChecks(),
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
-                workflows=WorkflowEngine(config, store, delegation, gateway),
+                workflows=WorkflowEngine(
+                    config, store, delegation, gateway, catalog=WorkflowCatalog.from_config(config)
+                ),
             )
             services.health.register("database", database_writable(services))
             try:

@@ -20,7 +20,7 @@ Action = Callable[[argparse.Namespace], Awaitable[int]]
 
 def add_workflow_parser(commands: Any) -> None:
     """The `workflow` command and its actions, on the CLI's sub-command parsers."""
-    help_text = "workflows: list them, validate a file, plan a run"
+    help_text = "workflows: list them, validate a file, plan a run; run one and follow, approve, retry its runs"
     parser = commands.add_parser("workflow", help=help_text, description=help_text)
     parser.set_defaults(handler=cmd_workflow)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -43,6 +43,10 @@ def add_workflow_parser(commands: Any) -> None:
     dry.add_argument("--input", action="append", default=[], metavar="K=V", help="an input's value; repeatable")
     dry.add_argument("--as", dest="as_agent", metavar="AGENT", help="as started by an agent, under its authority")
     dry.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    from bot.workflows.cli_runs import add_run_commands  # run, show, runs, cancel, approve, reject, retry, result
+
+    add_run_commands(actions)
 
 
 async def cmd_workflow(args: argparse.Namespace) -> int:

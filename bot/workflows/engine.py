@@ -79,6 +79,7 @@ class StepConflict(InvalidInput):
     """The step (or run) is not in a state where this can be done; the message says what it is in."""
 
     code = "workflow_conflict"
+    exit_code = 1  # not bad input: the run has moved on
     http_status = 409
 
 
