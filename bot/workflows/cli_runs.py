@@ -33,11 +33,15 @@ PROGRESS_NOTE = (
 
 
 def add_run_commands(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the run actions to the `workflow` command's subparsers (each sets `handler`)."""
+    """Add the run actions to the `workflow` command's subparsers.
+
+    Each sets `handler` (the CLI's dispatch) and `action_handler` (bot/workflows/cli.py's), so it works
+    under either `workflow` parser.
+    """
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=cmd_workflow, workflow_action=name)
+        sub.set_defaults(handler=cmd_workflow, action_handler=cmd_workflow, workflow_action=name)
         return sub
 
     run = action("run", "start a run of a workflow: inputs checked, authority for every step, roots dispatched")

@@ -67,7 +67,7 @@ Listener = Callable[[str], Awaitable[None] | None]
 class WorkflowCatalog(Protocol):
     """What the engine needs of the definition catalog (bot.workflows.loader)."""
 
-    def get(self, name: str) -> WorkflowDefinition: ...
+    def get(self, name: str) -> Any: ...  # a WorkflowDefinition, or anything with `.definition`
 
 
 class UnknownRun(InvalidInput):
@@ -278,7 +278,11 @@ class WorkflowEngine:
             return workflow
         if self.catalog is None:
             raise InvalidInput(f"no workflow catalog is configured, so {workflow!r} cannot be looked up")
-        return self.catalog.get(workflow)
+        found = self.catalog.get(workflow)
+        # bot.workflows.loader's catalog gives the definition with where it came from (LoadedWorkflow).
+        definition = getattr(found, "definition", found)
+        assert isinstance(definition, WorkflowDefinition)
+        return definition
 
     async def start(
         self,
