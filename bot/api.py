@@ -642,6 +642,9 @@ class LoopbackApi:
         self._add_status_routes()
         self._add_task_routes()
         self._add_heartbeat_routes()
+        from bot.api_workflows import add_workflow_routes
+
+        add_workflow_routes(self)
 
     # --- registration ----------------------------------------------------------------------------
 

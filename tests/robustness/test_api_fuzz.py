@@ -29,6 +29,7 @@ from bot.config import ClusterConfig
 from bot.services import open_services
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.simulator import SimAgentSpec, SimulatedFleet, free_ports
+from bot.workflows.definition import WorkflowDefinition
 from tests.conftest import API_TOKENS, HOOKS_TOKEN
 from tests.test_api_delegations import Hq, auth
 
@@ -204,7 +205,7 @@ async def test_numbers_too_big_or_not_ascii_are_a_400_or_404_never_a_500(
 
 # --- tokens on every route --------------------------------------------------------------------------
 
-PATH_VALUES = {"id": "1", "agent": "manager"}
+PATH_VALUES = {"id": "1", "agent": "manager", "step": "review"}
 
 
 def routes(document: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -275,6 +276,45 @@ async def a_delegation(hq: Hq) -> tuple[str, str, dict[str, Any] | None]:
     return "manager", f"/v1/delegations/{created.json()['id']}/retry", None
 
 
+class _Catalog:
+    def __init__(self, *definitions: WorkflowDefinition) -> None:
+        self.by_name = {d.name: d for d in definitions}
+
+    def get(self, name: str) -> WorkflowDefinition:
+        return self.by_name[name]
+
+    def definitions(self) -> list[WorkflowDefinition]:
+        return list(self.by_name.values())
+
+
+SEARCH = WorkflowDefinition.model_validate(
+    {"name": "search", "description": "Search, then a gate.", "steps": [
+        {"id": "find", "agent": "webster", "message": "Find the CTE", "timeout": "1h"},
+        {"id": "review", "approval": {"prompt": "OK?", "approvers": ["role:admin"]}},
+    ]}
+)  # fmt: skip
+
+
+async def a_workflow_run(hq: Hq) -> str:
+    """W-n started by the operator: webster searches while its gate waits."""
+    hq.services.workflows.catalog = _Catalog(SEARCH)
+    created = await hq.client.post("/v1/workflow-runs", headers=auth("operator"), json={"workflow": "search"})
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def on_a_run(identity: str, suffix: str, body: dict[str, Any]) -> Scene:
+    async def scene(hq: Hq) -> tuple[str, str, dict[str, Any]]:
+        return identity, f"/v1/workflow-runs/{await a_workflow_run(hq)}{suffix}", body
+
+    return scene
+
+
+async def start_beyond_authority(hq: Hq) -> tuple[str, str, dict[str, Any]]:
+    hq.services.workflows.catalog = _Catalog(SEARCH)
+    return "nx-expert", "/v1/workflow-runs", {"workflow": "search"}  # nx-expert may not delegate to webster
+
+
 OTHER_AGENT = {
     ("POST", "/v1/delegations"): lambda hq: ("nx-expert", "/v1/delegations", {"to": "webster", "message": "Go"}),
     ("POST", "/v1/delegations/{id}/retry"): a_delegation,  # retrying is for people
@@ -283,13 +323,22 @@ OTHER_AGENT = {
     ("POST", "/v1/heartbeats/{agent}/pause"): lambda hq: ("manager", "/v1/heartbeats/manager/pause", {}),
     ("POST", "/v1/heartbeats/{agent}/resume"): lambda hq: ("manager", "/v1/heartbeats/manager/resume", None),
     ("POST", "/v1/heartbeats/{agent}/seen"): lambda hq: ("nx-expert", "/v1/heartbeats/webster/seen", None),
+    ("POST", "/v1/workflow-runs"): start_beyond_authority,
+    ("POST", "/v1/workflow-runs/{id}/cancel"): on_a_run("nx-expert", "/cancel", {}),  # its starter or people
+    ("POST", "/v1/workflow-runs/{id}/retry"): on_a_run("nx-expert", "/retry", {"from": "find"}),
+    ("POST", "/v1/workflow-runs/{id}/steps/{step}/approve"): on_a_run("manager", "/steps/review/approve", {}),
+    ("POST", "/v1/workflow-runs/{id}/steps/{step}/reject"): on_a_run("manager", "/steps/review/reject", {}),
+    ("POST", "/v1/workflow-runs/{id}/steps/{step}/result"): on_a_run("nx-expert", "/steps/find/result", {"ok": True}),
 }
 OPEN_TO_AGENTS = {("POST", "/v1/tasks")}  # any caller may create a task (as itself)
 
 
 async def snapshot(hq: Hq) -> list[list[tuple[Any, ...]]]:
     """Everything a write could change (refusals are audited, so not the audit log)."""
-    tables = ("delegations", "tasks", "task_events", "heartbeat_runs", "heartbeat_state")
+    tables = (
+        "delegations", "tasks", "task_events", "heartbeat_runs", "heartbeat_state",
+        "workflow_runs", "workflow_steps", "workflow_approvals",
+    )  # fmt: skip
     return [[tuple(row) for row in await hq.services.store.fetchall(f"SELECT * FROM {t} ORDER BY 1")] for t in tables]
 
 

@@ -1,0 +1,98 @@
+"""The workflow routes of the loopback API: the M2 shape driven over HTTP, refusals with their reasons."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bot.api import LoopbackApi
+from bot.errors import InvalidInput
+from bot.settings import HUMAN_IDENTITIES, Settings
+from bot.workflows.definition import WorkflowDefinition
+from tests.conftest import ServicesOnFleet
+from tests.test_api_delegations import Hq, auth
+from tests.test_workflow_engine import chain, m2
+
+
+@pytest.fixture
+async def hq(services_on_fleet: ServicesOnFleet, settings: Settings) -> AsyncIterator[Hq]:
+    services, fleet = await services_on_fleet()
+    api = LoopbackApi(services, settings.api_identities([*services.config.agent_names, *HUMAN_IDENTITIES]))
+    await api.start("127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=api.url, timeout=10, trust_env=False) as client:
+            yield Hq(api, services, fleet, client)
+    finally:
+        await api.stop()
+
+
+class Catalog:
+    """Stands in for bot.workflows.loader's catalog: definitions by name."""
+
+    def __init__(self, *definitions: WorkflowDefinition) -> None:
+        self.by_name = {d.name: d for d in definitions}
+
+    def get(self, name: str) -> WorkflowDefinition:
+        if name not in self.by_name:
+            raise InvalidInput(f"no workflow called {name!r}")
+        return self.by_name[name]
+
+    def definitions(self) -> list[WorkflowDefinition]:
+        return list(self.by_name.values())
+
+
+async def post(hq: Hq, path: str, identity: str, body: dict[str, Any]) -> Any:
+    return await hq.client.post(path, headers=auth(identity), json=body)
+
+
+async def test_the_m2_shape_over_the_api(hq: Hq) -> None:
+    hq.services.workflows.catalog = Catalog(m2(approvers=["agent:manager"]), chain("nx-expert", "manager"))
+    listed = await hq.get("/v1/workflows")
+    assert listed.status_code == 200
+    assert [w["name"] for w in listed.json()["workflows"]] == ["m2-mirror-study", "chain"]
+
+    refused = await post(hq, "/v1/workflow-runs", "tech-lead", {"workflow": "chain"})
+    assert refused.status_code == 403 and "step s1 (manager)" in refused.json()["detail"]
+    unknown = await post(hq, "/v1/workflow-runs", "operator", {"workflow": "nope"})
+    assert unknown.status_code == 400 and "no workflow called" in unknown.json()["detail"]
+
+    started = await post(
+        hq, "/v1/workflow-runs", "operator", {"workflow": "m2-mirror-study", "inputs": {"mirror": "M1"}}
+    )
+    assert started.status_code == 201, started.text
+    run = started.json()
+    assert run["id"] == "W-1" and [s["status"] for s in run["steps"]][:2] == ["running", "running"]
+    base = "/v1/workflow-runs/W-1/steps"
+    wrong = await post(hq, f"{base}/mesh/result", "tech-lead", {"ok": True, "output": "x"})
+    assert wrong.status_code == 403 and "only nx-expert" in wrong.json()["detail"]
+    mesh = await post(hq, f"{base}/mesh/result", "nx-expert", {"ok": True, "output": "120k elements"})
+    assert mesh.status_code == 200 and mesh.json()["output_source"] == "api"
+    assert (await post(hq, f"{base}/material/result", "operator", {"ok": True, "output": "CTE"})).status_code == 200
+    early = await post(hq, f"{base}/report/result", "operator", {"ok": True, "output": "x"})
+    assert early.status_code == 409 and "has not been sent yet" in early.json()["detail"]
+    assert (await post(hq, f"{base}/thermal/result", "operator", {"ok": True, "output": "dT"})).status_code == 200
+    not_you = await post(hq, f"{base}/review/approve", "tech-lead", {})
+    assert not_you.status_code == 403 and "who may: agent manager" in not_you.json()["detail"]
+    approved = await post(hq, f"{base}/review/approve", "manager", {"reason": "good"})
+    assert approved.status_code == 200 and approved.json()["decided"] is True
+    again = await post(hq, f"{base}/review/reject", "manager", {})
+    assert again.status_code == 409 and "already approved by you" in again.json()["detail"]
+    assert (await post(hq, f"{base}/report/result", "operator", {"ok": True, "output": "done"})).status_code == 200
+
+    shown = await hq.get("/v1/workflow-runs/W-1")
+    assert shown.status_code == 200 and shown.json()["status"] == "succeeded"
+    assert [a["approver"] for a in shown.json()["approvals"]] == ["manager"]
+    listing = await hq.get("/v1/workflow-runs", status="succeeded")
+    assert [r["id"] for r in listing.json()["runs"]] == ["W-1"]
+    assert (await hq.get("/v1/workflow-runs/W-9")).status_code == 404
+    assert (await hq.get("/v1/workflow-runs/nonsense")).status_code == 400
+    retried = await post(hq, "/v1/workflow-runs/W-1/retry", "operator", {"from": "report"})
+    assert retried.status_code == 200 and retried.json()["status"] == "running"
+    cancelled = await post(hq, "/v1/workflow-runs/W-1/cancel", "operator", {"reason": "enough"})
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    stops = [h for h in hq.fleet.received("secretary") if "Stop work on W-1/report" in h.body["message"]]
+    assert len(stops) == 1
+    await hq.services.workflows.idle()
