@@ -24,13 +24,14 @@ from bot.boards import BoardContent
 from bot.clock import iso, utcnow
 from bot.config import ClusterConfig, parse_cluster_config
 from bot.errors import NotAllowed
-from bot.runner import STANDUP_JOB, TICK_JOB, run_service
-from bot.services import Services
+from bot.runner import STANDUP_JOB, TICK_JOB, WORKFLOW_JOB, run_service
+from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.simulator import SimulatedFleet, free_ports
 from bot.standup import StandupNotPosted, StandupService, standup_for
 from tests.clocks import FakeClock
 from tests.conftest import FleetStarter
+from tests.test_workflow_engine import ANTOINE, chain
 
 
 @dataclass
@@ -274,3 +275,27 @@ async def test_posting_by_hand_needs_an_operator_and_a_failed_post_is_audited(se
     assert [(row[0], row[3]) for row in await audit(services)] == [
         ("newcomer", "refused"), ("manager", "refused"), ("antoine", "failed"),
     ]  # fmt: skip
+
+
+async def test_run_finishes_a_workflow_step_a_dead_process_left_dispatching_and_ticks_workflows(rig: Rig) -> None:
+    class Died(Exception):
+        pass
+
+    def die(name: str, key: str) -> None:
+        raise Died(key)
+
+    async with open_services(rig.settings, rig.configs["first"]) as before:
+        before.workflows.fault = die
+        with pytest.raises(Died):
+            await before.workflows.start(ANTOINE, chain("nx-expert"), {})
+    assert rig.fleet.received("nx-expert") == []
+    first = await rig.start("first")
+    step = (await first.running.workflows.get("W-1")).step("s0")
+    assert step.status == "running" and step.delegation_id is not None
+    assert len(rig.fleet.received("nx-expert")) == 1
+    job = first.running.scheduler.get_job(WORKFLOW_JOB)
+    assert job is not None and job.trigger.interval.total_seconds() == 1
+    await first.job(WORKFLOW_JOB)
+    await first.running.workflows.idle()
+    assert len(rig.fleet.received("nx-expert")) == 1
+    await rig.stop(first)
