@@ -54,6 +54,7 @@ def chain(*agents: str, timeout: str = "1h", **extra: Any) -> WorkflowDefinition
         step: dict[str, Any] = {"id": f"s{i}", "agent": agent, "message": f"Step {i}.", "timeout": timeout, **extra}
         if i:
             step["needs"] = [f"s{i - 1}"]
+            step["message"] = f"Step {i} after ${{{{ steps.s{i - 1}.output }}}}."
         steps.append(step)
     return WorkflowDefinition.model_validate({"name": "chain", "description": "A chain.", "steps": steps})
 
@@ -405,6 +406,16 @@ async def test_retry_from_a_step_reuses_outputs(services_on_fleet: ServicesOnFle
     assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "optimizer")) == 2
     with pytest.raises(StepConflict, match="still running"):
         await engine.retry(ANTOINE, run.display_id, from_step="s0")
+    await engine.report_result(ANTOINE, run.display_id, "s1", ok=True, output="thermal-v2", source="person")
+    await engine.report_result(ANTOINE, run.display_id, "s2", ok=True, output="report-v1", source="person")
+    assert (await engine.get(run.display_id)).run.status == "succeeded"
+    # --from s1: s0's output is reused (not re-sent), s1 and what follows run again.
+    await engine.retry(ANTOINE, run.display_id, from_step="s1")
+    assert await status(engine, run.display_id) == {"s0": "succeeded", "s1": "running", "s2": "pending"}
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "optimizer")) == 3
+    assert (await agent_hooks(fleet, "optimizer"))[-1].body["message"] == "Step 1 after mesh-v1."
+    await engine.report_result(ANTOINE, run.display_id, "s1", ok=True, output="thermal-v3", source="person")
+    assert (await engine.get(run.display_id)).step("s2").attempt == 2
 
 
 async def test_result_rules(services_on_fleet: ServicesOnFleet) -> None:

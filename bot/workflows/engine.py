@@ -95,8 +95,7 @@ class RunDetail:
         """`waiting` when only people (approvals, unconfirmed steps) block a running run."""
         if self.run.status != "running":
             return self.run.status
-        active = {"dispatching", "running", "pending"}
-        if any(s.status in active for s in self.steps if s.status != "pending"):
+        if any(s.status in ("dispatching", "running") for s in self.steps):
             return "running"
         if any(s.status in ("waiting_approval", "unconfirmed") for s in self.steps):
             return "waiting"
