@@ -166,6 +166,9 @@ async def _delegate_wait_result(
     elif step.status == "succeeded":
         print(step.output or "")
     if step.status == "succeeded":
+        if not step.output:
+            print(f"atomizer-hq: {args.agent} finished without an output reaching atomizer-hq "
+                  f"(source: {step.output_source})", file=sys.stderr)  # fmt: skip
         return 0
     if step.status in ("running", "dispatching", "pending"):
         print(
