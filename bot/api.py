@@ -179,6 +179,7 @@ class DelegationRecord(BaseModel):
     next_attempt_at: str | None = Field(description="When the outbox tries again, while queued.")
     expires_at: str = Field(description="The end of the retry window.")
     latency_ms: float | None
+    workflow_step: str | None = Field(default=None, description="W-3/mesh#1 when a workflow run's step sent it.")
 
     @classmethod
     def of(cls, delegation: Delegation) -> DelegationRecord:
