@@ -155,10 +155,9 @@ async def _delegate_wait_result(
 
     if args.dry_run or args.wait:
         raise InvalidInput("--wait-result does not go with --dry-run or --wait")
-    deliver_to = "none" if args.no_deliver else (args.to or "thread")
     async with open_services(settings, config) as services:
         run, step = await delegate_and_wait(
-            services, requester, args.agent, args.message, wait_s=args.wait_s, deliver_to=deliver_to
+            services, requester, args.agent, args.message, wait_s=args.wait_s, to=args.to, deliver=not args.no_deliver
         )
     if args.json:
         document = {"run": run.display_id, "step": step.status, "output": step.output, "error": step.error}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bot.simulator import RELEASE_LEGACY
-from tests.conftest import FleetStarter
+from tests.conftest import ROOT, FleetStarter
 from tests.test_cli import cli_env, relocated_config, run_cli
 
 DEFINITION = {
@@ -56,6 +56,12 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
     assert (code, out) == (0, "W-1 cancelled\n")
     code, out, _ = await run_cli(*base, "workflow", "runs", "--json", env=env)
     assert [(r["id"], r["status"]) for r in json.loads(out)] == [("W-1", "cancelled")]
+
+    # By name, from the catalog (the shipped workflows/ dir, relative to the working directory).
+    code, out, err = await run_cli(*base, "workflow", "run", "m2-mirror-study", "--input", "mirror=M1", env=env,
+                                   cwd=ROOT)  # fmt: skip
+    assert code == 0 and out.startswith("W-2 m2-mirror-study: running"), err
+    assert fleet.received("nx-expert")[-1].body["message"].startswith("Mesh the M1 mirror")
 
     for args, message in (
         (("workflow", "run", "--definition", str(definition), "--input", "what"), "write NAME=VALUE"),

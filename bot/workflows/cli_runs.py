@@ -219,14 +219,18 @@ def one_step(agent: str, *, wait_s: float, deliver_to: str) -> WorkflowDefinitio
 
 
 async def delegate_and_wait(
-    services: Services, requester: Requester, agent: str, message: str, *, wait_s: float, deliver_to: str
+    services: Services, requester: Requester, agent: str, message: str, *, wait_s: float, to: str | None, deliver: bool
 ) -> tuple[RunRow, StepRow]:
-    """Start the one-step run, then follow it here (outbox, ticks) until its result or the end of the wait."""
+    """Start the one-step run, then follow it here (outbox, ticks) until its result or the end of the wait.
+
+    `to` is any target `delegate --to` takes: it is the run's origin, where a run without a thread delivers.
+    """
     from bot.outbox import OutboxWorker
 
     engine = services.workflows
-    definition = one_step(services.config.require_agent(agent).name, wait_s=wait_s, deliver_to=deliver_to)
-    run = await engine.start(requester, definition, {"message": message})
+    name = services.config.require_agent(agent).name
+    definition = one_step(name, wait_s=wait_s, deliver_to="thread" if deliver else "none")
+    run = await engine.start(requester, definition, {"message": message}, origin=to)
     worker = OutboxWorker(services.delegation)
     await worker.start()
     loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ from bot.gateway import GatewayClient
 from bot.store import Store
 from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
 from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
+from bot.workflows.plan import validate
 from bot.workflows.store import (
     DONE_BADLY,
     DONE_OK,
@@ -294,7 +295,9 @@ class WorkflowEngine:
     ) -> RunRow:
         """Check inputs and the starter's authority for every agent step, record the run, dispatch its roots."""
         definition = self._definition(workflow)
-        _check_shape(definition)
+        checked = validate(definition, self._config)  # what `workflow validate` says, authority apart (below)
+        if not checked.ok:
+            raise InvalidInput(f"{definition.name} cannot run: " + "; ".join(checked.problems))
         values = definition.resolve_inputs(inputs)
         now = self._clock()
         for step in definition.steps:
@@ -991,25 +994,6 @@ def _downstream(definition: WorkflowDefinition, roots: set[str]) -> set[str]:
                 found.add(step.id)
                 changed = True
     return found
-
-
-def _check_shape(definition: WorkflowDefinition) -> None:
-    """What would make a run hang: needs naming no step, a cycle (bot.workflows.plan explains in full)."""
-    ids = definition.step_ids
-    if len(set(ids)) != len(ids):
-        raise InvalidInput(
-            f"{definition.name}: step ids repeat: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))}"
-        )
-    for step in definition.steps:
-        unknown = [n for n in step.needs if n not in ids]
-        if unknown:
-            raise InvalidInput(f"{definition.name}: step {step.id} needs unknown step(s) {', '.join(unknown)}")
-    done: set[str] = set()
-    while len(done) < len(ids):
-        wave = [s.id for s in definition.steps if s.id not in done and set(s.needs) <= done]
-        if not wave:
-            raise InvalidInput(f"{definition.name}: steps {', '.join(sorted(set(ids) - done))} form a cycle")
-        done.update(wave)
 
 
 def _since(step: StepRow) -> str:
