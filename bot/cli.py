@@ -71,10 +71,13 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)
+    from bot.workflows.loader import WorkflowCatalog
+
+    workflows = len(WorkflowCatalog.from_config(config).entries())
     print(
         f"{settings.config_path}: valid: {len(config.agents)} agents "
         f"({', '.join(config.agent_names)}), {len(config.channels)} channels, "
-        f"{sum(len(v) for v in config.roles.values())} roles"
+        f"{sum(len(v) for v in config.roles.values())} roles, {workflows} workflow{'s' if workflows != 1 else ''}"
     )
     return 0
 

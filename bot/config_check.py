@@ -113,9 +113,23 @@ def check(settings: Settings, config: ClusterConfig, for_command: str | None) ->
             "environment: ATOMIZER_API_TOKENS: not set; the loopback API will refuse every caller "
             "until agents have tokens ('manager:<token>,tech-lead:<token>,operator:<token>')"
         )
+    report.problems.extend(workflow_problems(config))
     if for_command:
         report.problems.extend(secret_problems(settings, config, for_command))
     else:
         # `run` needs every secret any command needs.
         report.notes.extend(secret_problems(settings, config, "run"))
     return report
+
+
+def workflow_problems(config: ClusterConfig) -> list[str]:
+    """Every problem of the workflow files (`workflow validate` on each), so a broken one is found before a run."""
+    from bot.workflows.loader import WorkflowCatalog
+    from bot.workflows.plan import validate
+
+    problems: list[str] = []
+    for entry in WorkflowCatalog.from_config(config).entries():
+        problems.extend(entry.problems)
+        if entry.workflow is not None and not entry.problems:
+            problems.extend(validate(entry.workflow, config).problems)
+    return problems

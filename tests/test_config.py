@@ -305,3 +305,21 @@ def test_an_agent_without_any_heartbeat_is_a_warning_not_a_failure(
 def test_the_shipped_config_warns_about_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_check(tmp_path, capsys, SHIPPED_TEXT)
     assert code == 0 and "warning:" not in err
+
+
+def test_check_config_reads_the_workflow_files_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    example = (SHIPPED_CONFIG.parent.parent / "workflows" / "m2-mirror-study.yaml").read_text(encoding="utf-8")
+    (flows / "m2.yaml").write_text(example, encoding="utf-8")
+    text = broken('dir = "workflows"', f'dir = "{flows}"')
+
+    code, out, err = run_check(tmp_path, capsys, text)
+    assert code == 0, err
+    assert out.rstrip().endswith("3 roles, 1 workflow")
+
+    (flows / "m2.yaml").write_text(example.replace("agent: webster", "agent: webstr"), encoding="utf-8")
+    code, out, err = run_check(tmp_path, capsys, text)
+    assert code == 2 and out == ""
+    line = next(line for line in err.splitlines() if "webstr" in line)
+    assert line.startswith(f"{flows / 'm2.yaml'}:") and "no agent called 'webstr'. Did you mean 'webster'?" in line
