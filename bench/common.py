@@ -211,17 +211,23 @@ async def fleet_process(
     agent_options: dict[str, dict[str, Any]] | None = None,
     common: dict[str, Any] | None = None,
     readyz_delay_ms: dict[str, float] | None = None,
+    record: Path | None = None,
 ) -> AsyncIterator[FleetProcess]:
     """One simulated gateway per agent of `config`, served by `python -m bench.fleet` until the block ends.
 
     `common` sets SimAgentSpec fields for every agent, `agent_options` per agent; `readyz_delay_ms`
-    makes an agent answer its readiness probe that much later (health routes answer at once otherwise).
+    makes an agent answer its readiness probe that much later (health routes answer at once otherwise);
+    `record` is a file every accepted hook is appended to, one JSON line each (ReceivedHook: agent, body,
+    idempotency_key, `at` on the wall clock).
     """
     specs = [
         {"name": a.name, "port": a.port, **(common or {}), **(agent_options or {}).get(a.name, {})}
         for a in config.agents
     ]
-    spec_path = _write_json(workdir, {"token": token, "agents": specs, "readyz_delay_ms": readyz_delay_ms or {}})
+    spec = {"token": token, "agents": specs, "readyz_delay_ms": readyz_delay_ms or {}}
+    if record is not None:
+        spec["record"] = str(record)
+    spec_path = _write_json(workdir, spec)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -1,6 +1,7 @@
 """`python -m bench.fleet SPEC.json`: the simulated fleet in its own process, for the benchmarks.
 
-SPEC is `{"token": …, "agents": [SimAgentSpec fields…], "readyz_delay_ms": {agent: ms}}`. Prints READY
+SPEC is `{"token": …, "agents": [SimAgentSpec fields…], "readyz_delay_ms": {agent: ms}, "record": FILE}`
+(`record`, optional: every accepted hook appended to FILE as a JSON line, as `simulate --record`). Prints READY
 once every gateway listens, then serves until SIGTERM or SIGINT.
 
 `readyz_delay_ms` is the one thing `atomizer-hq simulate` cannot do: a gateway that answers its
@@ -38,7 +39,9 @@ def _delay_readyz(delays: dict[str, float]) -> None:
 async def main(spec: dict[str, Any]) -> None:
     if spec.get("readyz_delay_ms"):
         _delay_readyz({k: float(v) for k, v in spec["readyz_delay_ms"].items()})
-    fleet = simulator.SimulatedFleet([simulator.SimAgentSpec(**a) for a in spec["agents"]], spec["token"])
+    record = Path(spec["record"]) if spec.get("record") else None
+    specs = [simulator.SimAgentSpec(**a) for a in spec["agents"]]
+    fleet = simulator.SimulatedFleet(specs, spec["token"], record_path=record)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "interaction_ack",
     "board_burst",
     "footprint",
+    "workflow_fanout",
 )
 
 
