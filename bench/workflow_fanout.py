@@ -119,10 +119,8 @@ async def run(bench: Bench) -> None:
             for wave in (1, 2):
                 await asyncio.gather(*(delegate(i, wave) for i in range(WIDTH)))
             plain_cpu_ms = (time.process_time() - cpu) * 1000 / (2 * WIDTH)
-            keys = {
-                int(row[0]): row[1]
-                for row in await services.store.fetchall("SELECT id, idem_key FROM delegations WHERE workflow_step IS NULL")
-            }
+            plain = "SELECT id, idem_key FROM delegations WHERE workflow_step IS NULL"
+            keys = {int(row[0]): row[1] for row in await services.store.fetchall(plain)}
             await one_run(services, definition)  # warm-up: the engine's code paths and connections
             met: dict[str, float] = {}
             for _ in range(RUNS):

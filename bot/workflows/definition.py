@@ -7,6 +7,7 @@ cluster (cycles, unknown agents, authority, body sizes) is bot.workflows.plan's.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -197,10 +198,15 @@ class WorkflowDefinition(_Model):
         return value
 
     def step(self, step_id: str) -> AgentStep | ApprovalStep:
+        return self._by_id[step_id]
+
+    @cached_property
+    def _by_id(self) -> dict[str, AgentStep | ApprovalStep]:
+        # The engine looks steps up by id for every step of every pass; a 200-step run made that quadratic.
+        found: dict[str, AgentStep | ApprovalStep] = {}
         for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise KeyError(step_id)
+            found.setdefault(step.id, step)  # ids repeated (refused by validation): the first, as before
+        return found
 
     @property
     def step_ids(self) -> list[str]:

@@ -54,7 +54,7 @@ from bot.workflows.store import (
     parse_run_id,
     step_key,
 )
-from bot.workflows.templating import render
+from bot.workflows.templating import references, render
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ class WorkflowEngine:
         self.output_grace_s = output_grace_s
         self._listeners: list[Listener] = []
         self._locks: dict[int, asyncio.Lock] = {}
+        self._passes: dict[int, list[int]] = {}  # run id -> [advance calls made, calls covered by a finished pass]
         self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
         self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
         # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
@@ -345,33 +346,47 @@ class WorkflowEngine:
     # --- advancing ----------------------------------------------------------------------------
 
     async def advance(self, run_ref: str | int) -> None:
-        """Dispatch every step whose needs are met (all at once), fail or finish the run when it is time."""
+        """Dispatch every step whose needs are met (all at once), fail or finish the run when it is time.
+
+        Returns once a pass that began after this call has ended. Calls that queued behind one pass share
+        the next: 100 results arriving at once cost a few passes over the run, not 100.
+        """
         run_id = parse_run_id(run_ref)
+        passes = self._passes.setdefault(run_id, [0, 0])  # [asked, covered]: calls made, calls a finished pass saw
+        passes[0] += 1
+        ticket = passes[0]
         async with self._lock(run_id):
-            while True:
-                run = await self.tables.run(run_id)
-                if run is None or run.status != "running":
-                    return
-                steps = {s.step_id: s for s in await self.tables.steps(run_id)}
-                definition = run.definition
-                broken = [
-                    s for s in steps.values()
-                    if s.status in DONE_BADLY - {"unconfirmed", "cancelled"}
-                    and definition.step(s.step_id).on_failure == "fail"
-                ]  # fmt: skip
-                if broken:
-                    await self._fail_run(run, steps, broken[0])
-                    return
-                ready = [
-                    s for s in steps.values()
-                    if s.status == "pending"
-                    and all(_met(definition, steps[n]) for n in definition.step(s.step_id).needs)
-                ]  # fmt: skip
-                if not ready:
-                    if all(_met(definition, s) for s in steps.values()):
-                        await self._finish_run(run)
-                    return
-                await asyncio.gather(*(self._start_step(run, definition.step(s.step_id), s) for s in ready))
+            if passes[1] >= ticket:
+                return  # a pass that began after this call read the run: nothing it could not see is left
+            seen = passes[0]
+            await self._advance_pass(run_id)
+            passes[1] = max(passes[1], seen)
+
+    async def _advance_pass(self, run_id: int) -> None:
+        while True:
+            run = await self.tables.run(run_id)
+            if run is None or run.status != "running":
+                return
+            steps = {s.step_id: s for s in await self.tables.steps(run_id)}
+            definition = run.definition
+            broken = [
+                s for s in steps.values()
+                if s.status in DONE_BADLY - {"unconfirmed", "cancelled"}
+                and definition.step(s.step_id).on_failure == "fail"
+            ]  # fmt: skip
+            if broken:
+                await self._fail_run(run, steps, broken[0])
+                return
+            ready = [
+                s for s in steps.values()
+                if s.status == "pending"
+                and all(_met(definition, steps[n]) for n in definition.step(s.step_id).needs)
+            ]  # fmt: skip
+            if not ready:
+                if all(_met(definition, s) for s in steps.values()):
+                    await self._finish_run(run)
+                return
+            await asyncio.gather(*(self._start_step(run, definition.step(s.step_id), s) for s in ready))
 
     async def _fail_run(self, run: RunRow, steps: dict[str, StepRow], cause: StepRow) -> None:
         now = self._clock()
@@ -444,8 +459,7 @@ class WorkflowEngine:
         key = step_key(run.id, spec.id, attempt)
         delegation = await self._delegation.by_workflow_step(key)
         if delegation is None:
-            steps = {s.step_id: s for s in await self.tables.steps(run.id)}
-            outputs = {step_id: s.output for step_id, s in steps.items()}
+            outputs = await self.tables.outputs(run.id, references(spec.message).steps)
             target, deliver = self._delivery(run, spec)
             try:
                 message = render(spec.message, run.inputs, outputs)

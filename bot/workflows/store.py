@@ -11,6 +11,7 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from bot.clock import iso
@@ -142,9 +143,15 @@ _STEP_COLUMNS = (
 )
 
 
+@lru_cache(maxsize=64)
+def _definition(text: str) -> WorkflowDefinition:
+    """A run's snapshot, parsed once: it never changes, and parsing a 200-step one costs ~2 ms, per read of the run."""
+    return WorkflowDefinition.model_validate_json(text)
+
+
 def _run(row: sqlite3.Row) -> RunRow:
     values = dict(row)
-    values["definition"] = WorkflowDefinition.model_validate_json(values.pop("definition_json"))
+    values["definition"] = _definition(values.pop("definition_json"))
     values["inputs"] = json.loads(values.pop("inputs_json"))
     return RunRow(**values)
 
@@ -231,6 +238,17 @@ class WorkflowStore:
     async def steps(self, run_id: int) -> list[StepRow]:
         rows = await self.db.fetchall(f"SELECT {_STEP_COLUMNS} FROM workflow_steps WHERE run_id = ?", (run_id,))
         return [_step(row) for row in rows]
+
+    async def outputs(self, run_id: int, step_ids: frozenset[str] | set[str]) -> dict[str, str | None]:
+        """The outputs of some steps of a run (what a message refers to), without reading whole rows."""
+        if not step_ids:
+            return {}
+        marks = ", ".join("?" for _ in step_ids)
+        rows = await self.db.fetchall(
+            f"SELECT step_id, output FROM workflow_steps WHERE run_id = ? AND step_id IN ({marks})",
+            (run_id, *sorted(step_ids)),
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def step(self, run_id: int, step_id: str) -> StepRow | None:
         row = await self.db.fetchone(
