@@ -26,6 +26,7 @@ BENCHMARKS = (
     "board_burst",
     "footprint",
     "workflow_fanout",
+    "approval_to_dispatch",
 )
 
 
