@@ -11,12 +11,18 @@ import argparse
 import secrets
 import sys
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
+from pydantic import SecretStr
+
+from bot.api import LoopbackApi
 from bot.authz import AccessLevel, Requester
 from bot.boards import render_text
-from bot.config import load_cluster_config
+from bot.config import ClusterConfig, load_cluster_config
 from bot.delegation import Delegation
 from bot.errors import NotAllowed
 from bot.services import Services, open_services
@@ -25,6 +31,10 @@ from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, SimAgentSpec, Simulat
 from bot.status_view import collect_overview, print_fleet_status, status_embed
 from bot.task_grammar import apply_board_message
 from bot.task_view import task_board, task_line
+from bot.workflows.cli_runs import print_detail
+from bot.workflows.engine import RunDetail
+from bot.workflows.loader import WorkflowCatalog
+from bot.workflows.plan import plan
 
 # The story's faults: auditor is restarting (port closed), optimizer is wedged (never answers),
 # webster still runs the old release (no health routes).
@@ -74,55 +84,59 @@ async def run_demo(args: argparse.Namespace) -> int:
             discord_token=None,
             db_path=Path(tmp) / "atomizer.db",
         )
-        async with SimulatedFleet(specs, token) as fleet, open_services(settings, config) as services:
-            say(f"atomizer-hq demo: {len(specs)} simulated OpenClaw gateways on 127.0.0.1")
-            say(f"  {DOWN} is down, {WEDGED} is wedged, {LEGACY} runs release {RELEASE_LEGACY}")
-            say(f"  database: {settings.db_path} (temporary)\n")
-
-            say("$ atomizer-hq status")
-            status, _ = await services.monitor.probe_round()
-            overview = await collect_overview(services, status)
-            print_fleet_status(status, overview)
-            sys.stdout.flush()
-
-            say("\n/status  (the same facts, as the embed in Discord)")
-            say(render_text(status_embed(status, overview)[:1]))
-
-            technical = f"channel:{config.channels['technical']}" if "technical" in config.channels else None
-            say('\n/delegate agent:nx-expert instruction:"Mesh the M2 mirror"   (Antoine, in #technical)')
-            result = await services.delegation.delegate(ANTOINE, "nx-expert", "Mesh the M2 mirror", origin=technical)
-            assert result.delegation is not None
-            say(f"  → {outcome(result.delegation)}")
-            [run] = fleet.received("nx-expert")
-            say(
-                f"  nx-expert received: channel={run.body['channel']!r} to={run.body['to']!r} key={run.idempotency_key}"
-            )
-
-            say('\n$ delegate.sh manager "Approve the budget"   (tech-lead\'s skill, through the loopback API)')
-            try:
-                await services.delegation.delegate(TECH_LEAD, "manager", "Approve the budget")
-            except NotAllowed as refused:
-                say(f"  → refused: {refused}")
-
-            say('\n/delegate agent:webster instruction:"Find the CTE of Zerodur Class 0"   (webster is restarting)')
-            await fleet.take_down(LEGACY)
-            queued = (await services.delegation.delegate(ANTOINE, "webster", "Find the CTE of Zerodur Class 0",
-                                                         origin=technical)).delegation  # fmt: skip
-            assert queued is not None
-            say(f"  → {outcome(queued)}")
-            await fleet.bring_up(LEGACY)
-            await services.delegation.recover()
-            await services.store.execute(
-                "UPDATE delegations SET next_attempt_at = created_at WHERE id = ?", (queued.id,)
-            )  # the demo does not wait out the backoff
-            await services.delegation.process_due()
-            delivered = await services.delegation.get(queued.id)
-            say(f"  → later, in the same conversation: delivered to webster (runId {delivered.run_id})")
-            say(f"  webster ran it {len(fleet.received('webster'))} time(s)")
-
-            await tour_tasks(services)
-            await tour_heartbeat_and_standup(services, fleet)
+        async with SimulatedFleet(specs, token) as fleet:
+            await tour_fleet(settings, config, fleet, len(specs))
+            await tour_workflow(settings, config, fleet)
     return 0
+
+
+async def tour_fleet(settings: Settings, config: ClusterConfig, fleet: SimulatedFleet, agents: int) -> None:
+    async with open_services(settings, config) as services:
+        say(f"atomizer-hq demo: {agents} simulated OpenClaw gateways on 127.0.0.1")
+        say(f"  {DOWN} is down, {WEDGED} is wedged, {LEGACY} runs release {RELEASE_LEGACY}")
+        say(f"  database: {settings.db_path} (temporary)\n")
+
+        say("$ atomizer-hq status")
+        status, _ = await services.monitor.probe_round()
+        overview = await collect_overview(services, status)
+        print_fleet_status(status, overview)
+        sys.stdout.flush()
+
+        say("\n/status  (the same facts, as the embed in Discord)")
+        say(render_text(status_embed(status, overview)[:1]))
+
+        technical = f"channel:{config.channels['technical']}" if "technical" in config.channels else None
+        say('\n/delegate agent:nx-expert instruction:"Mesh the M2 mirror"   (Antoine, in #technical)')
+        result = await services.delegation.delegate(ANTOINE, "nx-expert", "Mesh the M2 mirror", origin=technical)
+        assert result.delegation is not None
+        say(f"  → {outcome(result.delegation)}")
+        [run] = fleet.received("nx-expert")
+        say(f"  nx-expert received: channel={run.body['channel']!r} to={run.body['to']!r} key={run.idempotency_key}")
+
+        say('\n$ delegate.sh manager "Approve the budget"   (tech-lead\'s skill, through the loopback API)')
+        try:
+            await services.delegation.delegate(TECH_LEAD, "manager", "Approve the budget")
+        except NotAllowed as refused:
+            say(f"  → refused: {refused}")
+
+        say('\n/delegate agent:webster instruction:"Find the CTE of Zerodur Class 0"   (webster is restarting)')
+        await fleet.take_down(LEGACY)
+        queued = (await services.delegation.delegate(ANTOINE, "webster", "Find the CTE of Zerodur Class 0",
+                                                     origin=technical)).delegation  # fmt: skip
+        assert queued is not None
+        say(f"  → {outcome(queued)}")
+        await fleet.bring_up(LEGACY)
+        await services.delegation.recover()
+        await services.store.execute(
+            "UPDATE delegations SET next_attempt_at = created_at WHERE id = ?", (queued.id,)
+        )  # the demo does not wait out the backoff
+        await services.delegation.process_due()
+        delivered = await services.delegation.get(queued.id)
+        say(f"  → later, in the same conversation: delivered to webster (runId {delivered.run_id})")
+        say(f"  webster ran it {len(fleet.received('webster'))} time(s)")
+
+        await tour_tasks(services)
+        await tour_heartbeat_and_standup(services, fleet)
 
 
 async def tour_tasks(services: Services) -> None:
@@ -157,3 +171,142 @@ async def tour_heartbeat_and_standup(services: Services, fleet: SimulatedFleet) 
     say(f"  sent with channel={hook.body['channel']!r} to={hook.body['to']!r}: never a bare id, never a DM")
     say("\n/standup   (posted daily at 09:00 in #daily-standup)")
     say(render_text(await services.standup.compose()))
+
+
+# --- a workflow run: the shipped m2-mirror-study, with a restart in the middle ------------------------
+
+MARIA = Requester(kind="person", name="maria", front_end="demo", level=AccessLevel.ADMIN, user_id=None)
+WORKFLOW = "m2-mirror-study"
+# What each agent answers (reported through the loopback API, as the agents' skill does).
+ANSWERS = {
+    "mesh": "m2_thermal.fem: 48,212 CQUAD8/CTETRA10 elements, 97,604 nodes, refined at the 3 pads",
+    "material": "Zerodur Class 0: CTE 0 ± 0.007 ppm/K (-40..+60 °C), k 1.46 W/m·K, cp 0.80 J/g·K, 2.53 g/cm³",
+    "thermal": "peak surface deformation 11.4 nm RMS, under the 15 nm budget",
+    "report": "Report posted to the project log: M2 thermal study, 11.4 nm RMS, approved by maria",
+}
+
+
+@asynccontextmanager
+async def hq_process(
+    settings: Settings, config: ClusterConfig, tokens: dict[str, str]
+) -> AsyncIterator[tuple[Services, LoopbackApi]]:
+    """What one `atomizer-hq run` holds (its services and loopback API), without Discord or the scheduler."""
+    async with open_services(settings, config) as services:
+        api = LoopbackApi(services, {name: SecretStr(token) for name, token in tokens.items()})
+        await api.start("127.0.0.1", 0)
+        try:
+            yield services, api
+        finally:
+            await api.stop()
+
+
+async def report_through_api(api: LoopbackApi, token: str, run: str, step: str, agent: str) -> None:
+    """An agent's skill reporting its step's result: `POST /v1/workflow-runs/W-1/steps/mesh/result`."""
+    path = f"/v1/workflow-runs/{run}/steps/{step}/result"
+    output = ANSWERS[step]
+    say(f'POST {path} {{"ok": true, "output": "{output[:24]}…"}}   ({agent}\'s skill, its own token)')
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(api.url + path, json={"ok": True, "output": output}, headers=headers) as response:
+            body = await response.json()
+    say(f"  → {response.status}: {run}/{step} {body.get('status', body)}")
+
+
+async def hooks_per_step(services: Services, fleet: SimulatedFleet, run_id: int) -> dict[str, int]:
+    """How many times each step's hook reached its agent, counted by the simulator (by idempotency key)."""
+    detail = await services.workflows.get(run_id)
+    order = detail.run.definition.step_ids
+    counts: dict[str, int] = {}
+    for step in sorted(detail.steps, key=lambda s: order.index(s.step_id)):
+        if step.kind != "agent" or step.delegation_id is None:
+            continue
+        key = (await services.delegation.get(step.delegation_id)).idem_key
+        counts[step.step_id] = sum(1 for hook in fleet.received(step.agent) if hook.idempotency_key == key)
+    return counts
+
+
+def abbreviated(text: str, width: int = 76) -> list[str]:
+    return [line if len(line) <= width else line[: width - 1] + "…" for line in text.strip().splitlines()]
+
+
+async def tour_workflow(settings: Settings, config: ClusterConfig, fleet: SimulatedFleet) -> None:
+    """The M2 study: the parallel pair, their results, the join, the gate, a restart, the report."""
+    agents = ("nx-expert", "webster", "optimizer", "secretary")
+    tokens = {agent: secrets.token_hex(24) for agent in agents}
+    fleet.set_hang(WEDGED, False)
+    await fleet.restart(WEDGED)  # the wedged gateway was restarted; it answers again
+    for agent in agents:
+        if fleet.spec(agent).release == RELEASE_CURRENT:
+            fleet.spec(agent).hold_runs = True  # their runs end when the tour says so (fleet.settle)
+    say(f"\n--- workflows ({WEDGED}'s gateway was restarted and answers again) ---")
+    say(f"\n$ atomizer-hq workflow plan {WORKFLOW}")
+    catalog = WorkflowCatalog.from_config(config)
+    say(plan(catalog.get(WORKFLOW), config, ANTOINE).render_text())
+
+    async with hq_process(settings, config, tokens) as (services, api):
+        engine = services.workflows
+        say(f"\n$ atomizer-hq workflow run {WORKFLOW}   (Antoine)")
+        run = await engine.start(ANTOINE, WORKFLOW, {})
+        ref = run.display_id
+        show(await engine.get(run.id))
+        pair = [fleet.received(agent)[-1] for agent in ("nx-expert", "webster")]
+        apart = abs(pair[0].at - pair[1].at) * 1000
+        say(f"  nx-expert and webster received their hooks {apart:.0f} ms apart (dispatched together)")
+
+        say("\nnx-expert's gateway (2026.9.6) reports its run finished: the completion says ok")
+        fleet.settle("nx-expert")
+        await engine.idle()
+        say("  → mesh stays running until its output arrives (the completion carries no text)")
+        await report_through_api(api, tokens["nx-expert"], ref, "mesh", "nx-expert")
+        say(f"webster (release {RELEASE_LEGACY}: no completion) reports its result the same way")
+        await report_through_api(api, tokens["webster"], ref, "material", "webster")
+
+        [hook] = fleet.received("optimizer")[-1:]
+        say("\nthe join: thermal needs mesh and material; optimizer received (abbreviated):")
+        for line in abbreviated(hook.body["message"]):
+            say(f"  │ {line}")
+        show(await engine.get(run.id))
+
+    say("\n*** atomizer-hq stops while optimizer works on thermal (services closed) and starts again ***")
+    async with hq_process(settings, config, tokens) as (services, api):
+        engine = services.workflows
+        await services.delegation.recover()
+        await engine.recover()  # re-attaches the completion wait of thermal; sends nothing again
+        say("$ atomizer-hq run   (on start: WorkflowEngine.recover() on the same database)")
+        say("  thermal: its completion wait re-attached (the same key: optimizer's gateway replays its run)")
+        counts = await hooks_per_step(services, fleet, run.id)
+        listed = ", ".join(f"{step} {n}" for step, n in counts.items())
+        twice = [step for step, n in counts.items() if n != 1]
+        say(f"  recovered {ref}: hooks per step, counted by the simulator: {listed}")
+        say("  → no step was dispatched twice" if not twice else f"  → dispatched twice: {', '.join(twice)}")
+
+        say("\noptimizer's gateway reports thermal's run ok; optimizer reports its output")
+        fleet.settle("optimizer")
+        await engine.idle()
+        await report_through_api(api, tokens["optimizer"], ref, "thermal", "optimizer")
+        say(f"$ atomizer-hq workflow show {ref}")
+        show(await engine.get(run.id))
+        say(f"\n$ atomizer-hq workflow approve {ref} review   (Antoine, who started the run)")
+        try:
+            await engine.approve(ANTOINE, run.id, "review", approve=True)
+        except NotAllowed as refused:
+            say(f"  → refused: {refused}")
+        say(f'$ atomizer-hq workflow approve {ref} review --reason "numbers look right"   (Maria, admin)')
+        outcome = await engine.approve(MARIA, run.id, "review", approve=True, reason="numbers look right")
+        say(f"  {ref}/review: approved by you; the gate is {outcome.status}")
+
+        [hook] = fleet.received("secretary")[-1:]
+        say(f"  report dispatched: secretary received it with to={hook.body.get('to')!r} (deliver_to: technical)")
+        fleet.settle("secretary")
+        await engine.idle()
+        await report_through_api(api, tokens["secretary"], ref, "report", "secretary")
+        say(f"\n$ atomizer-hq workflow show {ref}")
+        show(await engine.get(run.id))
+        counts = await hooks_per_step(services, fleet, run.id)
+        say("  hooks per step, counted by the simulator: " + ", ".join(f"{step} {n}" for step, n in counts.items()))
+
+
+def show(detail: RunDetail) -> None:
+    """As `atomizer-hq workflow show` prints it."""
+    print_detail(detail, as_json=False)
+    sys.stdout.flush()

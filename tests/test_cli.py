@@ -269,6 +269,26 @@ async def test_the_demo_shows_the_fleet_and_leaves_nothing_running(tmp_path: Pat
     assert not list(tmp_path.glob("*.db")), "the demo uses a temporary database, not the operator's"
 
 
+async def test_the_demo_tours_a_workflow_run_across_a_restart(tmp_path: Path) -> None:
+    root = SHIPPED_CONFIG.parent.parent
+    code, out, err = await run_cli("demo", env=cli_env(tmp_path), cwd=root)
+    assert code == 0, err
+    tour = out.split("--- workflows")[1]
+    assert "$ atomizer-hq workflow plan m2-mirror-study" in tour and "wave 3  review    approval" in tour
+    assert "dispatched together" in tour
+    assert "Mesh: m2_thermal.fem" in tour and "Material: Zerodur Class 0" in tour  # the join carries both outputs
+    assert "→ refused: antoine (admin) started this run and may not approve" in tour
+    assert "W-1/review: approved by you; the gate is approved" in tour
+    before, after = tour.split("*** atomizer-hq stops while optimizer works on thermal")
+    assert "thermal      optimizer      running" in before
+    assert "WorkflowEngine.recover()" in after and "→ no step was dispatched twice" in after
+    assert "W-1 m2-mirror-study: succeeded" in after
+    last = after.rsplit("hooks per step, counted by the simulator: ", 1)[1].splitlines()[0]
+    assert last == "mesh 1, material 1, thermal 1, report 1"
+    for step in ("mesh", "material", "thermal", "report"):
+        assert f"→ 200: W-1/{step} succeeded" in tour
+
+
 async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path) -> None:
     config, fleet = await start_fleet(specs={"webster": {"down": True}})
     path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})

@@ -119,11 +119,11 @@ async def run_action(args: argparse.Namespace, settings: Settings, config: Clust
         inputs = parse_inputs(args.input)
         run = await engine.start(requester, _definition(args), inputs, origin=None)
         detail = await engine.get(run.id)
-        _print_detail(detail, as_json=args.json)
+        print_detail(detail, as_json=args.json)
         print(PROGRESS_NOTE, file=sys.stderr)
         return 0 if detail.run.status != "failed" else 1
     if action == "show":
-        _print_detail(await engine.get(args.run), as_json=args.json)
+        print_detail(await engine.get(args.run), as_json=args.json)
         return 0
     if action == "runs":
         runs = await engine.runs(status=args.status, limit=args.limit)
@@ -146,7 +146,7 @@ async def run_action(args: argparse.Namespace, settings: Settings, config: Clust
         return 0
     if action == "retry":
         run = await engine.retry(requester, args.run, from_step=args.from_step)
-        _print_detail(await engine.get(run.id), as_json=False)
+        print_detail(await engine.get(run.id), as_json=False)
         print(PROGRESS_NOTE, file=sys.stderr)
         return 0
     if action == "result":
@@ -189,7 +189,7 @@ def _step_line(step: StepRow) -> str:
     return line
 
 
-def _print_detail(detail: RunDetail, *, as_json: bool) -> None:
+def print_detail(detail: RunDetail, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(detail.to_dict(), indent=2, ensure_ascii=False))
         return
