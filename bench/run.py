@@ -27,6 +27,7 @@ BENCHMARKS = (
     "footprint",
     "workflow_fanout",
     "approval_to_dispatch",
+    "workflow_crash",
 )
 
 
