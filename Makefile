@@ -41,7 +41,7 @@ simulate: $(STAMP)
 check-config: $(STAMP)
 	$(BIN)/atomizer-hq check-config
 
-# Not part of `make test`: figures live in bench/, never in timed unit tests (bench/README.md; about 2 minutes).
+# Not part of `make test`: figures live in bench/, never in timed unit tests (bench/README.md; about 2.5 minutes).
 bench: $(STAMP)  ## the benchmarks: one table on stdout, the figures in bench/results.json
 	$(BIN)/python -m bench.run
 

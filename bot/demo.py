@@ -245,7 +245,7 @@ async def tour_workflow(settings: Settings, config: ClusterConfig, fleet: Simula
 
     async with hq_process(settings, config, tokens) as (services, api):
         engine = services.workflows
-        say(f"\n$ atomizer-hq workflow run {WORKFLOW}   (Antoine)")
+        say(f"\n$ atomizer-hq workflow run {WORKFLOW}   # Antoine")
         run = await engine.start(ANTOINE, WORKFLOW, {})
         ref = run.display_id
         show(await engine.get(run.id))
@@ -272,7 +272,7 @@ async def tour_workflow(settings: Settings, config: ClusterConfig, fleet: Simula
         engine = services.workflows
         await services.delegation.recover()
         await engine.recover()  # re-attaches the completion wait of thermal; sends nothing again
-        say("$ atomizer-hq run   (on start: WorkflowEngine.recover() on the same database)")
+        say("$ atomizer-hq run   # on start: WorkflowEngine.recover() on the same database")
         say("  thermal: its completion wait re-attached (the same key: optimizer's gateway replays its run)")
         counts = await hooks_per_step(services, fleet, run.id)
         listed = ", ".join(f"{step} {n}" for step, n in counts.items())
@@ -286,12 +286,12 @@ async def tour_workflow(settings: Settings, config: ClusterConfig, fleet: Simula
         await report_through_api(api, tokens["optimizer"], ref, "thermal", "optimizer")
         say(f"$ atomizer-hq workflow show {ref}")
         show(await engine.get(run.id))
-        say(f"\n$ atomizer-hq workflow approve {ref} review   (Antoine, who started the run)")
+        say(f"\n$ atomizer-hq workflow approve {ref} review   # Antoine, who started the run")
         try:
             await engine.approve(ANTOINE, run.id, "review", approve=True)
         except NotAllowed as refused:
             say(f"  → refused: {refused}")
-        say(f'$ atomizer-hq workflow approve {ref} review --reason "numbers look right"   (Maria, admin)')
+        say(f'$ atomizer-hq workflow approve {ref} review --reason "numbers look right"   # Maria, admin')
         outcome = await engine.approve(MARIA, run.id, "review", approve=True, reason="numbers look right")
         say(f"  {ref}/review: approved by you; the gate is {outcome.status}")
 
