@@ -486,3 +486,35 @@ async def test_a_crash_at_every_transition_dispatches_each_step_once(
     rows = await engine.tables.db.fetchall("SELECT workflow_step FROM delegations ORDER BY id")
     assert [row[0] for row in rows] == ["W-1/s0#1", "W-1/s1#1", "W-1/s2#1"]
     await engine.close()
+
+
+async def test_results_arriving_together_each_get_their_next_step_sent(services_on_fleet: ServicesOnFleet) -> None:
+    """`advance` calls that queue behind one pass share the next one; each still returns with its step sent."""
+    services, fleet = await services_on_fleet()
+    engine = services.workflows
+    agents = ["manager", "tech-lead", "secretary", "optimizer", "study-builder", "nx-expert", "webster"]
+    steps: list[dict[str, Any]] = [{"id": f"r{i}", "agent": a, "message": f"Root {i}.", "timeout": "1h"}
+                                   for i, a in enumerate(agents)]  # fmt: skip
+    steps += [{"id": f"c{i}", "agent": a, "needs": [f"r{i}"], "timeout": "1h",
+               "message": f"After ${{{{ steps.r{i}.output }}}}."} for i, a in enumerate(agents)]  # fmt: skip
+    fan = WorkflowDefinition.model_validate({"name": "fan", "description": "A fan.", "steps": steps})
+    run = await engine.start(ANTOINE, fan, {})
+    passes = 0
+    original = engine._advance_pass
+
+    async def counted(run_id: int) -> None:
+        nonlocal passes
+        passes += 1
+        await original(run_id)
+
+    engine._advance_pass = counted  # type: ignore[method-assign]
+
+    async def report(i: int, agent: str) -> None:
+        await engine.report_result(as_agent(agent), run.display_id, f"r{i}", ok=True, output=f"out {i}", source="api")
+        # Returned: the pass that saw this result has sent its child.
+        assert (await status(engine, run.display_id))[f"c{i}"] == "running"
+        assert len(hooks_for(fleet, f"After out {i}.")) == 1
+
+    await asyncio.gather(*(report(i, agent) for i, agent in enumerate(agents)))
+    assert 1 <= passes <= len(agents)
+    await engine.idle()
