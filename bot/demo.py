@@ -201,10 +201,11 @@ async def hq_process(
 
 
 async def report_through_api(api: LoopbackApi, token: str, run: str, step: str, agent: str) -> None:
-    """An agent's skill reporting its step's result: `POST /v1/workflow-runs/W-1/steps/mesh/result`."""
+    """An agent's skill reporting its step's result, as scripts/step-result.sh does (`POST …/steps/mesh/result`
+    with the agent's own token); from here, so the demo needs neither bash nor curl."""
     path = f"/v1/workflow-runs/{run}/steps/{step}/result"
     output = ANSWERS[step]
-    say(f'POST {path} {{"ok": true, "output": "{output[:24]}…"}}   ({agent}\'s skill, its own token)')
+    say(f'$ step-result.sh {run} {step} ok "{output[:24]}…"   # {agent}\'s skill: POST …/steps/{step}/result')
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {token}"}
         async with http.post(api.url + path, json={"ok": True, "output": output}, headers=headers) as response:
