@@ -144,6 +144,9 @@ class WorkflowsConfig(_Strict):
     """Where workflow definitions live (docs/workflows.md)."""
 
     dir: str = "workflows"  # every *.yaml / *.yml in it; relative to the working directory, like project_log
+    # 2026.2.12 gateways report no completion: a step answered in Discord is done this long after the agent's
+    # last message there (docs/workflows.md, "In Discord").
+    output_quiet_s: float = Field(default=20.0, gt=0, le=3600)
 
     @field_validator("dir")
     @classmethod

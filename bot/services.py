@@ -83,7 +83,12 @@ async def open_services(
                 systemd=SystemdUnits.from_config(config.systemd),
                 scheduler=scheduler,
                 workflows=WorkflowEngine(
-                    config, store, delegation, gateway, catalog=WorkflowCatalog.from_config(config)
+                    config,
+                    store,
+                    delegation,
+                    gateway,
+                    catalog=WorkflowCatalog.from_config(config),
+                    output_quiet_s=config.workflows.output_quiet_s,
                 ),
             )
             services.health.register("database", database_writable(services))

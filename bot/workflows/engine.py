@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 
 OUTPUT_GRACE_S = 60.0  # a 2026.9.6 completion `ok` without text: the output may still come; then empty
 COMPLETION_MARGIN_S = 60.0  # a completion wait is held this long past the step's deadline
+# Answers read from Discord (output_source "discord"): an agent may answer in several messages.
+OUTPUT_QUIET_S = 20.0  # 2026.2.12 (no completion): the step is done this long after the agent's last message
+OUTPUT_SETTLE_S = 2.0  # 2026.9.6, completion before the messages: done this long after the last one
+OUTPUT_STORE_MAX = 100_000  # characters of an answer kept (templates pass on at most OUTPUT_CAP of them)
+NO_REPLY = "NO_REPLY"  # OpenClaw's "nothing to say": no output
 OUTPUT_SOURCES = ("completion", "discord", "api", "taskboard", "person")
 Run = RunRow
 Listener = Callable[[str], Awaitable[None] | None]
@@ -172,6 +177,7 @@ class WorkflowEngine:
         clock: Clock = utcnow,
         catalog: WorkflowCatalog | None = None,
         output_grace_s: float = OUTPUT_GRACE_S,
+        output_quiet_s: float = OUTPUT_QUIET_S,
     ) -> None:
         self._config = config
         self.tables = WorkflowStore(store)
@@ -180,6 +186,7 @@ class WorkflowEngine:
         self._clock = clock
         self.catalog = catalog
         self.output_grace_s = output_grace_s
+        self.output_quiet_s = output_quiet_s
         self._listeners: list[Listener] = []
         self._locks: dict[int, asyncio.Lock] = {}
         self._passes: dict[int, list[int]] = {}  # run id -> [advance calls made, calls covered by a finished pass]
@@ -285,16 +292,11 @@ class WorkflowEngine:
         assert isinstance(definition, WorkflowDefinition)
         return definition
 
-    async def start(
-        self,
-        requester: Requester,
-        workflow: WorkflowDefinition | str,
-        inputs: dict[str, Any],
-        *,
-        origin: str | None = None,
-        thread_id: str | None = None,
-    ) -> RunRow:
-        """Check inputs and the starter's authority for every agent step, record the run, dispatch its roots."""
+    async def preflight(
+        self, requester: Requester, workflow: WorkflowDefinition | str, inputs: dict[str, Any]
+    ) -> tuple[WorkflowDefinition, dict[str, Any]]:
+        """What `start` checks before recording anything (the definition, the inputs, the starter's authority for
+        every agent step), raising what it would; a front end asks first when it must prepare (a Discord thread)."""
         definition = self._definition(workflow)
         checked = validate(definition, self._config)  # what `workflow validate` says, authority apart (below)
         if not checked.ok:
@@ -314,6 +316,20 @@ class WorkflowEngine:
                 row = audit_row(requester, "workflow-run", definition.name, "refused", detail, now)
                 await self.tables.db.atomically(lambda conn, row=row: conn.execute(*row))
                 raise NotAllowed(f"{definition.name}: step {step.id} ({step.agent}): {decision.reason}")
+        return definition, values
+
+    async def start(
+        self,
+        requester: Requester,
+        workflow: WorkflowDefinition | str,
+        inputs: dict[str, Any],
+        *,
+        origin: str | None = None,
+        thread_id: str | None = None,
+    ) -> RunRow:
+        """Check inputs and the starter's authority for every agent step, record the run, dispatch its roots."""
+        definition, values = await self.preflight(requester, workflow, inputs)
+        now = self._clock()
         run = {
             "workflow": definition.name,
             "definition_json": definition.model_dump_json(),
@@ -631,6 +647,11 @@ class WorkflowEngine:
         """Completion `ok`: without a reply to wait for, done now; else the output has OUTPUT_GRACE_S to arrive."""
         now = self._clock()
         disposition = completion.get("replyDisposition")
+        if step.evidence.get("last_output_at"):  # the answer came first (it is delivered before the run ends)
+            await self._end_step(run.id, step.step_id, "succeed", None, output=step.output or "",
+                                 output_source=step.evidence.get("answer_source", "discord"))  # fmt: skip
+            await self.advance(run.id)
+            return
         if disposition in ("silent", "empty"):
             await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
             await self.advance(run.id)
@@ -683,6 +704,69 @@ class WorkflowEngine:
         self._crash_point("result", step.key)
         await self.advance(run.id)
         return await self._require_step(run, step_id)
+
+    # --- answers read from Discord ---------------------------------------------------------------
+
+    async def step_answering_in(self, agent: str, channel_id: str) -> StepRow | None:
+        """The running step whose answer `agent` posts in `channel_id` (the step delivers there): None when no
+        step, or several (which one a post belongs to cannot be told; their results come another way)."""
+        target = f"channel:{channel_id}"
+        found: list[StepRow] = []
+        for step in await self.tables.steps_in(("running",)):
+            if step.agent != agent or step.delegation_id is None:
+                continue
+            delegation = await self._delegation.get(step.delegation_id)
+            if delegation.target == target and delegation.deliver:
+                found.append(step)
+        if len(found) > 1:
+            keys = ", ".join(step.key for step in found)
+            log.warning("%s posted in %s, where several of its steps answer (%s): not taken as output", agent,
+                        target, keys)  # fmt: skip
+        return found[0] if len(found) == 1 else None
+
+    async def append_output(
+        self, requester: Requester, run_ref: str | int, step_id: str, text: str, *, source: str = "discord"
+    ) -> StepRow:
+        """One message of a running step's answer, by its agent: appended to its output (`NO_REPLY` or empty
+        adds nothing). The step is done on 2026.9.6 at the completion (`ok`) once the answer is there, on
+        2026.2.12 (no completion) `output_quiet_s` after the last message; both by `tick` or the completion."""
+        run = await self._require_run(run_ref)
+        step = await self._require_step(run, step_id)
+        where = f"{run.display_id}/{step_id}"
+        if not (requester.is_agent and requester.name == step.agent):
+            raise NotAllowed(f"{requester.describe()} is not {step.agent}: only the step's agent answers {where}")
+        if step.status != "running" or run.status != "running":
+            raise StepConflict(f"{where} is {step.status}: an answer is taken only while it runs")
+        piece = text.strip()
+        if piece == NO_REPLY:
+            piece = ""
+        now = self._clock()
+        output = "\n".join(part for part in (step.output or "", piece) if part)[:OUTPUT_STORE_MAX]
+        evidence = {**step.evidence, "messages": int(step.evidence.get("messages", 0)) + 1,
+                    "last_output_at": iso(now), "answer_source": source}  # fmt: skip
+        changed = await self.tables.db.update(
+            "UPDATE workflow_steps SET output = ?, evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
+            "AND status = 'running'",
+            (output, json.dumps(evidence), run.id, step_id, step.attempt),
+        )
+        if not changed:
+            current = await self._require_step(run, step_id)
+            raise StepConflict(f"{where} is {current.status}: an answer is taken only while it runs")
+        await self.tables.event(run.id, step_id, now, requester.name, "output", {"source": source,
+                                                                                "chars": len(piece)})  # fmt: skip
+        await self._notify(run.id)
+        return await self._require_step(run, step_id)
+
+    def _answer_done(self, step: StepRow, now: datetime) -> bool:
+        """Whether the answer read so far is the step's whole output (see append_output)."""
+        last = step.evidence.get("last_output_at")
+        if not last:
+            return False
+        quiet = (now - datetime.fromisoformat(last)).total_seconds()
+        if step.evidence.get("completed_at"):
+            return quiet >= OUTPUT_SETTLE_S
+        honours = self._gateway.honours_idempotency(step.agent) if step.agent else None
+        return honours is False and quiet >= self.output_quiet_s
 
     # --- approvals ----------------------------------------------------------------------------
 
@@ -926,8 +1010,17 @@ class WorkflowEngine:
                 await self._deadline(run, step)
                 moved.add(run.id)
                 continue
+            if self._answer_done(step, now):
+                await self._end_step(run.id, step.step_id, "succeed", None, output=step.output or "",
+                                     output_source=step.evidence.get("answer_source", "discord"))  # fmt: skip
+                moved.add(run.id)
+                continue
             completed_at = step.evidence.get("completed_at")
-            if completed_at and now >= datetime.fromisoformat(completed_at) + timedelta(seconds=self.output_grace_s):
+            if (
+                completed_at
+                and not step.evidence.get("last_output_at")
+                and now >= datetime.fromisoformat(completed_at) + timedelta(seconds=self.output_grace_s)
+            ):
                 why = (
                     f"the gateway reported the run ok, but no output reached atomizer-hq within "
                     f"{self.output_grace_s:g} s; succeeded with an empty output"
@@ -1045,6 +1138,7 @@ def _gate_ended(conn: Any, run_id: int, step_id: str, where: str, current: Any) 
 
 __all__ = [
     "OUTPUT_GRACE_S",
+    "OUTPUT_QUIET_S",
     "ApprovalOutcome",
     "RunDetail",
     "StepConflict",
