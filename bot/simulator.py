@@ -16,6 +16,7 @@ import errno
 import functools
 import hmac
 import json
+import logging
 import math
 import random
 import re
@@ -23,12 +24,16 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from aiohttp import web
+
+log = logging.getLogger(__name__)
+# How a simulated agent posts in Discord as its own bot account: (agent, channel id, text).
+Poster = Callable[[str, str, str], Awaitable[Any]]
 
 RELEASE_CURRENT = "2026.9.6"
 RELEASE_LEGACY = "2026.2.12"
@@ -99,6 +104,13 @@ class SimAgentSpec:
     # 2026.9.6 runs settle at once (a `waitForCompletion` answer comes straight away) unless held: then they
     # settle when `SimulatedFleet.settle` says so, and a waiting request stays open until then (or a restart).
     hold_runs: bool = False
+    # Answers in Discord (only when the fleet has a poster and a hook asks for Discord delivery to `channel:<id>`):
+    # the agent posts its answer as its own bot account after `answer_delay_ms`, in `answer_parts` messages,
+    # then its run completes (2026.9.6). `answer_fails`: no answer, and the run completes with status error.
+    answer: str | None = None  # the answer's text; default: "<agent>: done: <the instruction's first line>"
+    answer_delay_ms: float = 0.0
+    answer_parts: int = 1
+    answer_fails: bool = False
 
 
 @dataclass
@@ -418,8 +430,11 @@ class _Gateway:
         seed: int,
         clock: Callable[[], float],
         record: Callable[[ReceivedHook], None],
+        poster: Poster | None = None,
     ) -> None:
         self.spec = spec
+        self._poster = poster
+        self._answers: set[asyncio.Task[None]] = set()
         self._token = token
         self._clock = clock
         self._record = record
@@ -500,6 +515,8 @@ class _Gateway:
 
     async def close(self) -> None:
         """Stop the process like a crash: open requests are cut, the port is released."""
+        for task in list(self._answers):  # a crashed agent posts nothing more
+            task.cancel()
         if self._startup_timer is not None:
             self._startup_timer.cancel()
             self._startup_timer = None
@@ -780,7 +797,10 @@ class _Gateway:
         if run is None:
             completion = COMPLETION_OK if self.spec.model_ok else COMPLETION_MODEL_ERROR
             run = _Run(run_id=str(uuid.uuid4()), completion=completion)
-            if not self.spec.hold_runs:
+            channel_id = self._answer_channel(payload)
+            if channel_id is not None:
+                self._answer_later(run, channel_id, str(payload.get("message") or ""))
+            elif not self.spec.hold_runs:
                 run.settled.set()
             self._state.runs.append(run)
             if replay_key is not None:
@@ -804,6 +824,40 @@ class _Gateway:
             await run.settled.wait()  # a restart cuts this request (the process and its runs are gone)
             answer["completion"] = dict(run.completion)
         return _json(200, answer)
+
+    def _answer_channel(self, payload: dict[str, Any]) -> str | None:
+        """The channel id the agent answers in, as a real one would: Discord delivery to `channel:<id>`."""
+        if self._poster is None or payload.get("deliver") is False or payload.get("channel") != "discord":
+            return None
+        to = _string(payload.get("to")) or ""
+        return to.removeprefix("channel:") if to.startswith("channel:") else None
+
+    def _answer_later(self, run: _Run, channel_id: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(run, channel_id, message))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _answer(self, run: _Run, channel_id: str, message: str) -> None:
+        """Post the answer as the agent's bot account, then complete the run (unless the test holds it)."""
+        assert self._poster is not None
+        spec = self.spec
+        if spec.answer_delay_ms > 0:
+            await asyncio.sleep(spec.answer_delay_ms / 1000)
+        ok = spec.model_ok and not spec.answer_fails
+        if ok:
+            first = next((line.strip() for line in message.splitlines() if line.strip()), "")
+            text = spec.answer if spec.answer is not None else f"{spec.name}: done: {first}"
+            for part in _split(text, max(1, spec.answer_parts)):
+                try:
+                    await self._poster(spec.name, channel_id, part)
+                except Exception:
+                    log.exception("simulated %s could not post its answer in %s", spec.name, channel_id)
+                    ok = False
+                    break
+        if not ok:
+            run.completion = dict(COMPLETION_MODEL_ERROR)
+        if not spec.hold_runs:
+            run.settled.set()
 
     async def _wake(self, request: web.Request, payload: dict[str, Any]) -> web.Response:
         text = _string(payload.get("text"))
@@ -881,7 +935,10 @@ class SimulatedFleet:
         record_path: Path | None = None,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        poster: Poster | None = None,
     ) -> None:
+        """`poster(agent, channel_id, text)` posts in Discord as the agent's bot account: given, agents answer
+        hooks that ask for Discord delivery there, as real ones do (SimAgentSpec.answer*); without, they never post."""
         names = [spec.name for spec in specs]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -901,7 +958,8 @@ class SimulatedFleet:
         self._record_path = record_path
         self._received: list[ReceivedHook] = []
         self._gateways = {
-            spec.name: _Gateway(spec, tokens[spec.name], seed=seed, clock=clock, record=self._record) for spec in specs
+            spec.name: _Gateway(spec, tokens[spec.name], seed=seed, clock=clock, record=self._record, poster=poster)
+            for spec in specs
         }
 
     async def start(self) -> None:
@@ -1018,6 +1076,20 @@ class SimulatedFleet:
             with self._record_path.open("a", encoding="utf-8") as out:
                 out.write(json.dumps(asdict(hook)) + "\n")
                 out.flush()
+
+
+def _split(text: str, parts: int) -> list[str]:
+    """`text` in `parts` messages of about equal size, cut between words where possible (none empty)."""
+    if parts <= 1 or len(text) < parts:
+        return [text]
+    words, size = text.split(" "), -(-len(text) // parts)
+    chunks: list[str] = [""]
+    for word in words:
+        if chunks[-1] and len(chunks[-1]) + 1 + len(word) > size and len(chunks) < parts:
+            chunks.append(word)
+        else:
+            chunks[-1] = f"{chunks[-1]} {word}" if chunks[-1] else word
+    return [chunk for chunk in chunks if chunk]
 
 
 class PortUnavailable(OSError):
