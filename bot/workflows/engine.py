@@ -65,6 +65,7 @@ OUTPUT_QUIET_S = 20.0  # 2026.2.12 (no completion): the step is done this long a
 OUTPUT_SETTLE_S = 2.0  # 2026.9.6, completion before the messages: done this long after the last one
 OUTPUT_STORE_MAX = 100_000  # characters of an answer kept (templates pass on at most OUTPUT_CAP of them)
 NO_REPLY = "NO_REPLY"  # OpenClaw's "nothing to say": no output
+ANSWER_KEYS = ("messages", "last_output_at", "answer_source")  # the answer's bookkeeping in a step's evidence
 OUTPUT_SOURCES = ("completion", "discord", "api", "taskboard", "person")
 Run = RunRow
 Listener = Callable[[str], Awaitable[None] | None]
@@ -559,6 +560,10 @@ class WorkflowEngine:
             await self._maybe_watch(step, delegation)
 
     async def _set_evidence(self, step: StepRow, evidence: dict[str, Any]) -> None:
+        current = await self.tables.step(step.run_id, step.step_id)
+        if current is not None and current.attempt == step.attempt:
+            # The answer read from Discord may have grown since `step` was read: its keys are kept as they are now.
+            evidence = {**evidence, **{k: v for k, v in current.evidence.items() if k in ANSWER_KEYS}}
         await self.tables.db.update(
             "UPDATE workflow_steps SET evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
             "AND status = 'running'",
@@ -712,11 +717,15 @@ class WorkflowEngine:
         step, or several (which one a post belongs to cannot be told; their results come another way)."""
         target = f"channel:{channel_id}"
         found: list[StepRow] = []
-        for step in await self.tables.steps_in(("running",)):
-            if step.agent != agent or step.delegation_id is None:
+        # `dispatching` too: a quick agent answers before the send returns (the delegation is recorded first).
+        for step in await self.tables.steps_in(("dispatching", "running")):
+            if step.agent != agent:
                 continue
-            delegation = await self._delegation.get(step.delegation_id)
-            if delegation.target == target and delegation.deliver:
+            if step.delegation_id is not None:
+                delegation: Delegation | None = await self._delegation.get(step.delegation_id)
+            else:
+                delegation = await self._delegation.by_workflow_step(step.key)
+            if delegation is not None and delegation.target == target and delegation.deliver:
                 found.append(step)
         if len(found) > 1:
             keys = ", ".join(step.key for step in found)
@@ -735,7 +744,7 @@ class WorkflowEngine:
         where = f"{run.display_id}/{step_id}"
         if not (requester.is_agent and requester.name == step.agent):
             raise NotAllowed(f"{requester.describe()} is not {step.agent}: only the step's agent answers {where}")
-        if step.status != "running" or run.status != "running":
+        if step.status not in ("dispatching", "running") or run.status != "running":
             raise StepConflict(f"{where} is {step.status}: an answer is taken only while it runs")
         piece = text.strip()
         if piece == NO_REPLY:
@@ -746,7 +755,7 @@ class WorkflowEngine:
                     "last_output_at": iso(now), "answer_source": source}  # fmt: skip
         changed = await self.tables.db.update(
             "UPDATE workflow_steps SET output = ?, evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
-            "AND status = 'running'",
+            "AND status IN ('dispatching', 'running')",
             (output, json.dumps(evidence), run.id, step_id, step.attempt),
         )
         if not changed:

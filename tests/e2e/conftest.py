@@ -26,6 +26,7 @@ DISCORD_TOKEN = "discord-SECRET-MTAwMDAwMDAwMDAwMDAwMDAx.e2e.loopback0123456789"
 GUILD_ID = "100000000000000001"
 BOT_USER_ID = "700000000000000001"
 ATOMIZER = Path(sys.executable).parent / "atomizer-hq"
+REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 60.0  # a loaded 2-core machine: generous, and only ever waited on, never slept
 
 
@@ -49,6 +50,8 @@ def cluster_file(tmp_path: Path, config: ClusterConfig, api_port: int) -> Path:
     for agent in load_cluster_config(SHIPPED_CONFIG).agents:
         text = text.replace(f"port = {agent.port}\n", f"port = {ports[agent.name]}\n", 1)
     text = text.replace("port = 18790\n", f"port = {api_port}\n", 1)
+    # The process runs with cwd=tmp_path: the shipped workflows are found by their absolute path.
+    text = text.replace('dir = "workflows"', f'dir = "{REPO / "workflows"}"', 1)
     path = tmp_path / "cluster.toml"
     path.write_text(text, encoding="utf-8")
     return path
