@@ -186,6 +186,7 @@ class Workflows(commands.Cog):
         self._pump: asyncio.Task[None] | None = None
         self.follower: asyncio.Task[None] | None = None
         self._seen_event = 0
+        self._answer_order: dict[int, asyncio.Lock] = {}
 
     @property
     def engine(self) -> WorkflowEngine:
@@ -317,6 +318,11 @@ class Workflows(commands.Cog):
         requester = requester_for_user(message.author, self.bot.services.config)
         if not requester.is_agent:
             return
+        # One post at a time per channel, taken before any await: a chunked answer is joined in posting order.
+        async with self._answer_order.setdefault(message.channel.id, asyncio.Lock()):
+            await self._take_answer(message, requester)
+
+    async def _take_answer(self, message: discord.Message, requester: Any) -> None:
         step = await self.engine.step_answering_in(requester.name, str(message.channel.id))
         if step is None:
             return

@@ -191,6 +191,7 @@ class WorkflowEngine:
         self._listeners: list[Listener] = []
         self._locks: dict[int, asyncio.Lock] = {}
         self._passes: dict[int, list[int]] = {}  # run id -> [advance calls made, calls covered by a finished pass]
+        self._answer_locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
         self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
         # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
@@ -740,6 +741,11 @@ class WorkflowEngine:
         adds nothing). The step is done on 2026.9.6 at the completion (`ok`) once the answer is there, on
         2026.2.12 (no completion) `output_quiet_s` after the last message; both by `tick` or the completion."""
         run = await self._require_run(run_ref)
+        # Messages arrive together (a chunked answer): each read-append-write is done alone, in arrival order.
+        async with self._answer_locks.setdefault((run.id, step_id), asyncio.Lock()):
+            return await self._append_output(requester, run, step_id, text, source)
+
+    async def _append_output(self, requester: Requester, run: RunRow, step_id: str, text: str, source: str) -> StepRow:
         step = await self._require_step(run, step_id)
         where = f"{run.display_id}/{step_id}"
         if not (requester.is_agent and requester.name == step.agent):
