@@ -158,7 +158,7 @@ class CardPublisher(DiscordBoardPublisher):
                 if not isinstance(channel, discord.TextChannel | discord.Thread):
                     raise MessageGone(f"cannot edit in channel {channel_id}")
                 target = channel.get_partial_message(int(message_id))
-            await target.edit(embed=to_embed(content), view=self._view(content))
+            self._posted[message_id] = await target.edit(embed=to_embed(content), view=self._view(content))
         except discord.NotFound:
             self._posted.pop(message_id, None)
             raise MessageGone(f"card message {message_id} was deleted") from None

@@ -73,7 +73,8 @@ def _gate_field(detail: RunDetail, step: StepRow, spec: ApprovalStep) -> str:
         lines[-1] += ", not the starter"
     for approval in decided:
         reason = f": {one_line(approval.reason, 200)}" if approval.reason else ""
-        lines.append(f"{approval.decision}d by {one_line(approval.approver_name, 80)}{reason}")
+        decision = {"approve": "approved", "reject": "rejected"}.get(approval.decision, approval.decision)
+        lines.append(f"{decision} by {one_line(approval.approver_name, 80)}{reason}")
     if step.evidence.get("resolved_by") == "expiry":
         lines.append("approved by its expiry policy")
     elif step.status == "expired" and step.error:
