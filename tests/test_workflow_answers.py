@@ -17,7 +17,8 @@ THREAD = "100000000000009001"
 
 async def test_an_answer_before_the_completion_is_the_output(services_on_fleet: ServicesOnFleet) -> None:
     services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
-    engine = services.workflows
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
     run = await engine.start(ANTOINE, chain("nx-expert", "secretary"), {}, thread_id=THREAD)
     [hook] = await agent_hooks(fleet, "nx-expert")
     assert hook.body["to"] == f"channel:{THREAD}" and hook.body["deliver"] is True
@@ -32,6 +33,9 @@ async def test_an_answer_before_the_completion_is_the_output(services_on_fleet: 
     assert (await engine.get(run.id)).step("s0").status == "running"  # 2026.9.6: the completion decides
     fleet.settle("nx-expert")
     await engine.idle()
+    assert (await engine.get(run.id)).step("s0").status == "running"  # a last chunk may still be on its way
+    clock.advance(OUTPUT_SETTLE_S)
+    await engine.tick()
     detail = await engine.get(run.id)
     assert detail.step("s0").status == "succeeded" and detail.step("s0").output_source == "discord"
     assert detail.step("s0").output == "120k elements\nmesh in /shared/m2.prt"

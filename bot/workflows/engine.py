@@ -653,12 +653,9 @@ class WorkflowEngine:
         """Completion `ok`: without a reply to wait for, done now; else the output has OUTPUT_GRACE_S to arrive."""
         now = self._clock()
         disposition = completion.get("replyDisposition")
-        if step.evidence.get("last_output_at"):  # the answer came first (it is delivered before the run ends)
-            await self._end_step(run.id, step.step_id, "succeed", None, output=step.output or "",
-                                 output_source=step.evidence.get("answer_source", "discord"))  # fmt: skip
-            await self.advance(run.id)
-            return
-        if disposition in ("silent", "empty"):
+        # An answer under way in Discord ends OUTPUT_SETTLE_S after its last message (tick): the completion may
+        # overtake the last messages of a chunked answer on their way through Discord's gateway.
+        if disposition in ("silent", "empty") and not step.evidence.get("last_output_at"):
             await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
             await self.advance(run.id)
             return
@@ -757,12 +754,12 @@ class WorkflowEngine:
             piece = ""
         now = self._clock()
         output = "\n".join(part for part in (step.output or "", piece) if part)[:OUTPUT_STORE_MAX]
-        evidence = {**step.evidence, "messages": int(step.evidence.get("messages", 0)) + 1,
-                    "last_output_at": iso(now), "answer_source": source}  # fmt: skip
+        # Only the answer's keys are written, in SQL: a completion recorded meanwhile keeps its own.
         changed = await self.tables.db.update(
-            "UPDATE workflow_steps SET output = ?, evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
-            "AND status IN ('dispatching', 'running')",
-            (output, json.dumps(evidence), run.id, step_id, step.attempt),
+            "UPDATE workflow_steps SET output = ?, evidence = json_set(coalesce(evidence, '{}'), '$.messages', "
+            "coalesce(json_extract(evidence, '$.messages'), 0) + 1, '$.last_output_at', ?, '$.answer_source', ?) "
+            "WHERE run_id = ? AND step_id = ? AND attempt = ? AND status IN ('dispatching', 'running')",
+            (output, iso(now), source, run.id, step_id, step.attempt),
         )
         if not changed:
             current = await self._require_step(run, step_id)

@@ -177,3 +177,21 @@ async def test_an_approval_from_the_cli_updates_the_card(flow: Flow) -> None:
         lambda: card_says(flow, thread, f"{run} · m2-mirror-study · succeeded"), RUN_DEADLINE_S, "the card updated"
     )
     assert "numbers look right" in done.text() and not done.components
+
+
+async def test_a_run_started_from_the_cli_gets_a_thread_and_a_card(flow: Flow) -> None:
+    server = flow.server
+    code, out = await cli(flow, "workflow", "run", "m2-mirror-study", "--input", "mirror=M3")
+    assert code == 0, out
+    run = re.search(r"W-\d+", out)
+    assert run is not None, out
+    technical = server.state.channel("technical").id
+    thread = await server.wait_for(
+        lambda: next(
+            (c for c in server.state.channels.values() if c.is_thread and c.parent_id == technical
+             and c.name.startswith(f"{run.group(0)} ")), None
+        ),
+        RUN_DEADLINE_S,
+        "a thread for the run in #technical",
+    )  # fmt: skip
+    await server.wait_for(lambda: card_says(flow, thread.id, run.group(0), "inputs: mirror=M3"), what="its card")
