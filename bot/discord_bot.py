@@ -318,7 +318,8 @@ class AtomizerBot(commands.Bot):
     """
 
     initial_extensions: tuple[str, ...] = (
-        "cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks", "cogs.heartbeat", "cogs.workflows",
+        "cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks", "cogs.heartbeat",
+        "cogs.workflows",
     )  # fmt: skip
 
     def __init__(

@@ -23,8 +23,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.authz import AccessLevel
-from bot.boards import TOTAL_MAX, BoardContent, BoardField, CoalescedBoard, LiveBoard, Monotonic, Sleep, clip, paginate
+from bot.authz import AccessLevel, Requester
+from bot.boards import (
+    TOTAL_MAX,
+    BoardContent,
+    BoardField,
+    CoalescedBoard,
+    LiveBoard,
+    MessageGone,
+    Monotonic,
+    Sleep,
+    clip,
+    paginate,
+)
 from bot.discord_bot import NO_MENTIONS, requester_for, requester_for_user, require_level
 from bot.errors import AtomizerError, InvalidInput
 from bot.workflows.engine import WorkflowEngine
@@ -149,8 +160,6 @@ class CardPublisher(DiscordBoardPublisher):
         return str(message.id)
 
     async def edit(self, channel_id: str, message_id: str, content: BoardContent) -> None:
-        from bot.boards import MessageGone
-
         target: Any = self._posted.get(message_id)
         try:
             if target is None:
@@ -322,7 +331,7 @@ class Workflows(commands.Cog):
         async with self._answer_order.setdefault(message.channel.id, asyncio.Lock()):
             await self._take_answer(message, requester)
 
-    async def _take_answer(self, message: discord.Message, requester: Any) -> None:
+    async def _take_answer(self, message: discord.Message, requester: Requester) -> None:
         step = await self.engine.step_answering_in(requester.name, str(message.channel.id))
         if step is None:
             return

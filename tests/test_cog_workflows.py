@@ -261,18 +261,16 @@ async def test_the_card_follows_the_cli_another_process_and_expiry(launch: Launc
     await rig.to_the_gate(2)
     await rig.engine.approve(CLI, 1, "review", approve=False, reason="wrong mesh")  # this process: the listener
     text = await rig.card_text(1)
-    assert "rejectd" not in text and "rejected by root@host: wrong mesh" in text and await rig.gates(1) == []
+    assert "rejected by root@host: wrong mesh" in text and await rig.gates(1) == []
     assert "W-1 · m2-mirror-study · failed" in text
 
     # Another process (the CLI's own engine on the same database) approves W-2: the events show it.
     other = WorkflowEngine(rig.services.config, rig.services.store, rig.services.delegation, rig.services.gateway)
-    await rig.cog.settle()
-    edits = len(rig.time.waits)
     await other.approve(CLI, 2, "review", approve=True)
     assert await rig.gates(2) == ["review"]  # not seen yet
     await rig.cog.check_other_processes()
     assert "approved by root@host" in await rig.card_text(2) and await rig.gates(2) == []
-    assert len(rig.time.waits) >= edits  # paced: redraws wait out the interval instead of editing at once
+    assert all(wait <= 2.0 for wait in rig.time.waits)  # redraws are paced by the 2 s interval, never more
 
     # Expiry: a third run's gate runs out of time.
     await rig.run(rig.member(AccessLevel.OPERATOR, "antoine"))
