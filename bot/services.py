@@ -92,6 +92,7 @@ async def open_services(
                 ),
             )
             services.health.register("database", database_writable(services))
+            tasks.add_listener(services.workflows.task_changed)  # a step that names its task ends with it
             try:
                 yield services
             finally:

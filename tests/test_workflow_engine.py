@@ -518,3 +518,31 @@ async def test_results_arriving_together_each_get_their_next_step_sent(services_
     await asyncio.gather(*(report(i, agent) for i, agent in enumerate(agents)))
     assert 1 <= passes <= len(agents)
     await engine.idle()
+
+
+# --- a step that names its task ends with it ---------------------------------------------------------
+
+
+async def test_a_step_with_a_task_ends_when_its_agent_posts_the_task_done(services_on_fleet: ServicesOnFleet) -> None:
+    from bot.task_grammar import apply_board_message
+
+    services, fleet = await services_on_fleet(release=RELEASE_LEGACY)  # no completion: the board says it
+    engine = services.workflows
+    task = await services.tasks.add(ANTOINE, "Mesh the M2 mirror")
+    definition = chain("nx-expert", "optimizer")
+    steps = [step.model_copy(update={"task": "t1"}) if step.id == "s0" else step for step in definition.steps]
+    run = await engine.start(ANTOINE, definition.model_copy(update={"steps": steps}), {})
+
+    linked = await services.tasks.get(task.id)
+    assert (linked.assignee, linked.status) == ("nx-expert", "in_progress")  # the dispatch took the task along
+
+    other = await apply_board_message(services.tasks, as_agent("webster"), "T-1 done: not mine")
+    assert not other.applied  # webster may not move nx-expert's task: the step keeps running
+    assert (await status(engine, run.display_id))["s0"] == "running"
+
+    posted = await apply_board_message(services.tasks, as_agent("nx-expert"), "T-1 done: meshed, 42k elements")
+    assert posted.applied
+    step = (await engine.get(run.display_id)).step("s0")
+    assert (step.status, step.output, step.output_source) == ("succeeded", "meshed, 42k elements", "taskboard")
+    [next_hook] = await agent_hooks(fleet, "optimizer")
+    assert "meshed, 42k elements" in next_hook.body["message"]

@@ -36,6 +36,7 @@ from bot.errors import (
 )
 from bot.gateway import GatewayClient
 from bot.store import Store
+from bot.taskboard import Task, TaskEvent, parse_task_id
 from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
 from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
 from bot.workflows.plan import validate
@@ -483,7 +484,7 @@ class WorkflowEngine:
                 message = render(spec.message, run.inputs, outputs)
                 result = await self._delegation.delegate(
                     self._starter(run), spec.agent, message, target=target, deliver=deliver, origin=run.origin,
-                    workflow_step=key,
+                    workflow_step=key, task=spec.task,
                 )  # fmt: skip
                 delegation = result.delegation
             except DuplicateWorkflowStep:
@@ -707,6 +708,38 @@ class WorkflowEngine:
         self._crash_point("result", step.key)
         await self.advance(run.id)
         return await self._require_step(run, step_id)
+
+    # --- results read from the task board ------------------------------------------------------
+
+    async def task_changed(self, task: Task, event: TaskEvent) -> None:
+        """A TaskBoard listener: a step that names its task (`task: T-12`) ends when the task is done.
+
+        However the task got there (`T-12 done: …` in #task-board, /task, the API, the CLI), the move's
+        note is the step's output and the mover its reporter, held to the same rule as any report.
+        """
+        if event.action != "move" or event.new_value != "done":
+            return
+        for run_id in await self.tables.running_run_ids():
+            run = await self.tables.run(run_id)
+            if run is None:
+                continue
+            for spec in run.definition.steps:
+                if not isinstance(spec, AgentStep) or spec.task is None or _task_number(spec.task) != task.id:
+                    continue
+                step = await self.tables.step(run.id, spec.id)
+                if step is None or step.status != "running":
+                    continue
+                reporter = Requester(
+                    kind="agent" if event.actor_kind == "agent" else "person", name=event.actor, front_end="taskboard",
+                    level=AccessLevel.OPERATOR if event.actor_kind != "agent" else AccessLevel.NONE,
+                )  # fmt: skip
+                try:
+                    await self.report_result(
+                        reporter, run.id, spec.id, ok=True, output=event.note or "", source="taskboard"
+                    )
+                except AtomizerError as exc:
+                    log.warning("%s done on the board, but %s/%s keeps running: %s", task.display_id,
+                                run.display_id, spec.id, exc)  # fmt: skip
 
     # --- answers read from Discord ---------------------------------------------------------------
 
@@ -1094,6 +1127,13 @@ class WorkflowEngine:
 
 
 # --- the DAG --------------------------------------------------------------------------------------
+
+
+def _task_number(ref: str) -> int | None:
+    try:
+        return parse_task_id(ref)
+    except InvalidInput:
+        return None
 
 
 def _met(definition: WorkflowDefinition, step: StepRow) -> bool:
