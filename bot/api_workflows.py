@@ -175,6 +175,28 @@ class ApprovalOutcomeOut(BaseModel):
         )
 
 
+class WaitResultIn(BaseModel):
+    """A delegation that waits for the agent's result: a one-step run, as `delegate --wait-result`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(description="The agent that should do the work, e.g. nx-expert.")
+    message: str = Field(description="The instruction, as the agent will read it.")
+    target: str | None = Field(default=None, description="Where the agent's answer goes (as for /v1/delegations).")
+    deliver: bool = Field(default=True, description="false: the agent runs it without posting its answer.")
+    wait_s: float = Field(default=600.0, gt=0, le=3_600, description="How long to wait for the result, seconds.")
+
+
+class WaitResultOut(BaseModel):
+    """200: the step ended (its output, or why not); 202: the wait ran out and the run goes on (follow `run`)."""
+
+    run: str = Field(description="W-n, the one-step run behind it")
+    status: str = Field(description="the step: succeeded, failed, unconfirmed, timed_out, running, …")
+    output: str | None
+    output_source: str | None
+    error: str | None
+
+
 def _catalog_definitions(catalog: Any) -> list[WorkflowDefinition]:
     """The catalog's good definitions (bot.workflows.loader.WorkflowCatalog: `entries()`)."""
     if catalog is None:
@@ -258,6 +280,34 @@ def add_workflow_routes(api: LoopbackApi) -> None:
         detail = await engine.get(step.run_id)
         [shown] = [s for s in detail.to_dict()["steps"] if s["id"] == step.step_id]
         return WorkflowStepOut.model_validate(shown)
+
+    async def delegate_and_wait_result(
+        request: web.Request, requester: Requester, data: WaitResultIn
+    ) -> web.StreamResponse:
+        from bot.api import reply
+        from bot.workflows.cli_runs import one_step
+        from bot.workflows.store import FINAL
+
+        agent = api.services.config.require_agent(data.to).name
+        definition = one_step(agent, wait_s=data.wait_s, deliver_to="thread" if data.deliver else "none")
+        run = await engine.start(requester, definition, {"message": data.message}, origin=data.target)
+        step = await engine.wait_step(run.id, "work", timeout=data.wait_s)
+        out = WaitResultOut(
+            run=run.display_id, status=step.status, output=step.output, output_source=step.output_source,
+            error=step.error,
+        )  # fmt: skip
+        return reply(out, 200 if step.status in FINAL else 202)
+
+    api.add(
+        Route(
+            "POST", "/v1/delegations/wait-result", delegate_and_wait_result,
+            summary="Delegate and wait for the agent's result (synchronous delegation)", response=WaitResultOut,
+            body=WaitResultIn, extra_responses={202: WaitResultOut, **refused},
+            description="A one-step workflow run under the hood, with the same authority, records and exactly-once "
+            "rules as /v1/delegations. 200 when the step ended (succeeded: `output` is the agent's answer), 202 when "
+            "`wait_s` ran out first: the run goes on; follow it at /v1/workflow-runs/{run}.",
+        )
+    )  # fmt: skip
 
     runs = "/v1/workflow-runs"
     for route in (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -96,3 +97,32 @@ async def test_the_m2_shape_over_the_api(hq: Hq) -> None:
     stops = [h for h in hq.fleet.received("secretary") if "Stop work on W-1/report" in h.body["message"]]
     assert len(stops) == 1
     await hq.services.workflows.idle()
+
+
+async def test_synchronous_delegation_over_the_api_returns_the_agents_output(hq: Hq) -> None:
+    waiting = asyncio.create_task(
+        post(hq, "/v1/delegations/wait-result", "operator", {"to": "nx-expert", "message": "Mesh the M2 mirror"})
+    )
+    engine = hq.services.workflows
+    async with engine.changed:  # the hook is out: nx-expert works, then reports as its skill does
+        await asyncio.wait_for(engine.changed.wait_for(lambda: bool(hq.fleet.received("nx-expert"))), 30)
+    reported = await post(hq, "/v1/workflow-runs/W-1/steps/work/result", "nx-expert", {"ok": True, "output": "42k"})
+    assert reported.status_code == 200, reported.text
+
+    answer = await waiting
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "run": "W-1", "status": "succeeded", "output": "42k", "output_source": "api", "error": None,
+    }  # fmt: skip
+    [hook] = [h for h in hq.fleet.received("nx-expert") if h.path.endswith("/agent")]
+    assert hook.body["message"] == "Mesh the M2 mirror"
+
+
+async def test_synchronous_delegation_that_runs_out_says_the_run_goes_on(hq: Hq) -> None:
+    answer = await post(
+        hq, "/v1/delegations/wait-result", "operator", {"to": "nx-expert", "message": "x", "wait_s": 0.2}
+    )
+    assert answer.status_code == 202, answer.text
+    assert (answer.json()["run"], answer.json()["status"]) == ("W-1", "running")
+    refused = await post(hq, "/v1/delegations/wait-result", "nx-expert", {"to": "manager", "message": "x"})
+    assert refused.status_code == 403 and "may not delegate to manager" in refused.json()["detail"]

@@ -173,6 +173,11 @@ def test_schemathesis_finds_no_server_error_and_every_4xx_is_a_json_error(
         )
         @given(case=strategy)
         def fuzz(case: schemathesis.Case) -> None:
+            if case.path == "/v1/delegations/wait-result" and isinstance(case.body, dict):
+                # A valid case waits for the agent's result (600 s by default): a moment is enough to see it wait.
+                wait = case.body.get("wait_s")
+                if not isinstance(wait, int | float) or isinstance(wait, bool) or wait > 0.05:
+                    case.body["wait_s"] = 0.05
             response = case.call(base_url=threaded_api.url, session=session, headers=headers, timeout=20)
             seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
             case.validate_response(response, checks=[not_a_server_error, json_error_check], headers=headers)
@@ -318,6 +323,11 @@ async def start_beyond_authority(hq: Hq) -> tuple[str, str, dict[str, Any]]:
 OTHER_AGENT = {
     ("POST", "/v1/delegations"): lambda hq: ("nx-expert", "/v1/delegations", {"to": "webster", "message": "Go"}),
     ("POST", "/v1/delegations/{id}/retry"): a_delegation,  # retrying is for people
+    ("POST", "/v1/delegations/wait-result"): lambda hq: (
+        "nx-expert",
+        "/v1/delegations/wait-result",
+        {"to": "webster", "message": "Go", "wait_s": 1},
+    ),
     ("PATCH", "/v1/tasks/{id}"): task_of_webster,
     ("POST", "/v1/heartbeats/{agent}/run"): lambda hq: ("manager", "/v1/heartbeats/manager/run", None),
     ("POST", "/v1/heartbeats/{agent}/pause"): lambda hq: ("manager", "/v1/heartbeats/manager/pause", {}),
