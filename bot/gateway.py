@@ -235,16 +235,26 @@ class GatewayClient:
         None when it cannot be told (down, starting, no health routes). Never later than the true start, so
         "started after X" is certain when this says so.
         """
+        window = await self.boot_window(agent)
+        return window[0] if window is not None else None
+
+    async def boot_window(self, agent: AgentConfig) -> tuple[float, float] | None:
+        """When the gateway process started (Unix time), as (earliest, latest), from /startupz's uptimeMs.
+
+        None when it cannot be told (down, starting, no health routes, a 2026.2.12 gateway). "Started after X"
+        is certain when the earliest is after X, "started before X" when the latest is before X.
+        """
         before = time.time()
         try:
             answer = await self._request("GET", f"{agent.base_url}/startupz", self._timeout)
         except (aiohttp.ClientError, TimeoutError):
             return None
+        after = time.time()
         report = _json_object(answer)
         uptime = report.get("uptimeMs") if report is not None else None
         if answer.status_code != 200 or isinstance(uptime, bool) or not isinstance(uptime, int | float):
             return None
-        return before - (float(uptime) + 1.0) / 1000
+        return before - (float(uptime) + 1.0) / 1000, after - float(uptime) / 1000
 
     async def wake(self, agent: AgentConfig, text: str, mode: Literal["now", "next-heartbeat"] = "now") -> WakeAccepted:
         """Queue a system event for the agent's main session (a heartbeat-like nudge)."""

@@ -45,6 +45,7 @@ BAD_TOKEN_WINDOW = 60.0  # seconds, on the injected clock
 # 2026.9.6 drains the main session's pending system events this long after a `mode: "now"` wake (its
 # heartbeat-wake coalescing delay, 250 ms); a wake whose text repeats the last pending event is "coalesced".
 WAKE_DRAIN_DELAY = 0.25  # seconds, on the injected clock
+SETTLED_REPLAY_S = 300.0  # 2026.9.6 forgets a settled run's key this long after it settled (on the injected clock)
 PENDING_EVENTS_MAX = 20  # the gateway keeps at most this many pending system events per session
 IDEMPOTENCY_KEY_MAX = 256  # longer keys are ignored by 2026.9.6
 DISCORD_CHANNEL = "discord"
@@ -132,6 +133,11 @@ class _Run:
     run_id: str
     completion: dict[str, str]
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    settled_at: float | None = None  # on the gateway's clock: its replay entry expires SETTLED_REPLAY_S later
+
+    def settle(self, at: float) -> None:
+        self.settled_at = at
+        self.settled.set()
 
 
 @dataclass
@@ -544,6 +550,9 @@ class _Gateway:
     def in_flight(self) -> int:
         return len(self._open_requests)
 
+    def clock(self) -> float:
+        return self._clock()
+
     @property
     def runs(self) -> list[_Run]:
         return self._state.runs
@@ -794,6 +803,8 @@ class _Gateway:
         # No await from here on: the replay check and the bookkeeping happen atomically.
         replay_key = (key, scope) if key is not None and not self.legacy else None
         run = self._state.runs_by_key.get(replay_key) if replay_key is not None else None
+        if run is not None and run.settled_at is not None and self._clock() - run.settled_at >= SETTLED_REPLAY_S:
+            run = None  # a settled entry is kept 5 min: a repeat after that starts the work again
         if run is None:
             completion = COMPLETION_OK if self.spec.model_ok else COMPLETION_MODEL_ERROR
             run = _Run(run_id=str(uuid.uuid4()), completion=completion)
@@ -801,7 +812,7 @@ class _Gateway:
             if channel_id is not None:
                 self._answer_later(run, channel_id, str(payload.get("message") or ""))
             elif not self.spec.hold_runs:
-                run.settled.set()
+                run.settle(self._clock())
             self._state.runs.append(run)
             if replay_key is not None:
                 self._state.runs_by_key[replay_key] = run
@@ -857,7 +868,7 @@ class _Gateway:
         if not ok:
             run.completion = dict(COMPLETION_MODEL_ERROR)
         if not spec.hold_runs:
-            run.settled.set()
+            run.settle(self._clock())
 
     async def _wake(self, request: web.Request, payload: dict[str, Any]) -> web.Response:
         text = _string(payload.get("text"))
@@ -1036,10 +1047,11 @@ class SimulatedFleet:
     def settle(self, agent: str, *, ok: bool = True) -> int:
         """Settle the agent's held runs (hold_runs): ok, or failed like a run without model credentials."""
         settled = 0
-        for run in self._gateway(agent).runs:
+        gateway = self._gateway(agent)
+        for run in gateway.runs:
             if not run.settled.is_set():
                 run.completion = dict(COMPLETION_OK if ok else COMPLETION_MODEL_ERROR)
-                run.settled.set()
+                run.settle(gateway.clock())
                 settled += 1
         return settled
 

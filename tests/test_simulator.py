@@ -501,6 +501,27 @@ async def test_a_restart_forgets_idempotency_keys(make_fleet: MakeFleet, client)
     assert assert_accepted(await client.post(hook(fleet), **request), RELEASE_CURRENT) != first
 
 
+async def test_current_forgets_a_settled_run_five_minutes_after_it_settled(make_fleet: MakeFleet, client):
+    """2026.9.6 keeps a settled run's key 5 min (orchestration.md); an unsettled one has no expiry."""
+    clock = FakeClock()
+    fleet = await make_fleet(RELEASE_CURRENT, clock=clock)
+    request = {"json": {"message": "hi", "idempotencyKey": "k"}, "headers": AUTH}
+    first = assert_accepted(await client.post(hook(fleet), **request), RELEASE_CURRENT)  # settles at once
+    clock.advance(299.0)
+    assert assert_accepted(await client.post(hook(fleet), **request), RELEASE_CURRENT) == first
+    clock.advance(1.0)
+    second = assert_accepted(await client.post(hook(fleet), **request), RELEASE_CURRENT)
+    assert second != first and len(fleet.received()) == 2
+    fleet.spec("webster").hold_runs = True
+    held = {"json": {"message": "held", "idempotencyKey": "h"}, "headers": AUTH}
+    third = assert_accepted(await client.post(hook(fleet), **held), RELEASE_CURRENT)
+    clock.advance(3600.0)  # not settled: kept
+    assert assert_accepted(await client.post(hook(fleet), **held), RELEASE_CURRENT) == third
+    fleet.settle("webster")
+    clock.advance(300.0)
+    assert assert_accepted(await client.post(hook(fleet), **held), RELEASE_CURRENT) != third
+
+
 async def test_current_replays_only_the_same_request(make_fleet: MakeFleet, client):
     """2026.9.6 keys its replay cache on the key and what the request asks for (its source)."""
     fleet = await make_fleet(RELEASE_CURRENT)
