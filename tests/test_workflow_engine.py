@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -215,6 +218,97 @@ async def test_restart_while_the_bot_was_down_is_caught_before_reattaching(
     await again.workflows.recover()
     await again.workflows.idle()
     assert (await status(again.workflows, run.display_id))["s0"] == "unconfirmed"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+
+
+def moving_clocks() -> tuple[FakeClock, Callable[[], float]]:
+    """The engine's clock, moved by hand from now on, and the gateways' (real time plus what the test moved)."""
+    clock = FakeClock(datetime.now(UTC))
+    start = clock.now
+    return clock, lambda: time.time() + (clock.now - start).total_seconds()
+
+
+async def test_a_crash_before_the_admission_was_followed_then_a_gateway_restart_starts_no_second_run(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    """The admission time is the delegation's, not when a later process first looks at the step; and while the
+    restarted gateway is still starting (/startupz 503) nothing proves a re-POST safe: none is made."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True, "startup": None}})
+    fleet.finish_startup("nx-expert")
+    engine = services.workflows
+
+    def crash(name: str, key: str) -> None:
+        if name == "running":
+            raise Crash(key)
+
+    engine.fault = crash
+    with pytest.raises(Crash):
+        await engine.start(ANTOINE, chain("nx-expert"), {})
+    await engine.close()
+    await fleet.restart("nx-expert")  # starting: /startupz answers 503
+    again = (await services_on_fleet())[0].workflows
+    await again.recover()
+    await again.idle()
+    await again.tick()
+    await again.idle()
+    assert (await status(again, "W-1"))["s0"] == "running"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+    fleet.finish_startup("nx-expert")
+    await again.tick()
+    await again.idle()
+    step = (await again.get("W-1")).step("s0")
+    assert step.status == "unconfirmed" and "restarted after admitting" in (step.error or "")
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1  # ONE run, ever
+
+
+async def test_no_reattach_after_the_gateway_may_have_forgotten_a_finished_run(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    """2026.9.6 forgets a settled run's key 5 min after it settled: a bot down longer than that does not re-POST
+    (it would start the work again); the step waits for a reported result until its timeout."""
+    clock, fleet_clock = moving_clocks()
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}}, clock=fleet_clock)
+    first = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    run = await first.start(ANTOINE, chain("nx-expert", "secretary", timeout="30m"), {})
+    await fleet.wait_in_flight("nx-expert")  # the completion wait is attached
+    await first.close()  # the bot goes down; the run finishes while nobody follows it
+    fleet.settle("nx-expert")
+    clock.advance(6 * 60)
+    again = (await services_on_fleet())[0]
+    engine = WorkflowEngine(again.config, again.store, again.delegation, again.gateway, clock=clock)
+    await engine.recover()
+    await engine.idle()
+    await engine.tick()
+    await engine.idle()
+    step = (await engine.get(run.display_id)).step("s0")
+    assert step.status == "running" and "not re-attached" in step.evidence["not_reattached"]
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+    clock.advance(25 * 60)
+    await engine.tick()
+    assert (await status(engine, run.display_id))["s0"] == "unconfirmed"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+
+
+async def test_a_short_outage_reattaches_and_a_held_wait_is_remembered(services_on_fleet: ServicesOnFleet) -> None:
+    """Down less than 4 min since the wait was last held: the re-POST replays the same run and reads its end."""
+    clock, fleet_clock = moving_clocks()
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}}, clock=fleet_clock)
+    first = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    run = await first.start(ANTOINE, chain("nx-expert", timeout="2h"), {})
+    await fleet.wait_in_flight("nx-expert")
+    for _ in range(20):  # held for 20 min: the step records that the run was still going
+        clock.advance(60)
+        await first.tick()
+    attached = (await first.get(run.display_id)).step("s0").evidence["attached_unix"]
+    assert attached >= clock.now.timestamp() - 65
+    await first.close()
+    clock.advance(3 * 60)
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    await engine.recover()
+    await fleet.wait_in_flight("nx-expert")
+    fleet.settle("nx-expert")
+    await engine.idle()
+    assert (await engine.get(run.display_id)).step("s0").evidence["completion"]["status"] == "ok"
     assert len(await agent_hooks(fleet, "nx-expert")) == 1
 
 

@@ -67,6 +67,10 @@ OUTPUT_SETTLE_S = 2.0  # 2026.9.6, completion before the messages: done this lon
 OUTPUT_STORE_MAX = 100_000  # characters of an answer kept (templates pass on at most OUTPUT_CAP of them)
 NO_REPLY = "NO_REPLY"  # OpenClaw's "nothing to say": no output
 ANSWER_KEYS = ("messages", "last_output_at", "answer_source")  # the answer's bookkeeping in a step's evidence
+# 2026.9.6 forgets a settled run's key 5 min after it settled: re-attach (re-POST the key) only while the run was
+# last known unsettled less than this long ago, else the re-POST could start the work again.
+REATTACH_WITHIN_S = 240.0
+ATTACHED_REFRESH_S = 60.0  # how often a held completion wait records that the run was still unsettled
 OUTPUT_SOURCES = ("completion", "discord", "api", "taskboard", "person")
 Run = RunRow
 Listener = Callable[[str], Awaitable[None] | None]
@@ -194,6 +198,7 @@ class WorkflowEngine:
         self._passes: dict[int, list[int]] = {}  # run id -> [advance calls made, calls covered by a finished pass]
         self._answer_locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
+        self._holding: dict[tuple[int, str, int], float] = {}  # completion waits under way: since when (Unix time)
         self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
         # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
         # (`W-3/mesh#1`) by raising here.
@@ -555,8 +560,15 @@ class WorkflowEngine:
                                  f"{delegation.display_id} was never admitted: {delegation.last_error}")  # fmt: skip
         elif delegation.status == "accepted":
             if "admitted_unix" not in step.evidence:
-                # An upper bound of the admission time, on the wall clock the gateway's uptime is read against.
-                evidence = {**step.evidence, "run_id": delegation.run_id, "admitted_unix": time.time()}
+                # When the gateway admitted it, from the delegation's own record (not when the engine got here, which
+                # may be after a crash and a gateway restart): at the latest `accepted_at`, at the earliest that
+                # minus the request's latency.
+                at = delegation.accepted_at
+                accepted = datetime.fromisoformat(at).timestamp() if at else time.time()
+                evidence = {
+                    **step.evidence, "run_id": delegation.run_id, "admitted_unix": accepted,
+                    "admitted_from_unix": accepted - (delegation.latency_ms or 0.0) / 1000,
+                }  # fmt: skip
                 await self._set_evidence(step, evidence)
                 step = await self.tables.step(step.run_id, step.step_id) or step
             await self._maybe_watch(step, delegation)
@@ -572,9 +584,17 @@ class WorkflowEngine:
             (json.dumps(evidence), step.run_id, step.step_id, step.attempt),
         )
 
+    async def _set_evidence_key(self, step: StepRow, key: str, value: Any) -> None:
+        """One key of a running attempt's evidence, leaving the rest as it is now (not as `step` read it)."""
+        await self.tables.db.update(
+            "UPDATE workflow_steps SET evidence = json_set(coalesce(evidence, '{}'), ?, json(?)) WHERE run_id = ? "
+            "AND step_id = ? AND attempt = ? AND status = 'running'",
+            (f"$.{key}", json.dumps(value), step.run_id, step.step_id, step.attempt),
+        )
+
     async def _maybe_watch(self, step: StepRow, delegation: Delegation) -> None:
         """On 2026.9.6, wait for the run's completion in the background (2026.2.12 has none: results only)."""
-        if "completion" in step.evidence:
+        if "completion" in step.evidence or "not_reattached" in step.evidence:
             return
         watch = (step.run_id, step.step_id, step.attempt)
         if watch in self._watchers and not self._watchers[watch].done():
@@ -596,6 +616,20 @@ class WorkflowEngine:
             raise
         except Exception:
             log.exception("workflow W-%d/%s: following the completion failed; tick() tries again", run_id, step_id)
+        finally:
+            self._holding.pop((run_id, step_id, attempt), None)
+
+    async def _still_attached(self, step: StepRow, now: datetime) -> None:
+        """While this process holds a step's completion wait, the run has not settled: say so in the step, now and
+        then, so a later process knows whether the gateway still remembers the key (REATTACH_WITHIN_S)."""
+        since = self._holding.get((step.run_id, step.step_id, step.attempt))
+        if since is None:
+            return
+        unsettled_at = now.timestamp() - 5.0  # a settled run answers a held wait at once; 5 s covers the trip
+        last = float(step.evidence.get("attached_unix", 0.0))
+        if unsettled_at < since or unsettled_at - last < ATTACHED_REFRESH_S:
+            return
+        await self._set_evidence_key(step, "attached_unix", unsettled_at)
 
     async def _watch_once(self, run_id: int, step_id: str, attempt: int) -> None:
         run = await self.tables.run(run_id)
@@ -606,17 +640,39 @@ class WorkflowEngine:
         delegation = await self._delegation.get(step.delegation_id)
         agent = self._config.require_agent(delegation.agent)
         admitted = step.evidence.get("admitted_unix")
-        booted = await self._gateway.started_at(agent)
-        if booted is not None and isinstance(admitted, int | float) and booted > admitted:
-            # A re-POST now would start a second run: the gateway forgot the key when it restarted.
+        if not isinstance(admitted, int | float):
+            return  # _sync records it first
+        admitted_from = step.evidence.get("admitted_from_unix", admitted)
+        window = await self._gateway.boot_window(agent)
+        if window is None:
+            return  # starting, down, or no /startupz (2026.2.12): nothing proves a re-POST safe; tick() tries again
+        booted, booted_by = window
+        if booted > admitted or booted_by >= admitted_from:
+            # A re-POST now would start a second run if the gateway forgot the key when it restarted.
+            restarted = "restarted after admitting" if booted > admitted else "may have restarted since it admitted"
             await self._end_step(run_id, step_id, "unconfirm",
-                                 f"{agent.name}'s gateway restarted after admitting {delegation.display_id}; it "
+                                 f"{agent.name}'s gateway {restarted} {delegation.display_id}; it "
                                  "forgets runs when it restarts, so the step was not re-sent: check the agent's work, "
                                  f"then report the result or retry (atomizer-hq workflow retry W-{run_id} --from "
                                  f"{step_id})")  # fmt: skip
             return
+        # A settled run's key is forgotten 5 min after it settled: the run was last known unsettled when this
+        # process held the wait (`attached_unix`), or at admission.
+        last_known = max(float(step.evidence.get("attached_unix", 0.0)), float(admitted_from))
+        gap = self._clock().timestamp() - last_known
+        if gap >= REATTACH_WITHIN_S:
+            why = (
+                f"not re-attached to {delegation.display_id}: nothing followed it for {gap / 60:.0f} min, and "
+                f"{agent.name}'s gateway forgets a finished run 5 min after it ends (a re-POST could start the work "
+                "again); the step waits for its result (reported by the agent or a person) until its timeout"
+            )
+            await self._set_evidence_key(step, "not_reattached", why)
+            await self.tables.event(run_id, step_id, self._clock(), "atomizer-hq", "not_reattached", {"why": why})
+            await self._notify(run_id)
+            return
         deadline = datetime.fromisoformat(step.deadline_at) if step.deadline_at else self._clock()
         wait_s = max(1.0, (deadline - self._clock()).total_seconds()) + COMPLETION_MARGIN_S
+        self._holding[(run_id, step_id, attempt)] = self._clock().timestamp()
         try:
             answer = await self._delegation.await_completion(delegation, wait_s)
         except HookRateLimited:
@@ -1074,6 +1130,7 @@ class WorkflowEngine:
                 await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
                 moved.add(run.id)
                 continue
+            await self._still_attached(step, now)
             before = step.status
             await self._sync(run, step)
             after = await self.tables.step(step.run_id, step.step_id)
