@@ -124,6 +124,26 @@ _INSERT_DELEGATION = (
 )
 
 
+# A workflow step's delegation is sent only while its attempt is under way (`W-3/mesh#1` dispatching or running):
+# a step that ended (a result by hand, a deadline, a cancel) takes its queued delegation with it. The follow-ups
+# the engine sends (`W-3/mesh#1/stop`) and plain delegations are not tied to a step.
+_STEP_UNDER_WAY = (
+    "(delegations.workflow_step IS NULL OR delegations.workflow_step LIKE '%/stop' OR EXISTS (SELECT 1 FROM "
+    "workflow_steps s WHERE s.status IN ('dispatching', 'running') AND delegations.workflow_step = "
+    "'W-' || s.run_id || '/' || s.step_id || '#' || s.attempt))"
+)
+
+
+def expire_queued_statement(delegation_id: int, reason: str, at: datetime) -> tuple[str, tuple[Any, ...]]:
+    """The write that stops the outbox from sending a still-queued delegation (no-op once it is being sent); for a
+    caller that must do it in its own transaction (a workflow step that ends)."""
+    return (
+        "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, last_error = ?, updated_at = ? "
+        "WHERE id = ? AND status = 'queued'",
+        (reason, iso(at), delegation_id),
+    )
+
+
 def _row_to_delegation(row: Any) -> Delegation:
     values = dict(row)
     values["deliver"] = bool(values["deliver"])
@@ -405,11 +425,7 @@ class DelegationService:
 
     async def expire_queued(self, delegation_id: int, reason: str) -> bool:
         """Stop the outbox from sending a delegation still queued (its workflow step ended); False if too late."""
-        changed = await self._store.update(
-            "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, last_error = ?, updated_at = ? "
-            "WHERE id = ? AND status = 'queued'",
-            (reason, iso(self._clock()), delegation_id),
-        )
+        changed = await self._store.update(*expire_queued_statement(delegation_id, reason, self._clock()))
         if changed:
             async with self.changed:
                 self.changed.notify_all()
@@ -544,10 +560,13 @@ class DelegationService:
         # --wait) skips it, and if we die mid-request, `recover` knows the request may have arrived.
         claimed = await self._store.update(
             "UPDATE delegations SET status = 'sending', attempts = attempts + 1, updated_at = ? "
-            "WHERE id = ? AND status = 'queued'",
+            f"WHERE id = ? AND status = 'queued' AND {_STEP_UNDER_WAY}",
             (iso(now), delegation.id),
         )
         if not claimed:
+            sql, params = expire_queued_statement(delegation.id, "its workflow step ended before it was sent", now)
+            if await self._store.update(f"{sql} AND NOT {_STEP_UNDER_WAY}", params):
+                return await self._changed(delegation.id, [])
             return await self.get(delegation.id)
         return await self._send(agent, replace(delegation, status="sending", attempts=delegation.attempts + 1))
 

@@ -335,6 +335,39 @@ async def test_agent_down_when_due_stays_running_while_the_outbox_retries(servic
     assert len(await agent_hooks(fleet, "nx-expert")) == 1
 
 
+async def test_a_step_ended_by_hand_while_queued_is_never_sent(services_on_fleet: ServicesOnFleet) -> None:
+    """A result while the agent is down ends the step and expires its queued delegation in one transaction."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", "secretary"), {})
+    await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="done by hand", source="person")
+    await fleet.bring_up("nx-expert")
+    await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")
+    await services.delegation.process_due()
+    assert await agent_hooks(fleet, "nx-expert") == []
+    delegation = await services.delegation.get((await engine.get(run.display_id)).step("s0").delegation_id or 0)
+    assert delegation.status == "expired" and "ended (succeeded) before it was sent" in (delegation.last_error or "")
+    await engine.idle()
+
+
+async def test_the_outbox_does_not_claim_a_delegation_whose_step_ended(services_on_fleet: ServicesOnFleet) -> None:
+    """Even if the step ended without expiring it (another writer, an older version): the claim checks the step."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert"), {})
+    await services.store.execute("UPDATE workflow_steps SET status = 'unconfirmed' WHERE step_id = 's0'")
+    plain = await services.delegation.delegate(ANTOINE, "nx-expert", "not a workflow's", deliver=False)
+    assert plain.delegation is not None and plain.delegation.status == "queued"
+    await fleet.bring_up("nx-expert")
+    await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")
+    await services.delegation.process_due()
+    hooks = await agent_hooks(fleet, "nx-expert")
+    assert [hook.body["message"] for hook in hooks] == ["not a workflow's"]
+    step = (await engine.get(run.display_id)).step("s0")
+    assert (await services.delegation.get(step.delegation_id or 0)).status == "expired"
+    await engine.idle()
+
+
 async def test_a_step_times_out(services_on_fleet: ServicesOnFleet) -> None:
     services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}}, release={"webster": RELEASE_LEGACY})
     clock = FakeClock()

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from bot.clock import iso
+from bot.delegation import expire_queued_statement
 from bot.errors import InvalidInput
 from bot.store import Store
 from bot.workflows.definition import WorkflowDefinition
@@ -29,6 +30,8 @@ DONE_OK = frozenset({"succeeded", "approved"})
 DONE_BADLY = frozenset({"failed", "timed_out", "unconfirmed", "rejected", "expired", "cancelled"})
 FINAL = DONE_OK | DONE_BADLY | {"skipped"}
 RESETTABLE = FINAL | {"waiting_approval"}
+# Events that end a step's attempt: its delegation, if still queued, is expired in the same transaction.
+ENDS_ATTEMPT = frozenset({"succeed", "fail", "time_out", "unconfirm", "cancel", "redispatch"})
 
 # event -> (from-states, to-state). The whole life of a step, in one place.
 TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
@@ -280,8 +283,18 @@ class WorkflowStore:
         sql, params = move_statement(run_id, step_id, event, at, fields)
 
         def work(conn: sqlite3.Connection) -> bool:
+            before = None
+            if event in ENDS_ATTEMPT:
+                before = conn.execute(
+                    "SELECT delegation_id, attempt FROM workflow_steps WHERE run_id = ? AND step_id = ?",
+                    (run_id, step_id),
+                ).fetchone()
             if conn.execute(sql, params).rowcount == 0:
                 return False
+            if before is not None and before["delegation_id"] is not None:
+                key = step_key(run_id, step_id, before["attempt"])
+                why = f"{key} ended ({TRANSITIONS[event][1]}) before it was sent"
+                conn.execute(*expire_queued_statement(before["delegation_id"], why, at))
             conn.execute(*event_statement(run_id, step_id, at, actor, event, detail or {}))
             for statement, values in extra or []:
                 conn.execute(statement, values)
