@@ -155,6 +155,10 @@ class ResultIn(BaseModel):
 
     ok: bool = Field(description="true: the step succeeded; false: it failed (output says why).")
     output: str = Field(default="", max_length=200_000)
+    attempt: int | None = Field(
+        default=None, ge=1, description="The attempt this result is of (2 for W-3/mesh#2, as the hook's message "
+        "names it): a result of an earlier attempt is refused with 409. Left out: the current attempt's.",
+    )  # fmt: skip
 
 
 class ApprovalOutcomeOut(BaseModel):
@@ -275,7 +279,7 @@ def add_workflow_routes(api: LoopbackApi) -> None:
     ) -> WorkflowStepOut:
         match = request.match_info
         step = await engine.report_result(
-            requester, match["id"], match["step"], ok=data.ok, output=data.output, source="api"
+            requester, match["id"], match["step"], ok=data.ok, output=data.output, source="api", attempt=data.attempt
         )
         detail = await engine.get(step.run_id)
         [shown] = [s for s in detail.to_dict()["steps"] if s["id"] == step.step_id]

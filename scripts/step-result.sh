@@ -9,14 +9,15 @@ set -euo pipefail
 
 readonly PROG="${0##*/}"
 readonly DEFAULT_API_URL="http://127.0.0.1:18790"
-readonly SYNOPSIS="$PROG <run> <step> ok|failed [\"<output>\" | -]"
+readonly SYNOPSIS="$PROG <run> <step>[#<attempt>] ok|failed [\"<output>\" | -]"
 
 usage() {
   cat <<EOF
 usage: $SYNOPSIS
 
 Report the result of step <step> of workflow run <run> (W-3 or 3): ok when it is done, failed when
-it cannot be (the output then says why). The output is the text later steps receive; "-" reads it
+it cannot be (the output then says why). Write the step as the message of the hook names it
+(mesh#2: step mesh, attempt 2), so a late result of an earlier attempt is refused, not counted. The output is the text later steps receive; "-" reads it
 from standard input (for long answers), and it may be left out.
 
 environment:
@@ -49,7 +50,12 @@ run="$1"
 step="$2"
 outcome="$3"
 [[ $run =~ ^[Ww]?-?[0-9]{1,12}$ ]] || usage_error "'$run' is not a run; write W-3 or 3"
-[[ $step =~ ^[a-z][a-z0-9_-]{0,31}$ ]] || usage_error "'$step' is not a step id (lower-case letters, digits, - or _)"
+attempt=""
+if [[ $step =~ ^(.*)#([1-9][0-9]{0,8})$ ]]; then
+  step="${BASH_REMATCH[1]}"
+  attempt="${BASH_REMATCH[2]}"
+fi
+[[ $step =~ ^[a-z][a-z0-9_-]{0,31}$ ]] || usage_error "'$step' is not a step id (lower-case letters, digits, - or _, then #attempt)"
 case "$outcome" in
   ok | done | succeeded) ok=true ;;
   failed | fail | error) ok=false ;;
@@ -77,9 +83,12 @@ try:
     output = sys.stdin.buffer.read().decode("utf-8")
 except UnicodeDecodeError:
     sys.exit("the output is not valid UTF-8 text")
-json.dump({"ok": sys.argv[1] == "true", "output": output}, sys.stdout)
+body = {"ok": sys.argv[1] == "true", "output": output}
+if sys.argv[2]:
+    body["attempt"] = int(sys.argv[2])
+json.dump(body, sys.stdout)
 '
-body=$(printf '%s' "$output" | python3 -c "$build_body" "$ok") || die 2 "cannot build the request"
+body=$(printf '%s' "$output" | python3 -c "$build_body" "$ok" "$attempt") || die 2 "cannot build the request"
 
 rc=0
 reply=$(

@@ -95,6 +95,16 @@ async def test_a_failure_is_reported_with_its_reason(hq: Hq) -> None:
     assert step.status == "failed" and step.error == "nx-expert reported a failure: no NX licence free"
 
 
+async def test_the_attempt_named_in_the_hook_ties_the_result_to_it(hq: Hq) -> None:
+    run = await hq.services.workflows.start(ANTOINE, chain("nx-expert"), {})
+
+    stale = await hq.run(run.display_id, "s0#2", "ok", "from another attempt")
+    assert stale.code == 1 and "is at attempt 1" in stale.err, stale.err
+    done = await hq.run(run.display_id, "s0#1", "ok", "done")
+    assert done.code == 0, done.err
+    assert (await hq.services.workflows.get(run.display_id)).step("s0").output == "done"
+
+
 async def test_bad_usage_is_exit_2_and_sends_nothing(hq: Hq) -> None:
     for args, why in (
         ((), "missing the run, the step and the outcome"),

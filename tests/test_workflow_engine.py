@@ -15,7 +15,7 @@ from bot.errors import InvalidInput, NotAllowed
 from bot.services import Services
 from bot.simulator import RELEASE_LEGACY, SimulatedFleet
 from bot.workflows.definition import WorkflowDefinition
-from bot.workflows.engine import StepConflict, WorkflowEngine
+from bot.workflows.engine import StepConflict, WorkflowEngine, step_footer
 from tests.clocks import FakeClock
 from tests.conftest import ServicesOnFleet
 
@@ -95,7 +95,8 @@ async def test_m2_shape_runs_to_success(services_on_fleet: ServicesOnFleet) -> N
     }  # fmt: skip
     assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "webster")) == 1
     mesh_hook = (await agent_hooks(fleet, "nx-expert"))[0]
-    assert mesh_hook.body["message"] == "Mesh the M1 mirror." and mesh_hook.body["to"].startswith("channel:")
+    assert mesh_hook.body["message"] == "Mesh the M1 mirror." + step_footer("W-1/mesh#1")
+    assert mesh_hook.body["to"].startswith("channel:")
     # The join waits for both.
     await engine.report_result(as_agent("nx-expert"), run.display_id, "mesh", ok=True, output="120k elements",
                                source="api")  # fmt: skip
@@ -257,7 +258,7 @@ async def test_a_crash_before_the_admission_was_followed_then_a_gateway_restart_
     await again.tick()
     await again.idle()
     step = (await again.get("W-1")).step("s0")
-    assert step.status == "unconfirmed" and "restarted after admitting" in (step.error or "")
+    assert step.status == "unconfirmed" and "restarted" in (step.error or "") and "not re-sent" in (step.error or "")
     assert len(await agent_hooks(fleet, "nx-expert")) == 1  # ONE run, ever
 
 
@@ -540,7 +541,7 @@ async def test_retry_from_a_step_reuses_outputs(services_on_fleet: ServicesOnFle
     await engine.retry(ANTOINE, run.display_id, from_step="s1")
     assert await status(engine, run.display_id) == {"s0": "succeeded", "s1": "running", "s2": "pending"}
     assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "optimizer")) == 3
-    assert (await agent_hooks(fleet, "optimizer"))[-1].body["message"] == "Step 1 after mesh-v1."
+    assert (await agent_hooks(fleet, "optimizer"))[-1].body["message"].startswith("Step 1 after mesh-v1.\n\n")
     await engine.report_result(ANTOINE, run.display_id, "s1", ok=True, output="thermal-v3", source="person")
     assert (await engine.get(run.display_id)).step("s2").attempt == 2
 
@@ -556,6 +557,29 @@ async def test_result_rules(services_on_fleet: ServicesOnFleet) -> None:
     await engine.report_result(as_agent("nx-expert"), run.display_id, "s0", ok=True, output="x", source="api")
     with pytest.raises(StepConflict, match="succeeded"):
         await engine.report_result(ANTOINE, run.display_id, "s0", ok=True, output="y", source="person")
+
+
+async def test_results_are_tied_to_their_attempt(services_on_fleet: ServicesOnFleet) -> None:
+    """A failure seen twice burns one retry, not two; a late result of attempt 1 does not end attempt 2."""
+    services, fleet = await services_on_fleet(release=RELEASE_LEGACY)
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert", retries=2), {})
+    nx = as_agent("nx-expert")
+    assert "W-1/s0#1" in (await agent_hooks(fleet, "nx-expert"))[0].body["message"]  # the agent sees its attempt
+    await engine.report_result(nx, run.display_id, "s0", ok=False, output="attempt1 failed", source="api")
+    again = await engine.report_result(nx, run.display_id, "s0", ok=False, output="attempt1 failed", source="api")
+    assert again.attempt == 2 and again.status == "running"
+    with pytest.raises(StepConflict, match=r"W-1/s0#1 is over: the step is at attempt 2"):
+        await engine.report_result(nx, run.display_id, "s0#1", ok=True, output="late ok of 1", source="api")
+    with pytest.raises(StepConflict, match="attempt 2"):
+        await engine.report_result(nx, run.display_id, "s0", ok=False, output="x", source="api", attempt=1)
+    step = (await engine.get(run.display_id)).step("s0")
+    assert (step.attempt, step.status) == (2, "running")
+    assert len(await agent_hooks(fleet, "nx-expert")) == 2
+    # The move itself checks the attempt: a writer that read attempt 1 moves nothing once attempt 2 runs.
+    assert not await engine.tables.move(1, "s0", "succeed", engine._clock(), actor="x", expect_attempt=1)
+    await engine.report_result(nx, run.display_id, "s0#2", ok=True, output="fine", source="api")
+    assert (await engine.get(run.display_id)).run.status == "succeeded"
 
 
 # --- crashes ------------------------------------------------------------------------------------

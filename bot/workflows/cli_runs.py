@@ -70,7 +70,7 @@ def add_run_commands(actions: argparse._SubParsersAction) -> None:  # type: igno
     retry.add_argument("--from", dest="from_step", metavar="STEP")
     result = action("result", "report a step's result by hand (as the host's operator, or --as its agent)")
     result.add_argument("run")
-    result.add_argument("step")
+    result.add_argument("step", help="the step, or one attempt of it as the hook's message names it: mesh#2")
     verdict = result.add_mutually_exclusive_group(required=True)
     verdict.add_argument("--ok", dest="ok", action="store_true", help="the step succeeded")
     verdict.add_argument("--failed", dest="failed", action="store_true", help="the step failed")

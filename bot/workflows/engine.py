@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import json
 import logging
@@ -486,7 +487,7 @@ class WorkflowEngine:
             outputs = await self.tables.outputs(run.id, references(spec.message).steps)
             target, deliver = self._delivery(run, spec)
             try:
-                message = render(spec.message, run.inputs, outputs)
+                message = render(spec.message, run.inputs, outputs) + step_footer(key)
                 result = await self._delegation.delegate(
                     self._starter(run), spec.agent, message, target=target, deliver=deliver, origin=run.origin,
                     workflow_step=key, task=spec.task,
@@ -497,7 +498,7 @@ class WorkflowEngine:
             except (AtomizerError, KeyError) as exc:
                 if isinstance(exc, AtomizerError) and exc.http_status >= 500 and not isinstance(exc, GatewayError):
                     raise  # the database: the step stays `dispatching` and recover() finishes it
-                await self._end_step(run.id, spec.id, "fail", f"not dispatched: {exc}")
+                await self._end_step(run.id, spec.id, "fail", f"not dispatched: {exc}", attempt=attempt)
                 return
         assert delegation is not None
         self._crash_point("delegated", key)
@@ -516,19 +517,32 @@ class WorkflowEngine:
             await self._sync(run, step, delegation)
 
     async def _end_step(
-        self, run_id: int, step_id: str, event: str, why: str | None, *, actor: str = "atomizer-hq", **fields: Any
+        self,
+        run_id: int,
+        step_id: str,
+        event: str,
+        why: str | None,
+        *,
+        actor: str = "atomizer-hq",
+        attempt: int | None = None,
+        **fields: Any,
     ) -> bool:
+        """End the step (only while it is at `attempt`: a late word on an earlier attempt ends nothing)."""
         now = self._clock()
         moved = await self.tables.move(run_id, step_id, event, now, actor=actor, detail={"why": why} if why else {},
-                                       finished_at=iso(now), error=why, **fields)  # fmt: skip
+                                       expect_attempt=attempt, finished_at=iso(now), error=why,
+                                       **fields)  # fmt: skip
         if moved:
             if event in ("fail", "time_out", "unconfirm"):
                 log.warning("workflow step W-%d/%s %s: %s", run_id, step_id, TRANSITIONS[event][1], why)
             await self._notify(run_id)
         return moved
 
-    async def _proven_failure(self, run: RunRow, step: StepRow, why: str) -> None:
-        """A failure that proves the work did not happen (or ended in error): retry if retries are left."""
+    async def _proven_failure(
+        self, run: RunRow, step: StepRow, why: str, *, failure: dict[str, Any] | None = None
+    ) -> bool:
+        """A failure that proves the work did not happen (or ended in error): retry if retries are left.
+        Only while the step is still at `step.attempt`; False when it was not (a late word moves nothing)."""
         spec = run.definition.step(step.step_id)
         assert isinstance(spec, AgentStep)
         if step.status == "running" and step.attempt <= spec.retries and run.status == "running":
@@ -536,13 +550,14 @@ class WorkflowEngine:
             attempt = step.attempt + 1
             moved = await self.tables.move(
                 run.id, step.step_id, "redispatch", now, actor="atomizer-hq",
-                detail={"why": why, "attempt": attempt}, attempt=attempt, evidence=None, delegation_id=None,
-                deadline_at=None, error=why,
+                detail={"why": why, "attempt": attempt}, attempt=attempt, delegation_id=None,
+                evidence={"after_failure": failure} if failure else None, deadline_at=None, error=why,
+                expect_attempt=step.attempt,
             )  # fmt: skip
             if moved:
                 await self._dispatch(run, spec, attempt)
-            return
-        await self._end_step(run.id, step.step_id, "fail", why)
+            return moved
+        return await self._end_step(run.id, step.step_id, "fail", why, attempt=step.attempt)
 
     # --- following a running step ---------------------------------------------------------------
 
@@ -554,10 +569,17 @@ class WorkflowEngine:
         if delegation.status == "failed":
             await self._proven_failure(run, step, f"{delegation.display_id} failed: {delegation.last_error}")
         elif delegation.status == "unconfirmed":
-            await self._end_step(run.id, step.step_id, "unconfirm", f"{delegation.display_id}: {delegation.last_error}")
+            await self._end_step(
+                run.id,
+                step.step_id,
+                "unconfirm",
+                f"{delegation.display_id}: {delegation.last_error}",
+                attempt=step.attempt,
+            )
         elif delegation.status == "expired":
             await self._end_step(run.id, step.step_id, "time_out",
-                                 f"{delegation.display_id} was never admitted: {delegation.last_error}")  # fmt: skip
+                                 f"{delegation.display_id} was never admitted: {delegation.last_error}",
+                                 attempt=step.attempt)  # fmt: skip
         elif delegation.status == "accepted":
             if "admitted_unix" not in step.evidence:
                 # When the gateway admitted it, from the delegation's own record (not when the engine got here, which
@@ -654,7 +676,7 @@ class WorkflowEngine:
                                  f"{agent.name}'s gateway {restarted} {delegation.display_id}; it "
                                  "forgets runs when it restarts, so the step was not re-sent: check the agent's work, "
                                  f"then report the result or retry (atomizer-hq workflow retry W-{run_id} --from "
-                                 f"{step_id})")  # fmt: skip
+                                 f"{step_id})", attempt=attempt)  # fmt: skip
             return
         # A settled run's key is forgotten 5 min after it settled: the run was last known unsettled when this
         # process held the wait (`attached_unix`), or at admission.
@@ -681,16 +703,18 @@ class WorkflowEngine:
             await self._end_step(run_id, step_id, "unconfirm",
                                  f"{agent.name}'s gateway went away while {delegation.display_id} ran ({exc.reason}); "
                                  "a restarted gateway forgets its runs, so the step was not re-sent: check the "
-                                 "agent's work, then report the result or retry")  # fmt: skip
+                                 "agent's work, then report the result or retry", attempt=attempt)  # fmt: skip
             return
         except GatewayError as exc:
-            await self._end_step(run_id, step_id, "unconfirm", f"the completion could not be read: {exc.reason}")
+            await self._end_step(
+                run_id, step_id, "unconfirm", f"the completion could not be read: {exc.reason}", attempt=attempt
+            )
             return
         if answer.run_id != delegation.run_id:
             await self._end_step(run_id, step_id, "unconfirm",
                                  f"{agent.name}'s gateway answered with runId {answer.run_id}, not the "
                                  f"{delegation.run_id} it admitted: it restarted and forgot the run (and may have "
-                                 "started it again); not re-sent")  # fmt: skip
+                                 "started it again); not re-sent", attempt=attempt)  # fmt: skip
             return
         completion = answer.completion or {}
         status = completion.get("status")
@@ -704,7 +728,9 @@ class WorkflowEngine:
             await self._proven_failure(run, step, f"the gateway reports the run ended with status {status}")
             await self.advance(run_id)
         else:
-            await self._end_step(run_id, step_id, "unconfirm", f"the gateway's answer had no completion: {completion}")
+            await self._end_step(
+                run_id, step_id, "unconfirm", f"the gateway's answer had no completion: {completion}", attempt=attempt
+            )
 
     async def _completed(self, run: RunRow, step: StepRow, completion: dict[str, Any]) -> None:
         """Completion `ok`: without a reply to wait for, done now; else the output has OUTPUT_GRACE_S to arrive."""
@@ -713,7 +739,9 @@ class WorkflowEngine:
         # An answer under way in Discord ends OUTPUT_SETTLE_S after its last message (tick): the completion may
         # overtake the last messages of a chunked answer on their way through Discord's gateway.
         if disposition in ("silent", "empty") and not step.evidence.get("last_output_at"):
-            await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
+            await self._end_step(
+                run.id, step.step_id, "succeed", None, output="", output_source="completion", attempt=step.attempt
+            )
             await self.advance(run.id)
             return
         evidence = {**step.evidence, "completion": completion, "completed_at": iso(now)}
@@ -724,11 +752,25 @@ class WorkflowEngine:
     # --- results ------------------------------------------------------------------------------
 
     async def report_result(
-        self, requester: Requester, run_ref: str | int, step_id: str, *, ok: bool, output: str, source: str
+        self,
+        requester: Requester,
+        run_ref: str | int,
+        step_id: str,
+        *,
+        ok: bool,
+        output: str,
+        source: str,
+        attempt: int | None = None,
     ) -> StepRow:
-        """A step's result: from its agent (API, Discord, the task board) or a person (operator or above)."""
+        """A step's result: from its agent (API, Discord, the task board) or a person (operator or above).
+
+        `attempt` (or the step written `mesh#2`, as the hook's message names it) ties the result to one attempt:
+        a result of an earlier one is refused (StepConflict). Without it, the result is the current attempt's,
+        except a failure that repeats, word for word and from the same reporter, the one that ended the attempt
+        before: that is the same report seen again (a retried POST, a re-read message), and changes nothing."""
         if source not in OUTPUT_SOURCES:
             raise InvalidInput(f"unknown result source {source!r}; valid: {', '.join(OUTPUT_SOURCES)}")
+        step_id, attempt = _step_ref(step_id, attempt)
         run = await self._require_run(run_ref)
         step = await self._require_step(run, step_id)
         where = f"{run.display_id}/{step_id}"
@@ -741,22 +783,37 @@ class WorkflowEngine:
                 f"{requester.describe()} may not report the result of {where}: only {step.agent} (the step's agent) "
                 "or a person with the operator or admin role may"
             )
+        failure = {
+            "attempt": step.attempt,
+            "by": requester.name,
+            "digest": hashlib.sha256(output.strip().encode()).hexdigest()[:16],
+        }
+        repeated = step.evidence.get("after_failure") == {**failure, "attempt": step.attempt - 1}
+        if not ok and attempt is None and repeated:
+            log.info("%s: the failure that ended attempt %d was reported again; ignored", where, step.attempt - 1)
+            return step
+        if attempt is not None and attempt != step.attempt:
+            raise StepConflict(
+                f"{where}#{attempt} is over: the step is at attempt {step.attempt} ({step.status}); a result of an "
+                "earlier attempt is not taken"
+            )
         if step.status not in ("running", "unconfirmed", "timed_out"):
             raise StepConflict(f"{where} is {step.status}{_since(step)}: {_why_no_result(step.status)}")
         if run.status == "cancelled":
             raise StepConflict(f"{where}: {run.display_id} was cancelled; its results are no longer taken")
         now = self._clock()
-        detail = {"ok": ok, "source": source, "chars": len(output)}
+        detail = {"ok": ok, "source": source, "chars": len(output), "attempt": step.attempt}
         audit = audit_row(requester, "workflow-result", where, "allowed", detail, now)
         if ok:
             moved = await self.tables.move(
                 run.id, step_id, "succeed", now, actor=requester.name, detail=detail, extra=[audit],
-                output=output, output_source=source, finished_at=iso(now), error=None,
+                output=output, output_source=source, finished_at=iso(now), error=None, expect_attempt=step.attempt,
             )  # fmt: skip
         else:
-            moved = True
-            await self.tables.event(run.id, step_id, now, requester.name, "result_failed", detail)
-            await self._proven_failure(run, step, f"{requester.name} reported a failure: {output.strip()[:500]}")
+            why = f"{requester.name} reported a failure: {output.strip()[:500]}"
+            moved = await self._proven_failure(run, step, why, failure=failure)
+            if moved:
+                await self.tables.event(run.id, step_id, now, requester.name, "result_failed", detail)
         if not moved:
             current = await self._require_step(run, step_id)
             raise StepConflict(f"{where} is {current.status}{_since(current)}: {_why_no_result(current.status)}")
@@ -1113,7 +1170,8 @@ class WorkflowEngine:
                 continue
             if self._answer_done(step, now):
                 await self._end_step(run.id, step.step_id, "succeed", None, output=step.output or "",
-                                     output_source=step.evidence.get("answer_source", "discord"))  # fmt: skip
+                                     output_source=step.evidence.get("answer_source", "discord"),
+                                     attempt=step.attempt)  # fmt: skip
                 moved.add(run.id)
                 continue
             completed_at = step.evidence.get("completed_at")
@@ -1127,7 +1185,9 @@ class WorkflowEngine:
                     f"{self.output_grace_s:g} s; succeeded with an empty output"
                 )
                 await self.tables.event(run.id, step.step_id, now, "atomizer-hq", "no_output", {"why": why})
-                await self._end_step(run.id, step.step_id, "succeed", None, output="", output_source="completion")
+                await self._end_step(
+                    run.id, step.step_id, "succeed", None, output="", output_source="completion", attempt=step.attempt
+                )
                 moved.add(run.id)
                 continue
             await self._still_attached(step, now)
@@ -1150,17 +1210,22 @@ class WorkflowEngine:
                     step.step_id,
                     "time_out",
                     f"{step.agent} never admitted {delegation.display_id} before the {timeout}",
+                    attempt=step.attempt,
                 )
                 return
         if delegation is not None and delegation.status == "failed":
             await self._end_step(
-                run.id, step.step_id, "fail", f"{delegation.display_id} failed: {delegation.last_error}"
+                run.id,
+                step.step_id,
+                "fail",
+                f"{delegation.display_id} failed: {delegation.last_error}",
+                attempt=step.attempt,
             )
             return
         await self._end_step(run.id, step.step_id, "unconfirm",
                              f"no result by the deadline ({timeout}) although {step.agent} admitted "
                              f"{delegation.display_id if delegation else 'it'}: check the agent's work, then report "
-                             f"the result or retry")  # fmt: skip
+                             f"the result or retry", attempt=step.attempt)  # fmt: skip
 
     async def recover(self) -> None:
         """On start: finish `dispatching` steps exactly once, follow running ones again, dispatch what is due."""
@@ -1210,6 +1275,27 @@ def _downstream(definition: WorkflowDefinition, roots: set[str]) -> set[str]:
                 found.add(step.id)
                 changed = True
     return found
+
+
+def _step_ref(step_id: str, attempt: int | None) -> tuple[str, int | None]:
+    """`mesh#2` -> ("mesh", 2): the step as the hook's message names one attempt of it."""
+    name, mark, number = step_id.partition("#")
+    if not mark:
+        return step_id, attempt
+    if not (number.isascii() and number.isdigit()) or len(number) > 9:
+        raise InvalidInput(f"{step_id!r} is not a step; write it as mesh or mesh#2 (the step and its attempt)")
+    if attempt is not None and attempt != int(number):
+        raise InvalidInput(f"{step_id!r} names attempt {number}, but the attempt given is {attempt}")
+    return name, int(number)
+
+
+def step_footer(key: str) -> str:
+    """What the agent reads under its step's message: which attempt it works on, and how to report its result."""
+    run, _, step = key.partition("/")
+    return (
+        f"\n\n(atomizer-hq workflow step {key}; report its result with: scripts/step-result.sh {run} {step} ok "
+        '"<output>"  or  ... failed "<why>")'
+    )
 
 
 def _since(step: StepRow) -> str:

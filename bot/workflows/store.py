@@ -36,7 +36,8 @@ ENDS_ATTEMPT = frozenset({"succeed", "fail", "time_out", "unconfirm", "cancel", 
 # event -> (from-states, to-state). The whole life of a step, in one place.
 TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
     "dispatch": (frozenset({"pending"}), "dispatching"),  # needs met: the row says so before the delegation
-    "redispatch": (frozenset({"running", "dispatching"}), "dispatching"),  # a proven failure, retries left
+    # A proven failure, retries left; never from `dispatching`: that attempt's dispatch is under way (or stale).
+    "redispatch": (frozenset({"running"}), "dispatching"),
     "delegated": (frozenset({"dispatching"}), "running"),  # the delegation exists (queued, sending, accepted)
     "succeed": (frozenset({"running", "unconfirmed", "timed_out"}), "succeeded"),  # a result, even a late one
     "fail": (frozenset({"running", "dispatching", "unconfirmed", "timed_out"}), "failed"),
@@ -175,9 +176,10 @@ def event_statement(
 
 
 def move_statement(
-    run_id: int, step_id: str, event: str, at: datetime, fields: dict[str, Any]
+    run_id: int, step_id: str, event: str, at: datetime, fields: dict[str, Any], attempt: int | None = None
 ) -> tuple[str, tuple[Any, ...]]:
-    """The UPDATE of one transition: it changes the row only from one of the event's from-states."""
+    """The UPDATE of one transition: it changes the row only from one of the event's from-states (and, given
+    `attempt`, only while the step is at that attempt: a late result of an earlier attempt moves nothing)."""
     sources, target = TRANSITIONS[event]
     values = dict(fields)
     if "evidence" in values and not isinstance(values["evidence"], str | None):
@@ -187,9 +189,10 @@ def move_statement(
     sql = (
         f"UPDATE workflow_steps SET status = ?{', ' if assignments else ''}{assignments} "
         f"WHERE run_id = ? AND step_id = ? AND status IN ({placeholders})"
+        + (" AND attempt = ?" if attempt is not None else "")
     )
     del at  # the caller puts times in `fields`; kept for a uniform signature
-    return sql, (target, *values.values(), run_id, step_id, *sorted(sources))
+    return sql, (target, *values.values(), run_id, step_id, *sorted(sources), *(() if attempt is None else (attempt,)))
 
 
 class WorkflowStore:
@@ -276,11 +279,13 @@ class WorkflowStore:
         actor: str,
         detail: dict[str, Any] | None = None,
         extra: list[tuple[str, tuple[Any, ...]]] | None = None,
+        expect_attempt: int | None = None,
         **fields: Any,
     ) -> bool:
         """Apply one transition with its event row (and `extra` statements) in one transaction; False when the
-        step was no longer in a from-state (someone else moved it first): then nothing is written."""
-        sql, params = move_statement(run_id, step_id, event, at, fields)
+        step was no longer in a from-state (someone else moved it first), or no longer at `expect_attempt`: then
+        nothing is written."""
+        sql, params = move_statement(run_id, step_id, event, at, fields, expect_attempt)
 
         def work(conn: sqlite3.Connection) -> bool:
             before = None
