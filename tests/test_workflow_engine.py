@@ -207,6 +207,31 @@ async def test_gateway_restart_between_admission_and_completion_is_unconfirmed(
     assert (await status(engine, run.display_id))["s1"] == "running"
 
 
+async def test_an_unconfirmed_step_with_on_failure_continue_releases_what_follows(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    engine = services.workflows
+    definition = WorkflowDefinition.model_validate({"name": "c", "description": "c", "steps": [
+        {"id": "a", "agent": "nx-expert", "message": "a", "timeout": "1h", "on_failure": "continue"},
+        {"id": "b", "agent": "secretary", "needs": ["a"], "message": "b", "timeout": "1h"},
+    ]})  # fmt: skip
+    run = await engine.start(ANTOINE, definition, {})
+    await fleet.wait_in_flight("nx-expert")
+    await fleet.restart("nx-expert")  # the watcher ends `a` unconfirmed
+    await engine.idle()
+    assert await status(engine, run.display_id) == {"a": "unconfirmed", "b": "running"}
+    # Ended elsewhere (another process, or a crash before its advance): the next tick releases what follows.
+    await engine.report_result(as_agent("secretary"), run.display_id, "b", ok=True, output="x", source="api")
+    other = await services.workflows.start(ANTOINE, definition, {})
+    await fleet.wait_in_flight("nx-expert")
+    await engine.tables.move(other.id, "a", "unconfirm", engine._clock(), actor="elsewhere")
+    await engine.tick()
+    assert (await status(engine, other.display_id))["b"] == "running"
+    fleet.settle("nx-expert")
+    await engine.idle()
+
+
 async def test_restart_while_the_bot_was_down_is_caught_before_reattaching(
     services_on_fleet: ServicesOnFleet,
 ) -> None:
@@ -317,7 +342,8 @@ async def test_a_short_outage_reattaches_and_a_held_wait_is_remembered(services_
 
 
 async def test_agent_down_when_due_stays_running_while_the_outbox_retries(services_on_fleet: ServicesOnFleet) -> None:
-    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}})
+    clock, fleet_clock = moving_clocks()
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}}, clock=fleet_clock)
     engine = services.workflows
     run = await engine.start(ANTOINE, chain("nx-expert"), {})
     detail = await engine.get(run.display_id)
@@ -327,6 +353,9 @@ async def test_agent_down_when_due_stays_running_while_the_outbox_retries(servic
     await engine.tick()
     assert (await status(engine, run.display_id))["s0"] == "running"
     await fleet.bring_up("nx-expert")
+    # A real gateway takes 8-14 s to start before it admits anything: its /startupz then proves it started
+    # before the admission, so following the completion (a re-POST of the key) is safe.
+    clock.advance(10)
     await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")
     await services.delegation.process_due()
     await engine.tick()

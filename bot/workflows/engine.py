@@ -634,6 +634,7 @@ class WorkflowEngine:
     async def _watch(self, run_id: int, step_id: str, attempt: int) -> None:
         try:
             await self._watch_once(run_id, step_id, attempt)
+            await self.advance(run_id)  # whatever ended the step (unconfirmed with on_failure continue too)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -1196,6 +1197,9 @@ class WorkflowEngine:
             after = await self.tables.step(step.run_id, step.step_id)
             if after is not None and after.status != before:
                 moved.add(run.id)
+        # Runs where nothing is under way may have steps ready (a step ended by a watcher, another process, or a
+        # crash between an end and its advance): advance is cheap when nothing is ready.
+        moved.update(await self.tables.idle_run_ids())
         for run_id in sorted(moved):
             await self.advance(run_id)
 

@@ -241,6 +241,14 @@ class WorkflowStore:
         rows = await self.db.fetchall("SELECT id FROM workflow_runs WHERE status = 'running' ORDER BY id")
         return [int(row[0]) for row in rows]
 
+    async def idle_run_ids(self) -> list[int]:
+        """Running runs with no step under way (dispatching, running, waiting for approval)."""
+        rows = await self.db.fetchall(
+            "SELECT id FROM workflow_runs r WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM workflow_steps s "
+            "WHERE s.run_id = r.id AND s.status IN ('dispatching', 'running', 'waiting_approval')) ORDER BY id"
+        )
+        return [int(row[0]) for row in rows]
+
     async def steps(self, run_id: int) -> list[StepRow]:
         rows = await self.db.fetchall(f"SELECT {_STEP_COLUMNS} FROM workflow_steps WHERE run_id = ?", (run_id,))
         return [_step(row) for row in rows]
