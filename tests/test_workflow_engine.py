@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,11 +13,11 @@ from typing import Any
 import pytest
 
 from bot.authz import AccessLevel, Requester
-from bot.errors import InvalidInput, NotAllowed
+from bot.errors import InvalidInput, NotAllowed, StoreError
 from bot.services import Services
 from bot.simulator import RELEASE_LEGACY, SimulatedFleet
 from bot.workflows.definition import WorkflowDefinition
-from bot.workflows.engine import StepConflict, WorkflowEngine, step_footer
+from bot.workflows.engine import DISPATCH_RETRY_S, StepConflict, WorkflowEngine, step_footer
 from tests.clocks import FakeClock
 from tests.conftest import ServicesOnFleet
 
@@ -616,6 +618,88 @@ async def test_results_are_tied_to_their_attempt(services_on_fleet: ServicesOnFl
 
 class Crash(Exception):
     """The process dies here: nothing after this point of the code runs."""
+
+
+async def test_a_dispatch_the_database_failed_is_finished_by_tick_and_start_still_succeeds(
+    services_on_fleet: ServicesOnFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, fleet = await services_on_fleet()
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    delegate = services.delegation.delegate
+    failed: list[str] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("workflow_step") == "W-1/mesh#1" and not failed:
+            failed.append("W-1/mesh#1")
+            raise StoreError("the database did not answer")
+        return await delegate(*args, **kwargs)
+
+    monkeypatch.setattr(services.delegation, "delegate", flaky)
+    run = await engine.start(ANTOINE, m2(), {})  # recorded: answered as started, not as a failure
+    assert failed and run.status == "running"
+    assert {k: v for k, v in (await status(engine, "W-1")).items() if k in ("mesh", "material")} == {
+        "mesh": "dispatching", "material": "running",  # the rest of the wave went out
+    }  # fmt: skip
+    await engine.tick()
+    assert (await status(engine, "W-1"))["mesh"] == "dispatching"  # another process may be dispatching it
+    clock.advance(DISPATCH_RETRY_S)
+    await engine.tick()
+    assert (await status(engine, "W-1"))["mesh"] == "running"
+    assert len(await agent_hooks(fleet, "nx-expert")) == 1
+    await engine.idle()
+
+
+def write_elsewhere(services: Services, *statements: str) -> None:
+    """Another process (the CLI) writes the database now, between two steps of this one's work."""
+    with contextlib.closing(sqlite3.connect(services.store.path, timeout=10, isolation_level=None)) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+async def test_a_cancel_while_the_bot_dispatches_stops_the_agent(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    engine = services.workflows
+
+    def cancelled_elsewhere(name: str, key: str) -> None:
+        if name == "delegated":  # the delegation is sent; the step is not `running` yet
+            write_elsewhere(
+                services,
+                "UPDATE workflow_runs SET status = 'cancelled'",
+                "UPDATE workflow_steps SET status = 'cancelled', error = 'cancelled by antoine' WHERE step_id = 's0'",
+            )
+
+    engine.fault = cancelled_elsewhere
+    await engine.start(ANTOINE, chain("nx-expert"), {})
+    assert (await status(engine, "W-1"))["s0"] == "cancelled"
+    messages = [hook.body["message"] for hook in await agent_hooks(fleet, "nx-expert")]
+    assert len(messages) == 2 and messages[1].startswith("Stop work on W-1/s0")
+    fleet.settle("nx-expert")
+    await engine.idle()
+
+
+async def test_recover_does_not_adopt_a_dispatch_into_a_finished_run(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    engine = services.workflows
+
+    def crash(name: str, key: str) -> None:
+        if name == "delegated":
+            raise Crash(key)
+
+    engine.fault = crash
+    with pytest.raises(Crash):
+        await engine.start(ANTOINE, chain("nx-expert"), {})
+    await engine.close()
+    write_elsewhere(services, "UPDATE workflow_runs SET status = 'failed', error = 'another step failed'")
+    again = (await services_on_fleet())[0].workflows
+    await again.recover()
+    await again.idle()
+    step = (await again.get("W-1")).step("s0")
+    assert step.status == "cancelled" and "the run is failed" in (step.error or "")
+    assert "told to stop" in (step.error or "")
+    messages = [hook.body["message"] for hook in await agent_hooks(fleet, "nx-expert")]
+    assert len(messages) == 2 and messages[1].startswith("Stop work on W-1/s0")
+    fleet.settle("nx-expert")
 
 
 @pytest.mark.parametrize("point", ["dispatching", "delegated", "running", "result"])

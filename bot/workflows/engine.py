@@ -33,6 +33,7 @@ from bot.errors import (
     HookRateLimited,
     InvalidInput,
     NotAllowed,
+    StoreError,
     UnknownAgent,
 )
 from bot.gateway import GatewayClient
@@ -72,6 +73,7 @@ ANSWER_KEYS = ("messages", "last_output_at", "answer_source")  # the answer's bo
 # last known unsettled less than this long ago, else the re-POST could start the work again.
 REATTACH_WITHIN_S = 240.0
 ATTACHED_REFRESH_S = 60.0  # how often a held completion wait records that the run was still unsettled
+DISPATCH_RETRY_S = 5.0  # a step `dispatching` this long with no dispatch under way here is dispatched again by tick
 OUTPUT_SOURCES = ("completion", "discord", "api", "taskboard", "person")
 Run = RunRow
 Listener = Callable[[str], Awaitable[None] | None]
@@ -200,6 +202,8 @@ class WorkflowEngine:
         self._answer_locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._watchers: dict[tuple[int, str, int], asyncio.Task[None]] = {}
         self._holding: dict[tuple[int, str, int], float] = {}  # completion waits under way: since when (Unix time)
+        self._dispatching: set[str] = set()  # attempts (`W-3/mesh#1`) this process is dispatching now
+        self._dispatching_seen: dict[str, datetime] = {}  # attempts tick found `dispatching`, and since when
         self.changed = asyncio.Condition()  # notified after every change (waiters: `delegate --wait-result`)
         # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
         # (`W-3/mesh#1`) by raising here.
@@ -456,7 +460,7 @@ class WorkflowEngine:
         if not moved:
             return
         self._crash_point("dispatching", step_key(run.id, step.step_id, attempt))
-        await self._dispatch(run, spec, attempt)
+        await self._dispatch_safely(run, spec, attempt)
 
     def _delivery(self, run: RunRow, spec: AgentStep) -> tuple[str | None, bool]:
         """Where the agent's answer goes: the run's thread, else the workflow's deliver_to, or nowhere."""
@@ -478,6 +482,18 @@ class WorkflowEngine:
             user_id=run.starter_user_id,
             via=run.starter_via,
         )
+
+    async def _dispatch_safely(self, run: RunRow, spec: AgentStep, attempt: int) -> None:
+        """`_dispatch`, but a database failure leaves the step `dispatching` for tick() (or recover()) to finish:
+        what was recorded stands, and the caller (start, a result) is answered as such."""
+        key = step_key(run.id, spec.id, attempt)
+        self._dispatching.add(key)
+        try:
+            await self._dispatch(run, spec, attempt)
+        except StoreError as exc:  # DelegationUnrecorded too: the delegation is adopted on the next try
+            log.warning("workflow step %s stays dispatching (%s); it is dispatched again shortly", key, exc)
+        finally:
+            self._dispatching.discard(key)
 
     async def _dispatch(self, run: RunRow, spec: AgentStep, attempt: int) -> None:
         """The delegation of one attempt (adopted if it exists already), then the step is `running`."""
@@ -511,6 +527,11 @@ class WorkflowEngine:
         )  # fmt: skip
         if moved:
             await self._notify(run.id)
+        else:
+            current = await self.tables.step(run.id, spec.id)
+            if current is not None and current.status == "cancelled" and current.attempt == attempt:
+                # Cancelled (by another process) while this dispatch sent it: the agent must not go on.
+                await self._stop(run, current, delegation, current.error or "cancelled")
         self._crash_point("running", key)
         step = await self.tables.step(run.id, spec.id)
         if step is not None and step.status == "running":
@@ -555,7 +576,7 @@ class WorkflowEngine:
                 expect_attempt=step.attempt,
             )  # fmt: skip
             if moved:
-                await self._dispatch(run, spec, attempt)
+                await self._dispatch_safely(run, spec, attempt)
             return moved
         return await self._end_step(run.id, step.step_id, "fail", why, attempt=step.attempt)
 
@@ -1061,19 +1082,28 @@ class WorkflowEngine:
     async def _cancel_step(self, run: RunRow, step: StepRow, why: str, requester: Requester) -> None:
         now = self._clock()
         if step.status in ("pending", "dispatching", "waiting_approval"):
-            await self.tables.move(run.id, step.step_id, "cancel", now, actor=requester.name, finished_at=iso(now),
-                                   error=why)  # fmt: skip
+            moved = await self.tables.move(run.id, step.step_id, "cancel", now, actor=requester.name,
+                                           finished_at=iso(now), error=why)  # fmt: skip
+            found = await self._delegation.by_workflow_step(step.key) if step.status == "dispatching" else None
+            if moved and found is not None:  # recorded by a dispatch under way (maybe in another process)
+                await self._stop(run, step, found, why)
             return
         if step.status != "running" or step.delegation_id is None:
             return
         delegation = await self._delegation.get(step.delegation_id)
-        told: str | None = None
-        if not (delegation.status == "queued" and await self._delegation.expire_queued(delegation.id, why)):
-            if delegation.status in ("accepted", "sending", "queued"):
-                told = await self._tell_to_stop(run, step, delegation, why)
+        told = await self._stop(run, step, delegation, why)
         note = why + (f"; {step.agent} was told to stop ({told})" if told else "")
         await self.tables.move(run.id, step.step_id, "cancel", now, actor=requester.name, finished_at=iso(now),
                                error=note)  # fmt: skip
+
+    async def _stop(self, run: RunRow, step: StepRow, delegation: Delegation, why: str) -> str | None:
+        """Its delegation expired if still queued, else its agent told to stop; the follow-up's D-n, if one."""
+        if delegation.status == "queued" and await self._delegation.expire_queued(delegation.id, why):
+            return None
+        delegation = await self._delegation.get(delegation.id)
+        if delegation.status in ("accepted", "sending", "queued"):
+            return await self._tell_to_stop(run, step, delegation, why)
+        return None
 
     async def _tell_to_stop(self, run: RunRow, step: StepRow, delegation: Delegation, why: str) -> str | None:
         message = (
@@ -1155,10 +1185,19 @@ class WorkflowEngine:
                 runs[run_id] = await self.tables.run(run_id)
             return runs[run_id]
 
-        for step in await self.tables.steps_in(("running", "waiting_approval")):
+        for step in await self.tables.steps_in(("running", "waiting_approval", "dispatching")):
             run = await run_of(step.run_id)
             if run is None:
                 continue
+            if step.status == "dispatching":
+                if step.key not in self._dispatching:  # no dispatch of ours under way: not stuck for long
+                    seen = self._dispatching_seen.setdefault(step.key, now)
+                    if (now - seen).total_seconds() >= DISPATCH_RETRY_S:
+                        del self._dispatching_seen[step.key]
+                        await self._redispatch_stale(run, step)
+                        moved.add(run.id)
+                continue
+            self._dispatching_seen.pop(step.key, None)
             deadline = datetime.fromisoformat(step.deadline_at) if step.deadline_at else None
             if step.status == "waiting_approval":
                 if deadline is not None and now >= deadline and run.status == "running":
@@ -1231,19 +1270,27 @@ class WorkflowEngine:
                              f"{delegation.display_id if delegation else 'it'}: check the agent's work, then report "
                              f"the result or retry", attempt=step.attempt)  # fmt: skip
 
+    async def _redispatch_stale(self, run: RunRow, step: StepRow) -> None:
+        """A step left `dispatching` (a crash, a database failure): dispatched exactly once (the delegation of the
+        attempt adopted if it exists); in a run that ended meanwhile, cancelled, its delegation stopped."""
+        spec = run.definition.step(step.step_id)
+        assert isinstance(spec, AgentStep)
+        if run.status == "running":
+            await self._dispatch_safely(run, spec, step.attempt)
+            return
+        why = f"the run is {run.status}; not dispatched"
+        found = await self._delegation.by_workflow_step(step.key)
+        told = await self._stop(run, step, found, why) if found is not None else None
+        now = self._clock()
+        await self.tables.move(run.id, step.step_id, "cancel", now, actor="atomizer-hq", finished_at=iso(now),
+                               error=why + (f"; {step.agent} was told to stop ({told})" if told else ""))  # fmt: skip
+
     async def recover(self) -> None:
         """On start: finish `dispatching` steps exactly once, follow running ones again, dispatch what is due."""
         for step in await self.tables.steps_in(("dispatching",)):
             run = await self.tables.run(step.run_id)
-            if run is None:
-                continue
-            spec = run.definition.step(step.step_id)
-            assert isinstance(spec, AgentStep)
-            if run.status != "running" and await self._delegation.by_workflow_step(step.key) is None:
-                await self.tables.move(run.id, step.step_id, "cancel", self._clock(), actor="atomizer-hq",
-                                       error=f"the run is {run.status}; not dispatched")  # fmt: skip
-                continue
-            await self._dispatch(run, spec, step.attempt)  # adopts the delegation if it exists
+            if run is not None:
+                await self._redispatch_stale(run, step)
         for step in await self.tables.steps_in(("running",)):
             run = await self.tables.run(step.run_id)
             if run is not None:
