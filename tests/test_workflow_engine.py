@@ -530,6 +530,79 @@ async def test_expiry_policies(services_on_fleet: ServicesOnFleet, policy: str, 
         assert (await engine.approve(BOB, run, "review", approve=True)).decided
 
 
+@pytest.mark.parametrize(
+    ("policy", "said"),
+    [("reject", "it is rejected as expired"), ("approve", "its policy approves it"), ("escalate", "it goes to <@")],
+)
+async def test_a_decision_after_the_expiry_is_refused_before_the_timer_acts(
+    services_on_fleet: ServicesOnFleet, policy: str, said: str
+) -> None:
+    services, _ = await services_on_fleet()
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    extra = {"escalate_to": [f"user:{BOB.user_id}"]} if policy == "escalate" else {}
+    run = await gate_run(services, engine, expires_in="1h", on_expire=policy, **extra)
+    clock.advance(3600)  # no tick yet
+    with pytest.raises(StepConflict, match=rf"expired at .* UTC with no decision: {said}"):
+        await engine.approve(BOB, run, "review", approve=True)
+    assert (await status(engine, run))["review"] == "waiting_approval"
+
+
+async def test_an_escalation_that_lands_before_the_decision_applies_to_it(
+    services_on_fleet: ServicesOnFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, _ = await services_on_fleet()
+    engine = services.workflows
+    run = await gate_run(services, on_expire="escalate", escalate_to=[f"user:{BOB.user_id}"])
+    read = engine.tables.step
+
+    async def read_then_escalated(run_id: int, step_id: str) -> Any:
+        row = await read(run_id, step_id)
+        write_elsewhere(  # the bot's timer escalates the gate right after this click read it
+            services, f"UPDATE workflow_steps SET evidence = '{{\"approvers\": [\"user:{BOB.user_id}\"]}}' "
+            "WHERE step_id = 'review'",
+        )  # fmt: skip
+        return row
+
+    monkeypatch.setattr(engine.tables, "step", read_then_escalated)
+    carol = Requester(kind="person", name="carol", front_end="cli", level=AccessLevel.ADMIN, user_id="5" * 18)
+    with pytest.raises(NotAllowed, match=f"who may: <@{BOB.user_id}>"):
+        await engine.approve(carol, run, "review", approve=True)
+    monkeypatch.undo()
+    assert (await status(engine, run))["review"] == "waiting_approval"
+
+
+async def test_identities_of_different_kinds_never_match_by_name(services_on_fleet: ServicesOnFleet) -> None:
+    """A Discord display name is chosen freely: it is not the host login it happens to spell."""
+    services, _ = await services_on_fleet()
+    engine = services.workflows
+    host = Requester(kind="person", name="antoine@host", front_end="cli", level=AccessLevel.ADMIN)
+    definition = WorkflowDefinition.model_validate(
+        {"name": "gate", "description": "Just a gate.", "steps": [
+            {"id": "review", "approval": {"prompt": "OK?", "approvers": ["role:admin"], "quorum": 2}}]}
+    )  # fmt: skip
+    run = (await engine.start(host, definition, {})).display_id
+    with pytest.raises(NotAllowed, match="started this run"):
+        await engine.approve(host, run, "review", approve=True)
+    namesake = Requester(kind="person", name="antoine@host", front_end="discord", level=AccessLevel.ADMIN,
+                         user_id="6" * 18)  # fmt: skip
+    assert (await engine.approve(namesake, run, "review", approve=True)).approvals == 1
+
+
+async def test_approvals_made_before_an_escalation_still_count(services_on_fleet: ServicesOnFleet) -> None:
+    services, _ = await services_on_fleet()
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    run = await gate_run(services, engine, quorum=2, expires_in="1h", on_expire="escalate",
+                         escalate_to=[f"user:{BOB.user_id}"])  # fmt: skip
+    carol = Requester(kind="person", name="carol", front_end="cli", level=AccessLevel.ADMIN, user_id="5" * 18)
+    assert (await engine.approve(carol, run, "review", approve=True)).approvals == 1
+    clock.advance(3601)
+    await engine.tick()  # escalated to bob alone
+    outcome = await engine.approve(BOB, run, "review", approve=True)
+    assert outcome.decided and outcome.approvals == 2
+
+
 # --- cancel, retry ------------------------------------------------------------------------------
 
 

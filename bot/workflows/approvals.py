@@ -18,16 +18,22 @@ class Starter:
 
 
 def approver_key(requester: Requester) -> str:
-    """One key per approver, for "distinct approvers" and the double-click check: a Discord id when known."""
+    """One key per approver, for "distinct approvers" and the double-click check: a Discord id when known.
+
+    Identities are of three kinds that never match each other: a Discord user (by id), a host login or API identity
+    (by name: `antoine@host`, `operator`) and an agent. atomizer-hq cannot tell that a Discord user and a host login
+    are one person: the limitation is documented (docs/workflows.md, approvals)."""
     if requester.is_agent:
         return f"agent:{requester.name}"
     return f"user:{requester.user_id}" if requester.user_id else f"person:{requester.name}"
 
 
 def is_starter(requester: Requester, starter: Starter) -> bool:
+    """Same identity: by Discord id when both have one; by name only when neither has (two host logins or API
+    identities): a Discord display name is chosen freely, so it never matches a login by name."""
     if requester.kind != starter.kind:
         return False
-    if requester.user_id and starter.user_id:
+    if requester.user_id or starter.user_id:
         return requester.user_id == starter.user_id
     return requester.name == starter.name
 

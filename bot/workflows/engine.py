@@ -955,28 +955,30 @@ class WorkflowEngine:
     ) -> ApprovalOutcome:
         """One decision on a gate, race-safe: the check and the write are one transaction."""
         run = await self._require_run(run_ref)
-        step = await self._require_step(run, step_id)
+        await self._require_step(run, step_id)
         spec = run.definition.step(step_id)
         where = f"{run.display_id}/{step_id}"
         if not isinstance(spec, ApprovalStep):
             raise InvalidInput(f"{where} is an agent step, not an approval gate; report its result instead")
-        approvers = list(step.evidence.get("approvers") or spec.approval.approvers)
         starter = Starter(run.starter_kind, run.starter, run.starter_user_id)
-        why_not = refusal(requester, approvers, spec.approval, starter, where)
         now = self._clock()
-        if why_not is not None:
-            row = audit_row(requester, "workflow-approve", where, "refused", {"reason": why_not}, now)
-            await self.tables.db.atomically(lambda conn: conn.execute(*row))
-            raise NotAllowed(why_not)
         key = approver_key(requester)
         decision = "approve" if approve else "reject"
         quorum = spec.approval.quorum
 
-        def work(conn: Any) -> ApprovalOutcome:
+        def work(conn: Any) -> ApprovalOutcome | str:
             current = conn.execute(
-                "SELECT status, finished_at, evidence FROM workflow_steps WHERE run_id = ? AND step_id = ?",
+                "SELECT status, finished_at, evidence, deadline_at FROM workflow_steps "
+                "WHERE run_id = ? AND step_id = ?",
                 (run.id, step_id),
             ).fetchone()
+            # Who may decide, as the gate is now (an escalation may have just replaced its approvers).
+            evidence = json.loads(current["evidence"]) if current["evidence"] else {}
+            approvers = list(evidence.get("approvers") or spec.approval.approvers)
+            why_not = refusal(requester, approvers, spec.approval, starter, where)
+            if why_not is not None:
+                conn.execute(*audit_row(requester, "workflow-approve", where, "refused", {"reason": why_not}, now))
+                return why_not
             mine = conn.execute(
                 "SELECT decision, at FROM workflow_approvals WHERE run_id = ? AND step_id = ? AND approver = ?",
                 (run.id, step_id, key),
@@ -985,6 +987,9 @@ class WorkflowEngine:
                 raise StepConflict(f"{where}: already {mine['decision']}d by you at {mine['at'][:19]} UTC")
             if current["status"] != "waiting_approval":
                 raise StepConflict(_gate_ended(conn, run.id, step_id, where, current))
+            deadline_at = current["deadline_at"]
+            if deadline_at and now >= datetime.fromisoformat(deadline_at):  # expired; tick() has not acted yet
+                raise StepConflict(_expired_at_click(where, deadline_at, spec, evidence))
             conn.execute(
                 "INSERT INTO workflow_approvals (run_id, step_id, approver_kind, approver, approver_name, "
                 "approver_user_id, decision, at, front_end, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1011,6 +1016,8 @@ class WorkflowEngine:
             return ApprovalOutcome(step_id, TRANSITIONS[event][1], count, quorum, True)
 
         outcome = await self.tables.db.atomically(work)
+        if isinstance(outcome, str):
+            raise NotAllowed(outcome)
         await self._notify(run.id)
         if outcome.decided:
             await self.advance(run.id)
@@ -1359,6 +1366,19 @@ def _why_no_result(status: str) -> str:
     if status in ("succeeded", "failed"):
         return "it has a result already; to run it again: atomizer-hq workflow retry … --from STEP"
     return "a result is taken only while it runs (or is unconfirmed or timed out)"
+
+
+def _expired_at_click(where: str, deadline_at: str, spec: ApprovalStep, evidence: dict[str, Any]) -> str:
+    approval = spec.approval
+    if approval.on_expire == "approve":
+        then = "its policy approves it (on_expire: approve)"
+    elif approval.on_expire == "escalate" and not evidence.get("escalated"):
+        then = (f"it goes to {describe_approvers(list(approval.escalate_to))}, who may decide until a new deadline "
+                "(on_expire: escalate)")  # fmt: skip
+    else:
+        then = "it is rejected as expired (on_expire: reject)" if approval.on_expire == "reject" else (
+            "its escalation expired too: it is rejected as expired")  # fmt: skip
+    return f"{where} expired at {deadline_at[:19]} UTC with no decision: {then}; this decision was not taken"
 
 
 def _gate_ended(conn: Any, run_id: int, step_id: str, where: str, current: Any) -> str:
