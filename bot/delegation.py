@@ -528,6 +528,15 @@ class DelegationService:
         await asyncio.gather(*(drain(queue) for queue in by_agent.values()))
         return len(rows)
 
+    async def send_if_due(self, delegation_id: int) -> Delegation:
+        """One queued delegation's attempt, if it is due: what a process that follows a single delegation (and runs
+        no outbox of its own) does; the claim is atomic, so a running outbox and this never both send it."""
+        delegation = await self.get(delegation_id)
+        due = delegation.next_attempt_at
+        if delegation.status != "queued" or (due is not None and datetime.fromisoformat(due) > self._clock()):
+            return delegation
+        return await self._attempt(delegation)
+
     async def next_due(self) -> datetime | None:
         row = await self._store.fetchone("SELECT min(next_attempt_at) FROM delegations WHERE status = 'queued'")
         return datetime.fromisoformat(row[0]) if row and row[0] else None

@@ -222,6 +222,11 @@ class HeartbeatService:
             self._leading = mine
         return mine
 
+    async def holds_lease(self) -> bool:
+        """Whether this process holds the scheduler lease now (read only; `hold_lease` takes and renews it)."""
+        row = await self._store.fetchone("SELECT holder, expires_at FROM leases WHERE name = 'scheduler'")
+        return row is not None and row["holder"] == self.holder and parse_iso(row["expires_at"]) > self._clock()
+
     async def release_lease(self) -> None:
         await self._store.execute("DELETE FROM leases WHERE name = 'scheduler' AND holder = ?", (self.holder,))
         self._leading = None

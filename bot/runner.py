@@ -48,6 +48,12 @@ class Schedule:
         self.services = services
         self.standup = standup_for(services)
         self._under_way: set[asyncio.Task[object]] = set()
+        # Set once the outbox has decided the delegations a stopped process left `sending`: workflow runs are
+        # recovered (by the lease holder) only then, and ticked only after that.
+        self.workflows_ready = asyncio.Event()
+        self._workflows_recovered = False
+        self._workflow_job = asyncio.Lock()  # the job, and the first round run_service calls itself
+        services.workflows.leading = False  # until the workflow job finds this process holds the lease
 
     async def start(self) -> None:
         """Say at once whether this process leads or stands by, then add the jobs and start the scheduler."""
@@ -95,12 +101,30 @@ class Schedule:
                 return []
 
     async def workflow_tick(self) -> None:
-        """The workflow job: deadlines, approval expiries and completions of workflow runs."""
+        """The workflow job: deadlines, approval expiries and completions of workflow runs, by the lease holder
+        only (recovered first, also when it takes over from another copy)."""
         with self._tracked():
             try:
-                await self.services.workflows.tick()
+                async with self._workflow_job:
+                    await self._workflow_round()
             except Exception:
                 log.exception("workflows: a tick failed; the next one runs as usual")
+
+    async def _workflow_round(self) -> None:
+        if not self.workflows_ready.is_set():
+            return
+        workflows = self.services.workflows
+        if not await self.services.heartbeats.holds_lease():
+            if workflows.leading:
+                log.info("workflows: another atomizer-hq holds the lease and follows the runs")
+                await workflows.close()
+            workflows.leading = self._workflows_recovered = False
+            return
+        workflows.leading = True
+        if not self._workflows_recovered:
+            await workflows.recover()
+            self._workflows_recovered = True
+        await workflows.tick()
 
     async def monitor_round(self) -> None:
         """The monitor job: probe and record whether or not Discord is there to show it."""
@@ -199,7 +223,10 @@ async def run_service(settings: Settings, config: ClusterConfig, *, discord: boo
         try:
             outbox = OutboxWorker(services.delegation)
             await outbox.start()
-            await services.workflows.recover()  # after the outbox decided the delegations left `sending`
+            # After the outbox decided the delegations left `sending`: the workflow job recovers the runs (if this
+            # process holds the lease), then ticks; never a tick before the recovery.
+            schedule.workflows_ready.set()
+            await schedule.workflow_tick()
             api = LoopbackApi(services, identities)
             try:
                 await api.start(config.api.host, config.api.port)

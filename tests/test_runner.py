@@ -299,3 +299,25 @@ async def test_run_finishes_a_workflow_step_a_dead_process_left_dispatching_and_
     await first.running.workflows.idle()
     assert len(rig.fleet.received("nx-expert")) == 1
     await rig.stop(first)
+
+
+async def test_only_the_lease_holder_follows_workflow_runs_and_a_new_holder_recovers_first(rig: Rig) -> None:
+    first = await rig.start("first")
+    second = await rig.start("second")  # standing by
+    rig.fleet.spec("nx-expert").hold_runs = True
+    run = await second.running.workflows.start(ANTOINE, chain("nx-expert"), {})  # e.g. over the second's API
+    assert not second.running.workflows.leading
+    await second.job(WORKFLOW_JOB)
+    await second.running.workflows.idle()  # no completion followed by the copy standing by
+    assert rig.fleet.in_flight("nx-expert") == 0
+    await first.job(WORKFLOW_JOB)
+    await rig.fleet.wait_in_flight("nx-expert")  # the holder follows it
+    await rig.stop(first)  # the lease is released
+    await second.running.heartbeats.hold_lease()
+    await second.job(WORKFLOW_JOB)  # takes over: recovers (re-attaches), then ticks
+    await rig.fleet.wait_in_flight("nx-expert")
+    rig.fleet.settle("nx-expert")
+    await second.running.workflows.idle()
+    step = (await second.running.workflows.get(run.display_id)).step("s0")
+    assert step.evidence["completion"]["status"] == "ok"
+    assert len([h for h in rig.fleet.received("nx-expert") if h.path.endswith("/agent")]) == 1

@@ -16,6 +16,7 @@ from bot.authz import AccessLevel, Requester
 from bot.errors import InvalidInput, NotAllowed, StoreError
 from bot.services import Services
 from bot.simulator import RELEASE_LEGACY, SimulatedFleet
+from bot.workflows.cli_runs import delegate_and_wait
 from bot.workflows.definition import WorkflowDefinition
 from bot.workflows.engine import DISPATCH_RETRY_S, StepConflict, WorkflowEngine, step_footer
 from tests.clocks import FakeClock
@@ -338,6 +339,21 @@ async def test_a_short_outage_reattaches_and_a_held_wait_is_remembered(services_
     await engine.idle()
     assert (await engine.get(run.display_id)).step("s0").evidence["completion"]["status"] == "ok"
     assert len(await agent_hooks(fleet, "nx-expert")) == 1
+
+
+async def test_two_callers_at_once_attach_one_completion_wait(services_on_fleet: ServicesOnFleet) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    run = await services.workflows.start(ANTOINE, chain("nx-expert"), {})
+    await services.workflows.close()
+    again = (await services_on_fleet())[0]  # a new process: whether the gateway honours keys is not known yet
+    engine = again.workflows
+    step = (await engine.get(run.display_id)).step("s0")
+    delegation = await again.delegation.get(step.delegation_id or 0)
+    await asyncio.gather(engine._maybe_watch(step, delegation), engine._maybe_watch(step, delegation))
+    watchers = [task for task in asyncio.all_tasks() if task.get_name() == "W-1/s0" and not task.done()]
+    assert len(watchers) == 1
+    fleet.settle("nx-expert")
+    await engine.idle()
 
 
 # --- agents down, timeouts ----------------------------------------------------------------------
@@ -684,6 +700,19 @@ async def test_results_are_tied_to_their_attempt(services_on_fleet: ServicesOnFl
     assert not await engine.tables.move(1, "s0", "succeed", engine._clock(), actor="x", expect_attempt=1)
     await engine.report_result(nx, run.display_id, "s0#2", ok=True, output="fine", source="api")
     assert (await engine.get(run.display_id)).run.status == "succeeded"
+
+
+async def test_delegate_wait_result_follows_only_its_own_run(services_on_fleet: ServicesOnFleet) -> None:
+    """No outbox of its own (it would send, and recover, the bot's delegations) and no tick of the other runs."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"down": True}}, release={"webster": RELEASE_LEGACY})
+    other = await services.workflows.start(ANTOINE, chain("nx-expert"), {})
+    await fleet.bring_up("nx-expert")
+    await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")  # due: the bot's to send
+    await services.store.execute("UPDATE workflow_steps SET deadline_at = '2000-01-01T00:00:00.000000+00:00'")
+    run, step = await delegate_and_wait(services, ANTOINE, "webster", "Find CTE.", wait_s=1, to=None, deliver=False)
+    assert step.status == "running" and run.id != other.id  # a 2026.2.12 agent that reported nothing yet
+    assert await agent_hooks(fleet, "nx-expert") == []
+    assert (await status(services.workflows, other.display_id))["s0"] == "running"  # not timed out by this process
 
 
 # --- crashes ------------------------------------------------------------------------------------

@@ -221,25 +221,25 @@ def one_step(agent: str, *, wait_s: float, deliver_to: str) -> WorkflowDefinitio
 async def delegate_and_wait(
     services: Services, requester: Requester, agent: str, message: str, *, wait_s: float, to: str | None, deliver: bool
 ) -> tuple[RunRow, StepRow]:
-    """Start the one-step run, then follow it here (outbox, ticks) until its result or the end of the wait.
+    """Start the one-step run, then follow it here until its result or the end of the wait: only this run (its
+    timers, and its delegation's retries when due); the other runs and the outbox are `atomizer-hq run`'s.
 
     `to` is any target `delegate --to` takes: it is the run's origin, where a run without a thread delivers.
     """
-    from bot.outbox import OutboxWorker
-
     engine = services.workflows
     name = services.config.require_agent(agent).name
     definition = one_step(name, wait_s=wait_s, deliver_to="thread" if deliver else "none")
     run = await engine.start(requester, definition, {"message": message}, origin=to)
-    worker = OutboxWorker(services.delegation)
-    await worker.start()
     loop = asyncio.get_running_loop()
     end = loop.time() + wait_s
     try:
         while True:
-            await engine.tick()
+            step = await engine.wait_step(run.id, "work", timeout=0.0)
+            if step.status == "running" and step.delegation_id is not None:
+                await services.delegation.send_if_due(step.delegation_id)
+            await engine.tick(run_id=run.id)
             step = await engine.wait_step(run.id, "work", timeout=max(0.0, min(1.0, end - loop.time())))
             if step.status in FINAL or loop.time() >= end:
                 return run, step
     finally:
-        await worker.stop()
+        await engine.close()

@@ -208,6 +208,9 @@ class WorkflowEngine:
         # Tests crash the engine at a named point (dispatching, delegated, running, result) of a step's attempt
         # (`W-3/mesh#1`) by raising here.
         self.fault: Callable[[str, str], None] | None = None
+        # False in a copy of atomizer-hq that does not hold the scheduler lease: it follows no completion (the
+        # holder does); set by the runner's workflow job.
+        self.leading = True
 
     # --- listeners and life cycle ---------------------------------------------------------------
 
@@ -640,22 +643,19 @@ class WorkflowEngine:
         if "completion" in step.evidence or "not_reattached" in step.evidence:
             return
         watch = (step.run_id, step.step_id, step.attempt)
-        if watch in self._watchers and not self._watchers[watch].done():
+        if not self.leading or (watch in self._watchers and not self._watchers[watch].done()):
             return
-        honours = self._gateway.honours_idempotency(delegation.agent)
-        if honours is None:
-            agent = self._config.agent(delegation.agent)
-            if agent is not None:
-                await self._gateway.readiness(agent)
-            honours = self._gateway.honours_idempotency(delegation.agent)
-        if not honours:
+        if self._gateway.honours_idempotency(delegation.agent) is False:
             return
+        # Registered before any await, so two callers (tick, a dispatch) cannot both follow one step.
         self._watchers[watch] = asyncio.create_task(self._watch(*watch), name=f"W-{step.run_id}/{step.step_id}")
 
     async def _watch(self, run_id: int, step_id: str, attempt: int) -> None:
         try:
             await self._watch_once(run_id, step_id, attempt)
-            await self.advance(run_id)  # whatever ended the step (unconfirmed with on_failure continue too)
+            step = await self.tables.step(run_id, step_id)
+            if step is None or step.status != "running" or step.attempt != attempt:
+                await self.advance(run_id)  # whatever ended the step (unconfirmed with on_failure continue too)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -683,6 +683,10 @@ class WorkflowEngine:
         assert step.delegation_id is not None
         delegation = await self._delegation.get(step.delegation_id)
         agent = self._config.require_agent(delegation.agent)
+        if self._gateway.honours_idempotency(agent.name) is None:
+            await self._gateway.readiness(agent)
+        if not self._gateway.honours_idempotency(agent.name):
+            return  # 2026.2.12: no completion to follow; results only
         admitted = step.evidence.get("admitted_unix")
         if not isinstance(admitted, int | float):
             return  # _sync records it first
@@ -1181,8 +1185,9 @@ class WorkflowEngine:
 
     # --- timers and recovery --------------------------------------------------------------------
 
-    async def tick(self) -> None:
-        """Deadlines, approval expiries, completion grace, delegations that changed; then advance what moved."""
+    async def tick(self, *, run_id: int | None = None) -> None:
+        """Deadlines, approval expiries, completion grace, delegations that changed; then advance what moved.
+        `run_id`: only that run's (`delegate --wait-result` follows its own run, the bot all of them)."""
         now = self._clock()
         moved: set[int] = set()
         runs: dict[int, RunRow | None] = {}
@@ -1193,7 +1198,7 @@ class WorkflowEngine:
             return runs[run_id]
 
         for step in await self.tables.steps_in(("running", "waiting_approval", "dispatching")):
-            run = await run_of(step.run_id)
+            run = await run_of(step.run_id) if run_id in (None, step.run_id) else None
             if run is None:
                 continue
             if step.status == "dispatching":
@@ -1245,9 +1250,9 @@ class WorkflowEngine:
                 moved.add(run.id)
         # Runs where nothing is under way may have steps ready (a step ended by a watcher, another process, or a
         # crash between an end and its advance): advance is cheap when nothing is ready.
-        moved.update(await self.tables.idle_run_ids())
-        for run_id in sorted(moved):
-            await self.advance(run_id)
+        moved.update(r for r in await self.tables.idle_run_ids() if run_id in (None, r))
+        for moved_id in sorted(moved):
+            await self.advance(moved_id)
 
     async def _deadline(self, run: RunRow, step: StepRow) -> None:
         spec = run.definition.step(step.step_id)
