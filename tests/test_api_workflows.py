@@ -83,6 +83,8 @@ async def test_the_m2_shape_over_the_api(hq: Hq) -> None:
     assert again.status_code == 409 and "already approved by you" in again.json()["detail"]
     assert (await post(hq, f"{base}/report/result", "operator", {"ok": True, "output": "done"})).status_code == 200
 
+    unknown_step = await post(hq, f"{base}/nope/result", "operator", {"ok": True, "output": "x"})
+    assert unknown_step.status_code == 404 and "has no step 'nope'" in unknown_step.json()["detail"]
     stale = await post(hq, f"{base}/report/result", "operator", {"ok": True, "output": "x", "attempt": 2})
     assert stale.status_code == 409 and "is at attempt 1" in stale.json()["detail"]
     shown = await hq.get("/v1/workflow-runs/W-1")

@@ -435,7 +435,10 @@ async def test_a_step_times_out(services_on_fleet: ServicesOnFleet) -> None:
     detail = await engine.get(run.display_id)
     assert detail.step("down").status == "timed_out" and "never admitted" in (detail.step("down").error or "")
     assert detail.step("quiet").status == "unconfirmed"  # admitted by a 2026.2.12 gateway, no result
-    assert detail.run.status == "failed"
+    # Neither proves a failure: the run waits for a person (a result by hand, a retry, a cancel).
+    assert detail.run.status == "running" and detail.shown_status == "waiting"
+    await engine.report_result(ANTOINE, run.display_id, "down", ok=False, output="agent was down", source="person")
+    assert (await engine.get(run.display_id)).run.status == "failed"
     delegation = await services.delegation.get(detail.step("down").delegation_id or 0)
     assert delegation.status == "expired"  # the outbox will not send it late
     await fleet.bring_up("nx-expert")
@@ -700,6 +703,27 @@ async def test_results_are_tied_to_their_attempt(services_on_fleet: ServicesOnFl
     assert not await engine.tables.move(1, "s0", "succeed", engine._clock(), actor="x", expect_attempt=1)
     await engine.report_result(nx, run.display_id, "s0#2", ok=True, output="fine", source="api")
     assert (await engine.get(run.display_id)).run.status == "succeeded"
+
+
+async def test_a_failure_report_that_lost_a_race_is_not_answered_as_recorded(
+    services_on_fleet: ServicesOnFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, _ = await services_on_fleet(release=RELEASE_LEGACY)
+    engine = services.workflows
+    run = await engine.start(ANTOINE, chain("nx-expert"), {})
+    read = engine.tables.step
+
+    async def read_then_succeeded(run_id: int, step_id: str) -> Any:
+        row = await read(run_id, step_id)
+        write_elsewhere(services, "UPDATE workflow_steps SET status = 'succeeded', output = 'ok' WHERE step_id = 's0'")
+        return row
+
+    monkeypatch.setattr(engine.tables, "step", read_then_succeeded)
+    with pytest.raises(StepConflict, match="W-1/s0 is succeeded"):
+        await engine.report_result(ANTOINE, run.display_id, "s0", ok=False, output="broken", source="person")
+    monkeypatch.undo()
+    detail = await engine.get(run.display_id)
+    assert detail.step("s0").status == "succeeded" and "result_failed" not in [e.kind for e in detail.events]
 
 
 async def test_delegate_wait_result_follows_only_its_own_run(services_on_fleet: ServicesOnFleet) -> None:

@@ -90,6 +90,11 @@ class UnknownRun(InvalidInput):
     http_status = 404
 
 
+class UnknownStep(InvalidInput):
+    code = "unknown_workflow_step"
+    http_status = 404
+
+
 class StepConflict(InvalidInput):
     """The step (or run) is not in a state where this can be done; the message says what it is in."""
 
@@ -107,12 +112,12 @@ class RunDetail:
 
     @property
     def shown_status(self) -> str:
-        """`waiting` when only people (approvals, unconfirmed steps) block a running run."""
+        """`waiting` when only people (approvals, unconfirmed or timed-out steps) block a running run."""
         if self.run.status != "running":
             return self.run.status
         if any(s.status in ("dispatching", "running") for s in self.steps):
             return "running"
-        if any(s.status in ("waiting_approval", "unconfirmed") for s in self.steps):
+        if any(s.status in ("waiting_approval", "unconfirmed", "timed_out") for s in self.steps):
             return "waiting"
         return "running"
 
@@ -278,7 +283,7 @@ class WorkflowEngine:
         step = await self.tables.step(run.id, step_id)
         if step is None:
             steps = ", ".join(run.definition.step_ids)
-            raise InvalidInput(f"{run.display_id} has no step {step_id!r}; its steps: {steps}")
+            raise UnknownStep(f"{run.display_id} has no step {step_id!r}; its steps: {steps}")
         return step
 
     async def wait_step(self, run_ref: str | int, step_id: str, timeout: float, *, poll_s: float = 0.5) -> StepRow:
@@ -403,7 +408,7 @@ class WorkflowEngine:
             definition = run.definition
             broken = [
                 s for s in steps.values()
-                if s.status in DONE_BADLY - {"unconfirmed", "cancelled"}
+                if s.status in DONE_BADLY - {"unconfirmed", "timed_out", "cancelled"}
                 and definition.step(s.step_id).on_failure == "fail"
             ]  # fmt: skip
             if broken:
@@ -1414,6 +1419,7 @@ __all__ = [
     "RunDetail",
     "StepConflict",
     "UnknownRun",
+    "UnknownStep",
     "WorkflowEngine",
     "describe_approvers",
 ]
