@@ -13,6 +13,7 @@ from bot.api import LoopbackApi
 from bot.errors import InvalidInput
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.workflows.definition import WorkflowDefinition
+from bot.workflows.engine import step_footer
 from tests.conftest import ServicesOnFleet
 from tests.test_api_delegations import Hq, auth
 from tests.test_workflow_engine import chain, m2
@@ -119,7 +120,7 @@ async def test_synchronous_delegation_over_the_api_returns_the_agents_output(hq:
         "run": "W-1", "status": "succeeded", "output": "42k", "output_source": "api", "error": None,
     }  # fmt: skip
     [hook] = [h for h in hq.fleet.received("nx-expert") if h.path.endswith("/agent")]
-    assert hook.body["message"] == "Mesh the M2 mirror"
+    assert hook.body["message"] == "Mesh the M2 mirror" + step_footer("W-1/work#1")  # how to report, and as which
 
 
 async def test_synchronous_delegation_that_runs_out_says_the_run_goes_on(hq: Hq) -> None:

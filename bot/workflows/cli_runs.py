@@ -232,14 +232,11 @@ async def delegate_and_wait(
     run = await engine.start(requester, definition, {"message": message}, origin=to)
     loop = asyncio.get_running_loop()
     end = loop.time() + wait_s
-    try:
-        while True:
-            step = await engine.wait_step(run.id, "work", timeout=0.0)
-            if step.status == "running" and step.delegation_id is not None:
-                await services.delegation.send_if_due(step.delegation_id)
-            await engine.tick(run_id=run.id)
-            step = await engine.wait_step(run.id, "work", timeout=max(0.0, min(1.0, end - loop.time())))
-            if step.status in FINAL or loop.time() >= end:
-                return run, step
-    finally:
-        await engine.close()
+    while True:
+        step = await engine.wait_step(run.id, "work", timeout=0.0)
+        if step.status == "running" and step.delegation_id is not None:
+            await services.delegation.send_if_due(step.delegation_id)
+        await engine.tick(run_id=run.id)
+        step = await engine.wait_step(run.id, "work", timeout=max(0.0, min(1.0, end - loop.time())))
+        if step.status in FINAL or loop.time() >= end:
+            return run, step
