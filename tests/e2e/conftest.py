@@ -30,6 +30,14 @@ REPO = Path(__file__).resolve().parents[2]
 START_DEADLINE_S = 60.0  # a loaded 2-core machine: generous, and only ever waited on, never slept
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keeps each phase's report on the test item, so a fixture can print the bot's log after a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 def guild_for(config: ClusterConfig) -> GuildState:
     """The guild the shipped cluster.toml describes: its channels and its role ids."""
     roles = {level: ids[0] if isinstance(ids, list) else ids for level, ids in config.roles.items() if ids}

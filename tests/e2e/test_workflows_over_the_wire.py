@@ -77,9 +77,13 @@ async def flow_running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
 
 @pytest.fixture
-def flow(flow_running: Flow) -> Iterator[Flow]:
+def flow(flow_running: Flow, request: pytest.FixtureRequest) -> Iterator[Flow]:
     assert_clean(flow_running.server)
+    start = len(flow_running.bot.log().splitlines())
     yield flow_running
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # the bot's own account of what it did during the failed test
+        print("\n".join(flow_running.bot.log().splitlines()[start:]))
     assert_clean(flow_running.server)
 
 

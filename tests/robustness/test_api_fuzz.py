@@ -9,6 +9,7 @@ are enumerated from /openapi.json, so a route added later is checked without tou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -305,7 +306,23 @@ async def a_workflow_run(hq: Hq) -> str:
     hq.services.workflows.catalog = _Catalog(SEARCH)
     created = await hq.client.post("/v1/workflow-runs", headers=auth("operator"), json={"workflow": "search"})
     assert created.status_code == 201, created.text
-    return str(created.json()["id"])
+    run = str(created.json()["id"])
+    await settled(hq, run, "find")
+    return run
+
+
+async def settled(hq: Hq, run: str, step_id: str) -> None:
+    """Until the simulated agent's run of `step_id` has completed and been recorded: nothing of the scene is still
+    moving when the test takes its snapshot (a completion landing in between is not the refused request's doing)."""
+    engine = hq.services.workflows
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while "completed_at" not in (await engine.get(run)).step(step_id).evidence:
+        left = deadline - asyncio.get_running_loop().time()
+        assert left > 0, f"{run}/{step_id}: the simulated agent's completion was never recorded"
+        async with engine.changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.changed.wait(), min(0.2, left))
+    await engine.idle()
 
 
 def on_a_run(identity: str, suffix: str, body: dict[str, Any]) -> Scene:
