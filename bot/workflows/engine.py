@@ -41,7 +41,7 @@ from bot.store import Store
 from bot.taskboard import Task, TaskEvent, parse_task_id
 from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
 from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
-from bot.workflows.plan import validate
+from bot.workflows.plan import oversized_step, validate
 from bot.workflows.store import (
     DONE_BADLY,
     DONE_OK,
@@ -323,6 +323,9 @@ class WorkflowEngine:
         if not checked.ok:
             raise InvalidInput(f"{definition.name} cannot run: " + "; ".join(checked.problems))
         values = definition.resolve_inputs(inputs)
+        too_big = oversized_step(definition, values)
+        if too_big is not None:
+            raise InvalidInput(too_big)
         now = self._clock()
         for step in definition.steps:
             if not isinstance(step, AgentStep):
