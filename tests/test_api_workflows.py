@@ -147,3 +147,19 @@ async def test_a_start_whose_input_makes_a_step_too_big_is_a_400_naming_the_step
     assert refused.json()["detail"].startswith("compare: step diff's request would be 300,")
     assert hq.fleet.received() == []
     assert (await hq.get("/v1/workflow-runs")).json()["runs"] == []
+
+
+async def test_a_reject_needs_a_reason_which_the_run_keeps(hq: Hq) -> None:
+    gate = WorkflowDefinition.model_validate({"name": "gate", "description": "Just a gate.", "steps": [
+        {"id": "review", "approval": {"prompt": "OK?", "approvers": ["agent:manager"]}}]})  # fmt: skip
+    hq.services.workflows.catalog = Catalog(gate)
+    assert (await post(hq, "/v1/workflow-runs", "operator", {"workflow": "gate"})).status_code == 201
+    for body in ({}, {"reason": "   "}):
+        bare = await post(hq, "/v1/workflow-runs/W-1/steps/review/reject", "manager", body)
+        assert bare.status_code == 400 and "rejecting W-1/review needs a reason" in bare.json()["detail"], bare.text
+    assert (await hq.get("/v1/workflow-runs/W-1")).json()["steps"][0]["status"] == "waiting_approval"
+    rejected = await post(hq, "/v1/workflow-runs/W-1/steps/review/reject", "manager", {"reason": "numbers off"})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    shown = (await hq.get("/v1/workflow-runs/W-1")).json()
+    assert shown["approvals"][0]["reason"] == "numbers off" and shown["status"] == "failed"
+    assert "rejected by manager: numbers off" in shown["steps"][0]["error"]

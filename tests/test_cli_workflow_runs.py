@@ -43,6 +43,8 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
 
     code, out, err = await run_cli(*base, "workflow", "result", "W-1", "find", "--ok", "0.007 ppm/K", env=env)
     assert (code, out) == (0, "W-1/find: succeeded\n"), err
+    code, out, err = await run_cli(*base, "workflow", "reject", "W-1", "ok", env=env)
+    assert code == 2 and "rejecting W-1/ok needs a reason" in err and "--reason" in err, err
     code, out, err = await run_cli(*base, "workflow", "approve", "W-1", "ok", "--reason", "fine", env=env)
     assert code == 0 and "approved by you; the gate is approved" in out, err
     code, _, err = await run_cli(*base, "workflow", "approve", "W-1", "ok", env=env)
@@ -51,6 +53,8 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
         "Report 0.007 ppm/K." + step_footer("W-1/report#1")
     ]
 
+    code, out, _ = await run_cli(*base, "workflow", "show", "W-1", env=env)
+    assert code == 0 and "    approved by " in out and "(cli, " in out and "UTC): fine\n" in out, out
     code, out, _ = await run_cli(*base, "workflow", "show", "W-1", "--json", env=env)
     shown = json.loads(out)
     assert code == 0 and [s["status"] for s in shown["steps"]] == ["succeeded", "approved", "running"]
