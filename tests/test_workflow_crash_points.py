@@ -269,7 +269,7 @@ async def test_a_crash_before_and_after_every_write_of_a_run_loses_nothing_and_s
         # 2026.9.6 step's evidence, an approval), the delegation of each attempt and its outbox.
         assert set(writes) == {
             "WorkflowStore.insert_run", "WorkflowStore.move", "WorkflowStore.set_run", "WorkflowStore.event",
-            "WorkflowEngine._set_evidence", "WorkflowEngine.approve",
+            "WorkflowEngine._set_evidence", "WorkflowEngine._decide",
             "DelegationService._record", "DelegationService._finish", "DelegationService._expire",
         }, writes  # fmt: skip
         # Every write the run makes is crashed at, just before it and just after it.
