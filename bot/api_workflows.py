@@ -133,7 +133,7 @@ class WorkflowRunList(BaseModel):
 
 
 class ReasonIn(BaseModel):
-    """Send `{}` when there is no reason to give."""
+    """Why: optional to approve or cancel (send `{}`), required to reject (a rejection fails the run)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -333,7 +333,8 @@ def add_workflow_routes(api: LoopbackApi) -> None:
               response=WorkflowRunOut, body=RetryIn, extra_responses=errors),
         Route("POST", runs + "/{id}/steps/{step}/approve", approve_workflow_step, summary="Approve a gate",
               response=ApprovalOutcomeOut, body=ReasonIn, extra_responses=errors),
-        Route("POST", runs + "/{id}/steps/{step}/reject", reject_workflow_step, summary="Reject a gate",
+        Route("POST", runs + "/{id}/steps/{step}/reject", reject_workflow_step,
+              summary="Reject a gate (a reason is required)",
               response=ApprovalOutcomeOut, body=ReasonIn, extra_responses=errors),
         Route("POST", runs + "/{id}/steps/{step}/result", report_workflow_step_result,
               summary="Report a step's result (its agent, or an operator)", response=WorkflowStepOut,

@@ -42,6 +42,7 @@ from bot.workflows.engine import WorkflowEngine
 from bot.workflows.store import parse_run_id
 from bot.workflows.view import one_line, run_card, waiting_gates
 from cogs.utils.boards import DiscordBoardPublisher, to_embed
+from cogs.utils.views import AtomizerModal
 
 if TYPE_CHECKING:
     from bot.discord_bot import AtomizerBot
@@ -53,6 +54,9 @@ OTHER_PROCESSES_EVERY_S = 2.0  # how often runs changed by another process (the 
 THREAD_CHANNEL = "technical"  # where a run's thread opens when the command was typed where none can
 ONE_STEP_RUNS = frozenset({"delegate"})  # `delegate --wait-result`: answers go to its origin, no thread
 EMBEDS_MAX = 10
+REASON_MAX = 500  # a rejection's reason, as /workflow reject takes it
+MODAL_TITLE_MAX = 45  # Discord's limit for a modal's title
+REJECT_FORM_TIMEOUT_S = 900.0  # an open reject form is dropped after this long (the gate may be long decided)
 _INPUT_SPLIT = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_]*\s*=)")
 _STEP = r"[a-z0-9_-]{1,64}"
 
@@ -121,6 +125,26 @@ class GateButton(
             await cog.decide(interaction, self.run_id, self.step_id, approve=self.action == "approve")
         except Exception as exc:  # refusals and conflicts look as every command's do
             await interaction.client.tree.on_error(interaction, exc)  # type: ignore[attr-defined,arg-type]
+
+
+class RejectModal(AtomizerModal):
+    """Why the gate is rejected: required, as everywhere (a rejection fails the run; its starter must learn what
+    to change). Stored with the decision, shown on the card, in `workflow show` and in the audit."""
+
+    reason: discord.ui.TextInput[RejectModal] = discord.ui.TextInput(
+        label="Why reject it?",
+        style=discord.TextStyle.paragraph,
+        placeholder="the mesh is too coarse near the mount points",
+        required=True,
+        max_length=REASON_MAX,
+    )
+
+    def __init__(self, cog: Workflows, run_id: int, step_id: str) -> None:
+        super().__init__(title=clip(f"Reject W-{run_id}/{step_id}", MODAL_TITLE_MAX), timeout=REJECT_FORM_TIMEOUT_S)
+        self.cog, self.run_id, self.step_id = cog, run_id, step_id
+
+    async def on_submit(self, interaction: discord.Interaction, /) -> None:
+        await self.cog.reject_with(interaction, self.run_id, self.step_id, self.reason.value)
 
 
 def gate_view(run_id: int, gates: list[str]) -> discord.ui.View | None:
@@ -344,11 +368,23 @@ class Workflows(commands.Cog):
     # --- buttons ----------------------------------------------------------------------------------
 
     async def decide(self, interaction: discord.Interaction, run_id: int, step_id: str, *, approve: bool) -> None:
+        """Approve at once; Reject asks why first (a form), once the engine says this person may decide."""
+        requester = requester_for(interaction, self.bot.services.config)
+        if not approve:
+            await self.engine.check_decision(requester, run_id, step_id)
+            await interaction.response.send_modal(RejectModal(self, run_id, step_id))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        outcome = await self.engine.approve(requester, run_id, step_id, approve=True)
+        await interaction.followup.send(self._outcome_text(run_id, step_id, True, outcome), ephemeral=True,
+                                        allowed_mentions=NO_MENTIONS)  # fmt: skip
+
+    async def reject_with(self, interaction: discord.Interaction, run_id: int, step_id: str, reason: str) -> None:
+        """The reject form's submit: the decision is checked again (the gate may have moved while they typed)."""
         requester = requester_for(interaction, self.bot.services.config)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        reason = None if approve else "rejected on the run's card"
-        outcome = await self.engine.approve(requester, run_id, step_id, approve=approve, reason=reason)
-        await interaction.followup.send(self._outcome_text(run_id, step_id, approve, outcome), ephemeral=True,
+        outcome = await self.engine.approve(requester, run_id, step_id, approve=False, reason=reason)
+        await interaction.followup.send(self._outcome_text(run_id, step_id, False, outcome), ephemeral=True,
                                         allowed_mentions=NO_MENTIONS)  # fmt: skip
 
     @staticmethod
@@ -461,7 +497,7 @@ class Workflows(commands.Cog):
         interaction: discord.Interaction,
         run: app_commands.Range[str, 1, 24],
         step: app_commands.Range[str, 1, 64],
-        reason: app_commands.Range[str, 1, 500],
+        reason: app_commands.Range[str, 1, REASON_MAX],
     ) -> None:
         await self._decide_command(interaction, run, step, False, reason)
 

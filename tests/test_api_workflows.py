@@ -131,3 +131,35 @@ async def test_synchronous_delegation_that_runs_out_says_the_run_goes_on(hq: Hq)
     assert (answer.json()["run"], answer.json()["status"]) == ("W-1", "running")
     refused = await post(hq, "/v1/delegations/wait-result", "nx-expert", {"to": "manager", "message": "x"})
     assert refused.status_code == 403 and "may not delegate to manager" in refused.json()["detail"]
+
+
+async def test_a_start_whose_input_makes_a_step_too_big_is_a_400_naming_the_step(hq: Hq) -> None:
+    twice = WorkflowDefinition.model_validate({"name": "compare", "description": "Compare a text with itself.",
+        "inputs": {"text": {"type": "string"}}, "steps": [
+            {"id": "diff", "agent": "nx-expert", "message": "Compare ${{ inputs.text }} with ${{ inputs.text }}.",
+             "timeout": "1h"}]})  # fmt: skip
+    hq.services.workflows.catalog = Catalog(twice)
+    # 150 KB fits the API's body limit, but twice in the step's message it is over the gateways' 262,144 bytes.
+    refused = await post(
+        hq, "/v1/workflow-runs", "operator", {"workflow": "compare", "inputs": {"text": "x" * 150_000}}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["detail"].startswith("compare: step diff's request would be 300,")
+    assert hq.fleet.received() == []
+    assert (await hq.get("/v1/workflow-runs")).json()["runs"] == []
+
+
+async def test_a_reject_needs_a_reason_which_the_run_keeps(hq: Hq) -> None:
+    gate = WorkflowDefinition.model_validate({"name": "gate", "description": "Just a gate.", "steps": [
+        {"id": "review", "approval": {"prompt": "OK?", "approvers": ["agent:manager"]}}]})  # fmt: skip
+    hq.services.workflows.catalog = Catalog(gate)
+    assert (await post(hq, "/v1/workflow-runs", "operator", {"workflow": "gate"})).status_code == 201
+    for body in ({}, {"reason": "   "}):
+        bare = await post(hq, "/v1/workflow-runs/W-1/steps/review/reject", "manager", body)
+        assert bare.status_code == 400 and "rejecting W-1/review needs a reason" in bare.json()["detail"], bare.text
+    assert (await hq.get("/v1/workflow-runs/W-1")).json()["steps"][0]["status"] == "waiting_approval"
+    rejected = await post(hq, "/v1/workflow-runs/W-1/steps/review/reject", "manager", {"reason": "numbers off"})
+    assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
+    shown = (await hq.get("/v1/workflow-runs/W-1")).json()
+    assert shown["approvals"][0]["reason"] == "numbers off" and shown["status"] == "failed"
+    assert "rejected by manager: numbers off" in shown["steps"][0]["error"]

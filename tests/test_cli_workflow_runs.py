@@ -43,6 +43,8 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
 
     code, out, err = await run_cli(*base, "workflow", "result", "W-1", "find", "--ok", "0.007 ppm/K", env=env)
     assert (code, out) == (0, "W-1/find: succeeded\n"), err
+    code, out, err = await run_cli(*base, "workflow", "reject", "W-1", "ok", env=env)
+    assert code == 2 and "rejecting W-1/ok needs a reason" in err and "--reason" in err, err
     code, out, err = await run_cli(*base, "workflow", "approve", "W-1", "ok", "--reason", "fine", env=env)
     assert code == 0 and "approved by you; the gate is approved" in out, err
     code, _, err = await run_cli(*base, "workflow", "approve", "W-1", "ok", env=env)
@@ -51,6 +53,8 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
         "Report 0.007 ppm/K." + step_footer("W-1/report#1")
     ]
 
+    code, out, _ = await run_cli(*base, "workflow", "show", "W-1", env=env)
+    assert code == 0 and "    approved by " in out and "(cli, " in out and "UTC): fine\n" in out, out
     code, out, _ = await run_cli(*base, "workflow", "show", "W-1", "--json", env=env)
     shown = json.loads(out)
     assert code == 0 and [s["status"] for s in shown["steps"]] == ["succeeded", "approved", "running"]
@@ -100,3 +104,22 @@ async def test_delegate_wait_result_prints_the_agents_output(start_fleet: FleetS
             await waiting.wait()
     assert waiting.returncode == 0, err_bytes.decode()
     assert out_bytes.decode() == "0.007 ppm/K\n"
+
+
+async def test_run_refuses_an_input_that_makes_a_step_too_big_naming_the_step(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    config, fleet = await start_fleet()
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    definition = tmp_path / "find.json"
+    thrice = {**DEFINITION["steps"][0], "message": "Find ${{ inputs.what }}, ${{ inputs.what }}, ${{ inputs.what }}."}
+    definition.write_text(json.dumps({**DEFINITION, "steps": [thrice, *DEFINITION["steps"][1:]]}), encoding="utf-8")
+    # 100 KB on the command line (an argument holds at most 128 KiB), three times in find's message.
+    code, out, err = await run_cli(*base, "workflow", "run", "--definition", str(definition), "--input",
+                                   "what=" + "x" * 100_000, env=env)  # fmt: skip
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert "find-and-report: step find's request would be 300," in err and "shorten input what" in err
+    assert fleet.received() == []
+    code, out, _ = await run_cli(*base, "workflow", "runs", env=env)
+    assert code == 0 and "W-1" not in out

@@ -133,6 +133,30 @@ class Rig:
         await asyncio.gather(*started)
         return self.recorder.calls[before:]
 
+    async def submit(self, reason: str, *, user: discord.Member) -> list[RecordedCall]:
+        """Submit the open form (the reject form) with `reason`, as `user`."""
+        [modal] = self.bot._connection._view_store._modals.values()
+        [text_input] = [item for item in modal.children if isinstance(item, discord.ui.TextInput)]
+        components = [{"type": 1, "components": [{"type": 4, "custom_id": text_input.custom_id, "value": reason}]}]
+        payload = {
+            "id": str(next_snowflake()), "application_id": str(self.bot.application_id), "type": 5,
+            "token": f"interaction-token-{next_snowflake()}", "version": 1, "attachment_size_limit": 26_214_400,
+            "guild_id": str(self.channel.guild.id), "channel_id": str(self.channel.id),
+            "channel": _channel_dict(self.channel, str(discord.Permissions.all().value)),
+            "member": _member_dict(user), "app_permissions": str(discord.Permissions.all().value),
+            "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.channel.guild.id)}, "context": 0,
+            "data": {"custom_id": modal.custom_id, "components": components},
+        }  # fmt: skip
+        before = len(self.recorder.calls)
+        prefix = "discord-ui-modal-dispatch"
+        running = {task for task in asyncio.all_tasks() if task.get_name().startswith(prefix)}
+        self.bot._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
+        started = [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and t not in running]
+        assert started, "the submit reached no form"
+        await asyncio.gather(*started)
+        return self.recorder.calls[before:]
+
     async def to_the_gate(self, run_id: int) -> None:
         """mesh, material and thermal answered (by their agents, through the API)."""
         for step, name in (("mesh", "nx-expert"), ("material", "webster"), ("thermal", "optimizer")):
@@ -305,6 +329,50 @@ async def test_cancel_and_retry(launch: Launcher) -> None:
     viewer = rig.member(AccessLevel.VIEWER, "vic")
     refused = single_message(await rig.driver.invoke("workflow retry", user=viewer, options={"run": "W-1"}))
     assert refused.ephemeral and "operator" in refused.text
+    for name in HELD:
+        rig.fleet.settle(name)
+    await rig.engine.idle()
+
+
+async def test_reject_asks_why_in_a_form_and_the_reason_is_kept_and_shown(launch: Launcher) -> None:
+    rig = await launch(specs=HELD)
+    await rig.run(rig.member(AccessLevel.OPERATOR, "antoine"))
+    await rig.to_the_gate(1)
+    # Refused before the form opens: nobody types a reason only to be told they may not decide.
+    refused = single_message(await rig.click(1, "reject", "review", user=rig.member(AccessLevel.OPERATOR, "olga")))
+    assert refused.ephemeral and "may not approve" in refused.text and "admin role" in refused.text
+    assert not rig.bot._connection._view_store._modals
+
+    alice = rig.member(AccessLevel.ADMIN, "alice")
+    [opened] = await rig.click(1, "reject", "review", user=alice)
+    assert opened.type == 9 and opened.payload is not None  # a form
+    assert opened.payload["data"]["title"] == "Reject W-1/review"
+    [[text_input]] = [row["components"] for row in opened.payload["data"]["components"]]
+    assert text_input["required"] is True and text_input["label"] == "Why reject it?"
+    assert (await rig.engine.get(1)).step("review").status == "waiting_approval"  # nothing decided yet
+
+    rejected = await rig.submit("the mesh is too coarse near the mounts", user=alice)
+    assert rejected[0].type == 5 and rejected[0].ephemeral
+    assert "You rejected W-1/review: the gate is rejected" in single_message(rejected).text
+    detail = await rig.engine.get(1)
+    [approval] = detail.approvals
+    assert (approval.approver_name, approval.decision, approval.reason, approval.front_end) == (
+        "alice", "reject", "the mesh is too coarse near the mounts", "discord",
+    )  # fmt: skip
+    assert "rejected by alice: the mesh is too coarse near the mounts" in await rig.card_text(1)
+    [audit] = await rig.services.store.fetchall(
+        "SELECT detail FROM audit_log WHERE action = 'workflow-approve' AND decision = 'allowed'"
+    )
+    assert '"reason": "the mesh is too coarse near the mounts"' in audit[0]
+
+    # A form submitted after the gate was decided (another approver, while this one typed) changes nothing.
+    await rig.run(rig.member(AccessLevel.OPERATOR, "antoine"))
+    await rig.to_the_gate(2)
+    await rig.click(2, "reject", "review", user=alice)
+    await rig.engine.approve(CLI, 2, "review", approve=True)
+    late = single_message(await rig.submit("too late", user=alice))
+    assert late.ephemeral and "was already approved by root@host" in late.text
+    assert [a.decision for a in (await rig.engine.get(2)).approvals] == ["approve"]
     for name in HELD:
         rig.fleet.settle(name)
     await rig.engine.idle()

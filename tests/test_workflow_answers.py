@@ -94,3 +94,26 @@ async def test_a_person_cannot_answer_for_the_agent(services_on_fleet: ServicesO
         await services.workflows.append_output(admin, run.id, "s0", "I did it")
     fleet.settle("nx-expert")
     await services.workflows.idle()
+
+
+@pytest.mark.parametrize("answers", [["NO_REPLY"], ["", "  "], ["NO_REPLY", ""]])
+async def test_an_empty_or_no_reply_answer_is_an_empty_output_and_the_run_goes_on(
+    services_on_fleet: ServicesOnFleet, answers: list[str]
+) -> None:
+    services, fleet = await services_on_fleet(release={"webster": RELEASE_LEGACY})
+    clock = FakeClock()
+    engine = WorkflowEngine(
+        services.config, services.store, services.delegation, services.gateway, clock=clock, output_quiet_s=20
+    )
+    run = await engine.start(ANTOINE, chain("webster", "secretary"), {}, thread_id=THREAD)
+    await engine.idle()
+    for text in answers:
+        await engine.append_output(as_agent("webster"), run.id, "s0", text)
+    clock.advance(20)
+    await engine.tick()
+    detail = await engine.get(run.id)
+    assert detail.step("s0").status == "succeeded" and detail.step("s0").output == ""
+    assert detail.step("s0").evidence["messages"] == len(answers)
+    [hook] = await agent_hooks(fleet, "secretary")
+    assert hook.body["message"].startswith("Step 1 after (no output).")  # said so, nothing made up
+    await engine.idle()

@@ -936,3 +936,20 @@ async def test_a_step_with_a_task_ends_when_its_agent_posts_the_task_done(servic
     assert (step.status, step.output, step.output_source) == ("succeeded", "meshed, 42k elements", "taskboard")
     [next_hook] = await agent_hooks(fleet, "optimizer")
     assert "meshed, 42k elements" in next_hook.body["message"]
+
+
+async def test_a_300_kb_input_is_refused_at_start_naming_the_step_and_nothing_is_recorded(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    """`workflow plan` says it; `start` (every front end) refuses it too, before recording or sending anything."""
+    services, fleet = await services_on_fleet()
+    engine = services.workflows
+    with pytest.raises(InvalidInput) as refused:
+        await engine.start(ANTOINE, m2(), {"mirror": "é" * 150_000})  # 300,000 bytes of UTF-8
+    said = str(refused.value)
+    assert said.startswith("m2-mirror-study: step mesh's request would be 300,")
+    assert "over the gateways' 262,144-byte limit; shorten input mirror" in said
+    assert await engine.runs() == [] and fleet.received() == []
+    run = await engine.start(ANTOINE, m2(), {"mirror": "é" * 50_000})  # 100 KB: fits
+    assert (await status(engine, run.display_id))["mesh"] == "running"
+    await engine.idle()

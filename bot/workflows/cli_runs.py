@@ -64,7 +64,7 @@ def add_run_commands(actions: argparse._SubParsersAction) -> None:  # type: igno
         gate = action(name, help_text)
         gate.add_argument("run")
         gate.add_argument("step")
-        gate.add_argument("--reason")
+        gate.add_argument("--reason", help="why (required to reject: the starter needs to know what to change)")
     retry = action("retry", "run again from a step (default: the failed, timed-out, unconfirmed ones)")
     retry.add_argument("run")
     retry.add_argument("--from", dest="from_step", metavar="STEP")
@@ -198,6 +198,10 @@ def print_detail(detail: RunDetail, *, as_json: bool) -> None:
     order = {step_id: i for i, step_id in enumerate(run.definition.step_ids)}
     for step in sorted(detail.steps, key=lambda s: order.get(s.step_id, 0)):
         print(_step_line(step))
+        for approval in (a for a in detail.approvals if a.step_id == step.step_id):
+            decision = {"approve": "approved", "reject": "rejected"}.get(approval.decision, approval.decision)
+            reason = f": {approval.reason}" if approval.reason else ""
+            print(f"    {decision} by {approval.approver_name} ({approval.front_end}, {approval.at[:19]} UTC){reason}")
     if run.error:
         print(f"  {run.error}")
 

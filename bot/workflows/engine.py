@@ -41,7 +41,7 @@ from bot.store import Store
 from bot.taskboard import Task, TaskEvent, parse_task_id
 from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
 from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
-from bot.workflows.plan import validate
+from bot.workflows.plan import oversized_step, validate
 from bot.workflows.store import (
     DONE_BADLY,
     DONE_OK,
@@ -323,6 +323,9 @@ class WorkflowEngine:
         if not checked.ok:
             raise InvalidInput(f"{definition.name} cannot run: " + "; ".join(checked.problems))
         values = definition.resolve_inputs(inputs)
+        too_big = oversized_step(definition, values)
+        if too_big is not None:
+            raise InvalidInput(too_big)
         now = self._clock()
         for step in definition.steps:
             if not isinstance(step, AgentStep):
@@ -962,7 +965,23 @@ class WorkflowEngine:
     async def approve(
         self, requester: Requester, run_ref: str | int, step_id: str, *, approve: bool, reason: str | None = None
     ) -> ApprovalOutcome:
-        """One decision on a gate, race-safe: the check and the write are one transaction."""
+        """One decision on a gate, race-safe: the check and the write are one transaction. A rejection needs a
+        reason (it fails the run unless on_failure: continue; the starter must learn what to change)."""
+        outcome = await self._decide(requester, run_ref, step_id, approve=approve, reason=reason, record=True)
+        assert outcome is not None
+        return outcome
+
+    async def check_decision(self, requester: Requester, run_ref: str | int, step_id: str) -> None:
+        """Raise what `approve` would (not an approver, the starter, decided already, the gate closed or expired),
+        recording nothing but a refusal's audit: Discord asks this before opening the reject form, so nobody
+        types a reason only to be told they may not decide."""
+        await self._decide(requester, run_ref, step_id, approve=False, reason=None, record=False)
+
+    async def _decide(
+        self, requester: Requester, run_ref: str | int, step_id: str, *, approve: bool, reason: str | None,
+        record: bool,
+    ) -> ApprovalOutcome | None:  # fmt: skip
+        reason = (reason or "").strip() or None
         run = await self._require_run(run_ref)
         await self._require_step(run, step_id)
         spec = run.definition.step(step_id)
@@ -975,7 +994,7 @@ class WorkflowEngine:
         decision = "approve" if approve else "reject"
         quorum = spec.approval.quorum
 
-        def work(conn: Any) -> ApprovalOutcome | str:
+        def work(conn: Any) -> ApprovalOutcome | str | None:
             current = conn.execute(
                 "SELECT status, finished_at, evidence, deadline_at FROM workflow_steps "
                 "WHERE run_id = ? AND step_id = ?",
@@ -999,6 +1018,13 @@ class WorkflowEngine:
             deadline_at = current["deadline_at"]
             if deadline_at and now >= datetime.fromisoformat(deadline_at):  # expired; tick() has not acted yet
                 raise StepConflict(_expired_at_click(where, deadline_at, spec, evidence))
+            if not record:
+                return None
+            if not approve and reason is None:
+                raise InvalidInput(
+                    f"rejecting {where} needs a reason (it fails the run; its starter needs to know what to change): "
+                    'give one: --reason "the mesh is too coarse" (the API: {"reason": "…"})'
+                )
             conn.execute(
                 "INSERT INTO workflow_approvals (run_id, step_id, approver_kind, approver, approver_name, "
                 "approver_user_id, decision, at, front_end, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1006,7 +1032,8 @@ class WorkflowEngine:
                  requester.front_end, reason),
             )  # fmt: skip
             conn.execute(*event_statement(run.id, step_id, now, requester.name, decision, {"reason": reason}))
-            conn.execute(*audit_row(requester, "workflow-approve", where, "allowed", {"decision": decision}, now))
+            conn.execute(*audit_row(requester, "workflow-approve", where, "allowed",
+                                    {"decision": decision, "reason": reason}, now))  # fmt: skip
             count = conn.execute(
                 "SELECT count(DISTINCT approver) FROM workflow_approvals WHERE run_id = ? AND step_id = ? "
                 "AND decision = 'approve'",
@@ -1027,6 +1054,8 @@ class WorkflowEngine:
         outcome = await self.tables.db.atomically(work)
         if isinstance(outcome, str):
             raise NotAllowed(outcome)
+        if outcome is None:
+            return None
         await self._notify(run.id)
         if outcome.decided:
             await self.advance(run.id)

@@ -455,6 +455,28 @@ def _deliver_to_problems(definition: WorkflowDefinition, config: ClusterConfig, 
     return problems
 
 
+def oversized_step(definition: WorkflowDefinition, inputs: Mapping[str, Any]) -> str | None:
+    """Why a run with these (resolved) inputs would send a step more than the gateways take, or None: what `start`
+    refuses before recording anything, as `plan` does (a 300 KB input filling a step's message)."""
+    needs = {step.id: list(step.needs) for step in definition.steps}
+    ancestors = _ancestors(definition, needs)
+    for step in definition.steps:
+        if not isinstance(step, AgentStep):
+            continue
+        size = body_size(step, inputs, ancestors[step.id])
+        if size is not None and size > HOOK_BODY_LIMIT:
+            filling = sorted(
+                name for name in references(step.message).inputs if len(str(inputs.get(name, "")).encode()) > 1024
+            )
+            fix = f"shorten input {', '.join(filling)}" if filling else "shorten the message or pass on fewer outputs"
+            return (
+                f"{definition.name}: step {step.id}'s request would be {size:,} bytes after templating, "
+                f"{size - HOOK_BODY_LIMIT:,} over the gateways' {HOOK_BODY_LIMIT:,}-byte limit; {fix} "
+                "(or send a path to a file instead of its text)"
+            )
+    return None
+
+
 def body_size(step: AgentStep, inputs: Mapping[str, Any], upstream: set[str]) -> int | None:
     """The step's hook body in bytes at its worst case (see WORST_CHAR); None if the message cannot be filled."""
     worst = WORST_CHAR * (OUTPUT_CAP + 1)  # over the cap: cut, with the note saying so

@@ -199,3 +199,30 @@ async def test_a_run_started_from_the_cli_gets_a_thread_and_a_card(flow: Flow) -
         "a thread for the run in #technical",
     )  # fmt: skip
     await server.wait_for(lambda: card_says(flow, thread.id, run.group(0), "inputs: mirror=M3"), what="its card")
+
+
+async def test_reject_from_the_card_asks_why_and_the_reason_is_shown(flow: Flow) -> None:
+    server = flow.server
+    run, thread = await start_m2(flow)
+    card = await server.wait_for(lambda: card_says(flow, thread, run, "waiting"), RUN_DEADLINE_S, "the gate")
+    reject = buttons(card)["Reject review"]
+    refused = await server.click(card, reject, roles=["viewer"])  # no form for who may not decide
+    [line] = refused.messages()
+    assert refused.callback is not None and refused.callback.type != 9
+    assert line.ephemeral and "may not approve" in line.content
+
+    maria = server.person("maria")
+    opened = await server.click(card, reject, user=maria, roles=["admin"])
+    assert opened.callback is not None and opened.callback.type == 9 and opened.callback.at < 3.0
+    assert opened.callback.modal is not None and opened.callback.modal["title"] == f"Reject {run}/review"
+    submitted = await server.submit_modal(
+        opened, {"Why reject it?": "the mesh is too coarse near the mounts"}, user=maria, roles=["admin"]
+    )
+    assert f"You rejected {run}/review: the gate is rejected" in submitted.messages()[0].content
+    assert submitted.messages()[0].ephemeral
+    done = await server.wait_for(
+        lambda: card_says(flow, thread, f"{run} · m2-mirror-study · failed"), RUN_DEADLINE_S, "the run failed"
+    )
+    assert "rejected by maria: the mesh is too coarse near the mounts" in done.text() and not done.components
+    code, out = await cli(flow, "workflow", "show", run)
+    assert code == 0 and "rejected by maria (discord, " in out and "UTC): the mesh is too coarse near the mounts" in out

@@ -30,6 +30,9 @@ COMMAND_NAME_MAX = 32
 COMMAND_DESCRIPTION_MAX = 100
 OPTIONS_MAX = 25
 CHOICES_MAX = 25
+MODAL_TITLE_MAX = 45
+TEXT_INPUT_LABEL_MAX = 45
+TEXT_INPUT_VALUE_MAX = 4000
 
 
 def _too_long(path: str, value: Any, limit: int) -> list[Problem]:
@@ -117,6 +120,35 @@ def check_components(rows: list[dict[str, Any]]) -> list[Problem]:
             if custom_id in seen:
                 problems.append((f"{path}.custom_id", "Component custom id cannot be duplicated"))
             seen.add(custom_id)
+    return problems
+
+
+def check_modal(data: dict[str, Any]) -> list[Problem]:
+    """A modal (interaction callback type 9): a title, a custom_id, 1-5 action rows of one text input each."""
+    problems: list[Problem] = []
+    for key, limit in (("title", MODAL_TITLE_MAX), ("custom_id", CUSTOM_ID_MAX)):
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            problems.append((key, "This field is required"))
+        problems += _too_long(key, value, limit)
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= ACTION_ROWS_MAX:
+        problems.append(("components", f"Must be between 1 and {ACTION_ROWS_MAX} in length."))
+    for r, row in enumerate(rows):
+        children = row.get("components") or []
+        if row.get("type") != 1 or len(children) != 1 or children[0].get("type") != 4:
+            problems.append((f"components.{r}", "A modal's action row holds exactly one text input"))
+            continue
+        text_input, path = children[0], f"components.{r}.components.0"
+        if not isinstance(text_input.get("custom_id"), str) or not text_input.get("custom_id"):
+            problems.append((f"{path}.custom_id", "This field is required"))
+        problems += _too_long(f"{path}.label", text_input.get("label"), TEXT_INPUT_LABEL_MAX)
+        if text_input.get("style") not in (1, 2):
+            problems.append((f"{path}.style", "Value must be one of (1, 2)."))
+        if int(text_input.get("max_length") or 0) > TEXT_INPUT_VALUE_MAX:
+            problems.append(
+                (f"{path}.max_length", f"int value should be less than or equal to {TEXT_INPUT_VALUE_MAX}.")
+            )
     return problems
 
 

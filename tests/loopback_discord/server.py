@@ -19,7 +19,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.loopback_discord.limits import THREAD_NAME_MAX, Problem, check_commands, check_message, form_error
+from tests.loopback_discord.limits import (
+    THREAD_NAME_MAX,
+    Problem,
+    check_commands,
+    check_message,
+    check_modal,
+    form_error,
+)
 from tests.loopback_discord.state import (
     EPHEMERAL,
     INTENT_GUILD_MESSAGE_REACTIONS,
@@ -689,6 +696,40 @@ class LoopbackDiscord:
             return user.id
         raise ValueError(f"option type {kind} is not supported by the loopback server")
 
+    async def submit_modal(
+        self,
+        opened: Interaction,
+        values: dict[str, str],
+        *,
+        user: User | None = None,
+        roles: list[str] = (),  # type: ignore[assignment]
+        timeout: float = 15.0,
+    ) -> Interaction:
+        """Submit the modal `opened` answered with (callback 9), its text inputs filled by label (a modal submit,
+        type 5, with the message of the component that opened it); returns once answered."""
+        callback = opened.callback
+        if callback is None or callback.modal is None:
+            raise KeyError(f"interaction {opened.id} opened no modal")
+        modal = callback.modal
+        inputs = {row["components"][0]["label"]: row["components"][0] for row in modal["components"]}
+        unknown = set(values) - set(inputs)
+        if unknown:
+            raise KeyError(f"the modal {modal['title']!r} has no text input labelled {sorted(unknown)}")
+        missing = [label for label, field in inputs.items() if field.get("required", True) and not values.get(label)]
+        if missing:
+            raise ValueError(f"Discord does not submit {modal['title']!r} without {missing}")
+        rows = [
+            {"type": 1, "components": [{"type": 4, "custom_id": field["custom_id"], "value": values.get(label, "")}]}
+            for label, field in inputs.items()
+        ]
+        data = {"custom_id": modal["custom_id"], "components": rows}
+        channel = self.state.channels[str(opened.payload["channel_id"])].name
+        message_id = (opened.payload.get("message") or {}).get("id")
+        message = self.state.messages.get(str(message_id)) if message_id else None
+        return await self._interact(
+            5, data, user=user, roles=list(roles), channel=channel, timeout=timeout, message=message
+        )
+
     async def _interact(
         self,
         kind: int,
@@ -760,6 +801,13 @@ class LoopbackDiscord:
             response.message = interaction.original = self._component_message(interaction)
             if kind == 7:
                 await self._apply_edit(request, response.message, data)
+        elif kind == 9:
+            if interaction.type not in (2, 3):
+                raise self._refuse(request, 400, 50035, "A modal answers only a command or a component")
+            problems = check_modal(data)
+            if problems:
+                raise self._violation(request, problems, body)
+            response.modal = data
         elif (kind == 8 and interaction.type != 4) or kind not in (4, 5, 6, 7, 8, 9):
             raise self._refuse(request, 400, 50035, f"Invalid interaction callback type {kind}")
         interaction.responses.append(response)

@@ -187,8 +187,9 @@ class Response:
 
     kind: str  # "callback", "followup", "edit", "delete"
     at: float  # seconds after the interaction was dispatched
-    type: int | None = None  # the callback type (4 message, 5 deferred, 6 deferred update, 7 update, 8, 9)
+    type: int | None = None  # the callback type (4 message, 5 deferred, 6 deferred update, 7 update, 8, 9 modal)
     message: StoredMessage | None = None
+    modal: dict[str, Any] | None = None  # a modal it opened (callback 9): title, custom_id, text inputs
 
     @property
     def ephemeral(self) -> bool:
@@ -199,7 +200,7 @@ class Response:
 class Interaction:
     id: str
     token: str
-    type: int  # 2 application command, 3 component, 4 autocomplete
+    type: int  # 2 application command, 3 component, 4 autocomplete, 5 modal submit
     payload: dict[str, Any]
     created: float  # time.monotonic() when dispatched
     responses: list[Response] = field(default_factory=list)
