@@ -96,6 +96,7 @@ async def open_services(
                 ),
                 routing=routing,
             )
+            services.workflows.routing = routing  # `route:` steps choose their agent at dispatch
             services.health.register("database", database_writable(services))
             tasks.add_listener(services.workflows.task_changed)  # a step that names its task ends with it
             try:
