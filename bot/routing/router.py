@@ -9,7 +9,8 @@ said in words: fewest in flight, affinity (when asked), recent acceptance rate, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from bot.authz import AccessLevel, Requester
@@ -37,23 +38,65 @@ def authority_of(config: ClusterConfig, requester: Requester) -> Authority:
     return lambda agent: refusal
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: 500 of them per decision, and a frozen dataclass is slow to make
 class RouteRow:
-    """One agent's line of the table: every filter's verdict, and its rank when it survived them."""
+    """One agent's line of the table: which filters it failed (their words are written when read), its rank when
+    it survived them."""
 
-    agent: str
-    refusals: dict[str, str]  # filter -> why it failed; empty when the agent is eligible
-    readiness: str
-    in_flight: int
-    cap: int | None
-    accepted: int
-    ended: int
+    facts: AgentFacts
+    failing: tuple[str, ...]  # names from FILTERS; empty when the agent is eligible
+    needs: tuple[str, ...]
+    at: datetime
+    authority_refusal: str | None = None
     affinity: bool = False
     rank: int | None = None  # 1 = chosen, among the eligible (or, when queued, among those only not ready)
 
     @property
+    def agent(self) -> str:
+        return self.facts.name
+
+    @property
     def eligible(self) -> bool:
-        return not self.refusals
+        return not self.failing
+
+    @property
+    def refusals(self) -> dict[str, str]:
+        """Each failing filter, with the words a refusal reads."""
+        return {name: self._why(name) for name in self.failing}
+
+    def _why(self, name: str) -> str:
+        facts = self.facts
+        if name == "capabilities":
+            return f"lacks {', '.join(need for need in self.needs if need not in facts.capabilities)}"
+        if name == "authority":
+            return self.authority_refusal or "may not be delegated to"
+        if name == "ready":
+            return facts.readiness
+        if name == "silence":
+            until = short_time(facts.silenced_until) if facts.silenced_until else "?"
+            return f"silenced by {facts.silenced_by or 'an admin'} until {until}"
+        note = f" ({facts.cap_note})" if facts.cap_note else ""
+        return f"{facts.in_flight} in flight, cap {facts.cap}{note}"
+
+    @property
+    def readiness(self) -> str:
+        return self.facts.readiness
+
+    @property
+    def in_flight(self) -> int:
+        return self.facts.in_flight
+
+    @property
+    def cap(self) -> int | None:
+        return self.facts.cap
+
+    @property
+    def accepted(self) -> int:
+        return self.facts.accepted
+
+    @property
+    def ended(self) -> int:
+        return self.facts.ended
 
     @property
     def acceptance(self) -> str:
@@ -61,7 +104,7 @@ class RouteRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "agent": self.agent, "eligible": self.eligible, "refusals": dict(self.refusals),
+            "agent": self.agent, "eligible": self.eligible, "refusals": self.refusals,
             "readiness": self.readiness, "in_flight": self.in_flight, "cap": self.cap, "accepted": self.accepted,
             "ended": self.ended, "affinity": self.affinity, "rank": self.rank,
         }  # fmt: skip
@@ -78,7 +121,6 @@ class RouteDecision:
     queued: bool
     explanation: str
     affinity_agent: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def row(self, agent: str) -> RouteRow:
         return next(row for row in self.rows if row.agent == agent)
@@ -101,55 +143,46 @@ def decide(
 ) -> RouteDecision:
     """Filter every agent, rank the survivors, and say why the first one is chosen (or why nobody is)."""
     wanted = tuple(needs)
+    needed = frozenset(wanted)
+    at = snapshot.at
     rows: list[RouteRow] = []
-    keys: dict[str, tuple[Any, ...]] = {}
-    for index, facts in enumerate(snapshot.agents):
-        refusals = _refusals(facts, wanted, authority, snapshot)
-        affinity = facts.name == affinity_agent
-        rows.append(
-            RouteRow(facts.name, refusals, facts.readiness, facts.in_flight, facts.cap, facts.accepted, facts.ended,
-                     affinity)
-        )  # fmt: skip
-        # No history counts as a perfect record: a new agent gets its chance.
-        rate = facts.accepted / facts.ended if facts.ended else 1.0
-        keys[facts.name] = (facts.in_flight, not affinity, -rate, index)
-    eligible = [row for row in rows if row.eligible]
-    queued = False
-    if not eligible:
-        # Readiness the only failing filter: the outbox sends it when the agent is back, as for a named agent.
-        eligible = [row for row in rows if set(row.refusals) == {"ready"}]
-        queued = bool(eligible)
-    ranked = sorted(eligible, key=lambda row: keys[row.agent])
-    ranks = {row.agent: position for position, row in enumerate(ranked, 1)}
-    rows = [_with_rank(row, ranks.get(row.agent)) for row in rows]
+    eligible: list[RouteRow] = []
+    only_not_ready: list[RouteRow] = []
+    for facts in snapshot.agents:
+        failing: list[str] = []
+        if not needed <= facts.capabilities:
+            failing.append("capabilities")
+        why = authority(facts.name)
+        if why is not None:
+            failing.append("authority")
+        if not facts.ready:
+            failing.append("ready")
+        if facts.silenced_until is not None and facts.silenced_until > at:
+            failing.append("silence")
+        if facts.cap is not None and facts.in_flight >= facts.cap:
+            failing.append("cap")
+        row = RouteRow(facts, tuple(failing), wanted, at, why, facts.name == affinity_agent)
+        rows.append(row)
+        if not failing:
+            eligible.append(row)
+        elif failing == ["ready"]:
+            only_not_ready.append(row)
+    # Readiness the only failing filter: the outbox sends it when the agent is back, as for a named agent.
+    queued = not eligible and bool(only_not_ready)
+    order = {facts.name: index for index, facts in enumerate(snapshot.agents)}
+    ranked = sorted(eligible or only_not_ready, key=lambda row: _score(row, order))
+    for position, row in enumerate(ranked, 1):
+        row.rank = position
     chosen = ranked[0].agent if ranked else None
-    decision = RouteDecision(wanted, requester, tuple(rows), chosen, queued, "", affinity_agent)
-    return _explained(decision)
+    return _explained(RouteDecision(wanted, requester, tuple(rows), chosen, queued, "", affinity_agent))
 
 
-def _refusals(facts: AgentFacts, needs: tuple[str, ...], authority: Authority, snapshot: Snapshot) -> dict[str, str]:
-    refusals: dict[str, str] = {}
-    lacking = [need for need in needs if need not in facts.capabilities]
-    if lacking:
-        refusals["capabilities"] = f"lacks {', '.join(lacking)}"
-    why = authority(facts.name)
-    if why is not None:
-        refusals["authority"] = why
-    if not facts.ready:
-        refusals["ready"] = facts.readiness
-    if facts.silenced_until is not None and facts.silenced_until > snapshot.at:
-        refusals["silence"] = f"silenced by {facts.silenced_by or 'an admin'} until {short_time(facts.silenced_until)}"
-    if facts.cap is not None and facts.in_flight >= facts.cap:
-        note = f" ({facts.cap_note})" if facts.cap_note else ""
-        refusals["cap"] = f"{facts.in_flight} in flight, cap {facts.cap}{note}"
-    return refusals
-
-
-def _with_rank(row: RouteRow, rank: int | None) -> RouteRow:
-    if rank is None:
-        return row
-    return RouteRow(row.agent, row.refusals, row.readiness, row.in_flight, row.cap, row.accepted, row.ended,
-                    row.affinity, rank)  # fmt: skip
+def _score(row: RouteRow, order: dict[str, int]) -> tuple[int, bool, float, int]:
+    """Lower is better: fewest in flight, then affinity, then the acceptance rate (no history counts as a perfect
+    record: a new agent gets its chance), then config order."""
+    facts = row.facts
+    rate = facts.accepted / facts.ended if facts.ended else 1.0
+    return (facts.in_flight, not row.affinity, -rate, order[facts.name])
 
 
 def _explained(decision: RouteDecision) -> RouteDecision:
@@ -174,4 +207,4 @@ def _explained(decision: RouteDecision) -> RouteDecision:
         parts.append(row.acceptance)
         text = f"{row.agent}: {'; '.join(parts)}"
     return RouteDecision(decision.needs, decision.requester, decision.rows, decision.chosen, decision.queued, text,
-                         decision.affinity_agent, decision.notes)  # fmt: skip
+                         decision.affinity_agent)  # fmt: skip
