@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+from bot.authz import Requester
 from tests.test_api import assert_error
 from tests.test_api_delegations import Hq, auth, hq  # noqa: F401  (the fixture)
 
@@ -64,3 +66,16 @@ async def test_bad_needs_and_nobody_eligible_are_clear_refusals(hq: Hq) -> None:
     assert hq.fleet.received() == []
     [(decision,)] = await hq.services.store.fetchall("SELECT decision FROM audit_log WHERE action = 'route'")
     assert decision == "refused"
+
+
+async def test_a_synchronous_delegation_can_be_routed_too(hq: Hq) -> None:  # noqa: F811
+    body = {"to": "auto", "needs": ["fea"], "message": "Run the FEA", "wait_s": 30}
+    waiting = asyncio.create_task(hq.client.post("/v1/delegations/wait-result", headers=auth("operator"), json=body))
+    engine = hq.services.workflows
+    async with engine.changed:
+        await asyncio.wait_for(engine.changed.wait_for(lambda: bool(hq.fleet.received("nx-expert"))), 30)
+    nx = Requester(kind="agent", name="nx-expert", front_end="api")
+    await engine.report_result(nx, "W-1", "work", ok=True, output="12 MPa", source="api")
+    answer = await waiting
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"] == "12 MPa"

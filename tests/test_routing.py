@@ -19,6 +19,7 @@ from bot.routing.service import NobodyEligible, UnknownCapability
 from bot.routing.snapshot import AgentFacts, Snapshot
 from bot.routing.table import table_lines
 from bot.services import Services
+from tests.conftest import ServicesOnFleet
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 ALICE = Requester(kind="person", name="alice", front_end="cli", level=AccessLevel.OPERATOR)
@@ -261,3 +262,23 @@ def set_health(services: Services) -> Callable[..., Any]:
         )
 
     return write
+
+
+async def test_a_busy_gateway_teaches_routing_its_cap(services_on_fleet: ServicesOnFleet) -> None:
+    """The 503 of a gateway that did not admit a hook in 15 s (not one still starting) caps the agent at what it
+    had in flight; the delegation itself waits in the outbox as before."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"busy": True}})
+    result = await services.delegation.delegate(ALICE, "nx-expert", "Mesh the bracket", deliver=False)
+    assert result.delegation is not None and result.delegation.status == "queued"
+    assert "503" in (result.delegation.last_error or "")
+    decision = await services.routing.preview(ALICE, ["meshing"])
+    assert decision.chosen is None and not decision.queued
+    refusal = decision.row("nx-expert").refusals["cap"]
+    assert refusal.startswith("1 in flight, cap 1 (learned ") and refusal.endswith(" UTC from a 503)")
+    assert "1/1" in next(line for line in table_lines(decision) if line.startswith("nx-expert"))
+    # A gateway still starting teaches nothing: it surely did not take the work.
+    fleet.spec("webster").startup = None
+    await fleet.restart("webster")  # starting until told otherwise: hooks answer 503 "Plugin runtime is starting"
+    starting = await services.delegation.delegate(ALICE, "webster", "Find the CTE", deliver=False)
+    assert starting.delegation is not None and "starting" in (starting.delegation.last_error or "")
+    assert await services.store.fetchall("SELECT key FROM meta WHERE key = 'route.cap.webster'") == []
