@@ -28,6 +28,7 @@ BENCHMARKS = (
     "workflow_fanout",
     "approval_to_dispatch",
     "workflow_crash",
+    "route_decision",
 )
 
 

@@ -35,6 +35,7 @@ from bot.errors import AtomizerError, InvalidInput, NotAllowed, NotAuthenticated
 from bot.gateway import ReadinessState
 from bot.health import is_failing
 from bot.heartbeat import HeartbeatRun, JobStatus
+from bot.routing.service import NobodyEligible
 from bot.services import Services
 from bot.status_view import AgentOverview, collect_overview, fleet_json
 from bot.taskboard import Task, TaskBoard, TaskDetail, TaskEvent
@@ -123,8 +124,13 @@ class DelegationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")  # a misspelt field must fail, not be dropped silently
 
-    to: str = Field(description="The agent that should do the work, e.g. nx-expert.")
+    to: str = Field(description="The agent that should do the work, e.g. nx-expert; auto: chosen by `needs`.")
     message: str = Field(description="The instruction, as the agent will read it.")
+    needs: list[str] | None = Field(
+        default=None,
+        description='Capabilities the work needs, e.g. ["meshing"]. With to=auto the agent is chosen by them '
+        "(docs/routing.md); with a named agent, that agent must have them.",
+    )
     target: str | None = Field(
         default=None,
         description="Where the agent's answer goes: channel:<id>, user:<id>, <#id>, #channel or @member. "
@@ -186,10 +192,44 @@ class DelegationRecord(BaseModel):
         return cls.model_validate(delegation.to_dict())
 
 
+class RouteRowOut(BaseModel):
+    """One agent's line of the routing table: each failing filter with its reason, its rank when eligible."""
+
+    agent: str
+    eligible: bool
+    refusals: dict[str, str] = Field(description="capabilities, authority, ready, silence or cap -> why it failed")
+    readiness: str
+    in_flight: int
+    cap: int | None
+    accepted: int = Field(description="Accepted, of its last `ended` delegations (at most 20).")
+    ended: int
+    affinity: bool
+    rank: int | None = Field(description="1 = chosen; null when a filter failed.")
+
+
+class RouteOut(BaseModel):
+    """A routing decision: the chosen agent (or none), whether it waits in the outbox for that agent, and why."""
+
+    needs: list[str]
+    requester: str
+    chosen: str | None
+    queued: bool = Field(description="No agent with the capabilities is ready: sent when the chosen one is back.")
+    explanation: str = Field(description="e.g. nx-expert: has meshing; ready; 0 in flight; 20 of the last 20 accepted")
+    affinity: str | None
+    table: list[RouteRowOut] = Field(description="Every agent, every filter.")
+
+
+class NobodyEligibleOut(ErrorResponse):
+    """409 nobody_eligible: no agent can take the work, not even once back; `route` has the whole table."""
+
+    route: RouteOut
+
+
 class DelegationCreated(DelegationRecord):
     """The new delegation's record (accepted, or queued for the outbox to retry), and why it was allowed."""
 
     decision: DecisionOut
+    route: RouteOut | None = Field(default=None, description="How the agent was chosen, when `to` was auto.")
 
 
 class DelegationDryRun(BaseModel):
@@ -197,6 +237,15 @@ class DelegationDryRun(BaseModel):
 
     decision: DecisionOut
     payload: dict[str, Any]
+    route: RouteOut | None = Field(default=None, description="How the agent would be chosen, when `to` was auto.")
+
+
+class RouteQuery(BaseModel):
+    """What the work needs: `?needs=meshing,fea` (or the key repeated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    needs: list[str] = Field(description="Capabilities, e.g. meshing; comma-separated or repeated.")
 
 
 class DelegationQuery(BaseModel):
@@ -890,10 +939,23 @@ class LoopbackApi:
                 response=DelegationCreated,
                 body=DelegationIn,
                 status=202,
-                extra_responses={200: DelegationDryRun, **refused},
+                extra_responses={200: DelegationDryRun, **refused, 409: NobodyEligibleOut},
                 description="202: recorded and sent (status accepted), or queued for retries while the agent "
                 "cannot take it (status queued). 200: a dry run. 403: the caller may not delegate to that agent; "
-                "the detail names who could.",
+                "the detail names who could. With to=auto and needs: 400 unknown_capability (with a did-you-mean), "
+                "409 nobody_eligible with the routing table.",
+            )
+        )
+        self.add(
+            Route(
+                "GET",
+                "/v1/route",
+                self.route_preview,
+                summary="Which agent `to: auto` would choose now for these needs, with every agent's filters",
+                response=RouteOut,
+                query=RouteQuery,
+                description="A look, not a decision: nothing is audited or sent. `chosen` is null when nobody could "
+                "take it.",
             )
         )
         self.add(
@@ -929,9 +991,17 @@ class LoopbackApi:
         )
 
     async def create_delegation(self, request: web.Request, requester: Requester, body: DelegationIn) -> web.Response:
+        try:
+            agent, decided = await self.services.routing.resolve(
+                requester, body.to, body.needs, dry_run=body.dry_run, audit_detail={"message": body.message[:200]}
+            )
+        except NobodyEligible as exc:
+            refused = NobodyEligibleOut(error=exc.code, detail=str(exc), route=RouteOut(**exc.decision.to_dict()))
+            return reply(refused, exc.http_status)
+        route = RouteOut(**decided.to_dict()) if decided is not None else None
         result = await self.services.delegation.delegate(
             requester,
-            body.to,
+            agent,
             body.message,
             target=body.target,
             deliver=body.deliver,
@@ -940,11 +1010,15 @@ class LoopbackApi:
         )
         decision = DecisionOut(allowed=result.decision.allowed, reason=result.decision.reason)
         if result.delegation is None:
-            return reply(DelegationDryRun(decision=decision, payload=result.payload))
+            return reply(DelegationDryRun(decision=decision, payload=result.payload, route=route))
         record = DelegationRecord.of(result.delegation)
-        response = reply(DelegationCreated(**record.model_dump(), decision=decision), 202)
+        response = reply(DelegationCreated(**record.model_dump(), decision=decision, route=route), 202)
         response.headers["Location"] = f"/v1/delegations/{record.id}"
         return response
+
+    async def route_preview(self, request: web.Request, requester: Requester, query: RouteQuery) -> RouteOut:
+        routing = self.services.routing
+        return RouteOut(**(await routing.preview(requester, routing.needs(query.needs))).to_dict())
 
     async def get_delegation(self, request: web.Request, requester: Requester, data: None) -> DelegationRecord:
         return DelegationRecord.of(await self.services.delegation.get(request.match_info["id"]))

@@ -184,8 +184,9 @@ class WaitResultIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: str = Field(description="The agent that should do the work, e.g. nx-expert.")
+    to: str = Field(description="The agent that should do the work, e.g. nx-expert; auto: chosen by `needs`.")
     message: str = Field(description="The instruction, as the agent will read it.")
+    needs: list[str] | None = Field(default=None, description="Capabilities the work needs (as for /v1/delegations).")
     target: str | None = Field(default=None, description="Where the agent's answer goes (as for /v1/delegations).")
     deliver: bool = Field(default=True, description="false: the agent runs it without posting its answer.")
     wait_s: float = Field(default=600.0, gt=0, le=3_600, description="How long to wait for the result, seconds.")
@@ -292,7 +293,7 @@ def add_workflow_routes(api: LoopbackApi) -> None:
         from bot.workflows.cli_runs import one_step
         from bot.workflows.store import FINAL
 
-        agent = api.services.config.require_agent(data.to).name
+        agent, _ = await api.services.routing.resolve(requester, data.to, data.needs)
         definition = one_step(agent, wait_s=data.wait_s, deliver_to="thread" if data.deliver else "none")
         run = await engine.start(requester, definition, {"message": data.message}, origin=data.target)
         step = await engine.wait_step(run.id, "work", timeout=data.wait_s)

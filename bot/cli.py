@@ -112,8 +112,11 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
     if args.wait_result:
         return await _delegate_wait_result(args, settings, config, requester)
     async with open_services(settings, config) as services:
+        agent, route = await services.routing.resolve(requester, args.agent, args.needs, dry_run=args.dry_run)
+        if route is not None and not args.json:
+            print(f"route: {route.explanation}")
         result = await services.delegation.delegate(
-            requester, args.agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run
+            requester, agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run
         )
         delegation = result.delegation
         if delegation is not None and args.wait and not delegation.is_final:
@@ -125,6 +128,8 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
                 await worker.stop()
     if args.json:
         document: dict[str, Any] = {"decision": {"allowed": result.decision.allowed, "reason": result.decision.reason}}
+        if route is not None:
+            document["route"] = route.to_dict()
         document["delegation" if delegation else "payload"] = delegation.to_dict() if delegation else result.payload
         print(json.dumps(document, indent=2))
     elif delegation is None:
@@ -159,8 +164,11 @@ async def _delegate_wait_result(
     if args.dry_run or args.wait:
         raise InvalidInput("--wait-result does not go with --dry-run or --wait")
     async with open_services(settings, config) as services:
+        agent, route = await services.routing.resolve(requester, args.agent, args.needs)
+        if route is not None:
+            print(f"route: {route.explanation}", file=sys.stderr)
         run, step = await delegate_and_wait(
-            services, requester, args.agent, args.message, wait_s=args.wait_s, to=args.to, deliver=not args.no_deliver
+            services, requester, agent, args.message, wait_s=args.wait_s, to=args.to, deliver=not args.no_deliver
         )
     if args.json:
         document = {"run": run.display_id, "step": step.status, "output": step.output, "error": step.error}
@@ -169,7 +177,7 @@ async def _delegate_wait_result(
         print(step.output or "")
     if step.status == "succeeded":
         if not step.output:
-            print(f"atomizer-hq: {args.agent} finished without an output reaching atomizer-hq "
+            print(f"atomizer-hq: {agent} finished without an output reaching atomizer-hq "
                   f"(source: {step.output_source})", file=sys.stderr)  # fmt: skip
         return 0
     if step.status in ("running", "dispatching", "pending"):
@@ -181,6 +189,26 @@ async def _delegate_wait_result(
         return WAIT_RAN_OUT
     print(f"atomizer-hq: {run.display_id}/work {step.status}: {step.error or 'no detail'}", file=sys.stderr)
     return 1
+
+
+async def cmd_route(args: argparse.Namespace) -> int:
+    """Which agent `delegate auto --needs …` would choose now, and the whole table it would choose from."""
+    from bot.authz import host_operator
+    from bot.routing.table import table_lines
+    from bot.services import open_services
+
+    settings, config = load_context(args)
+    require_secrets(settings, config, "status")
+    requester = host_operator()
+    if args.as_agent:
+        requester = requester.acting_as(args.as_agent, config)
+    async with open_services(settings, config) as services:
+        decision = await services.routing.preview(requester, services.routing.needs(args.needs))
+    if args.json:
+        print(json.dumps(decision.to_dict(), indent=2))
+    else:
+        print("\n".join(table_lines(decision, width=10_000)))  # a pipe or a terminal: whole lines, never cut
+    return 0 if decision.chosen is not None else 1
 
 
 def _utc_seconds(moment: str | None) -> str:
@@ -739,9 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     dlg = add("delegate", cmd_delegate, "send an instruction to an agent (recorded, retried, never lost)")
-    dlg.add_argument("agent", help="the agent, e.g. nx-expert")
+    dlg.add_argument("agent", help="the agent, e.g. nx-expert, or auto to choose one by --needs")
     dlg.add_argument("message", help="the instruction")
     dlg.add_argument("--as", dest="as_agent", metavar="AGENT", help="act for an agent, under its authority")
+    dlg.add_argument(
+        "--needs", action="append", metavar="CAP[,CAP]",
+        help="capabilities the work needs (repeatable): with auto, the agent is chosen by them (docs/routing.md)",
+    )  # fmt: skip
     dlg.add_argument(
         "--to", help="delivery target: user:<id>, channel:<id>, #channel, a channel role (default: technical)"
     )
@@ -758,6 +790,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-result", action="store_true",
         help="run it as a one-step workflow and wait for the agent's result (up to --wait-s); print its output",
     )  # fmt: skip
+
+    rte = add("route", cmd_route, "which agent `delegate auto --needs …` would choose now, and why (the table)")
+    rte.add_argument("--needs", action="append", required=True, metavar="CAP[,CAP]", help="e.g. meshing; repeatable")
+    rte.add_argument("--as", dest="as_agent", metavar="AGENT", help="route as this agent would (its authority)")
+    rte.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
     dls = add("delegations", cmd_delegations, "recent delegations; show one; retry an unconfirmed one")
     dls.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")

@@ -63,18 +63,38 @@ class AgentConfig(_Strict):
     discord_user_id: Snowflake | None = None
     delegates_to: list[str] = Field(default_factory=list)
     hooks_path: str = "/hooks"
+    capabilities: list[str] = Field(default_factory=list)  # what routing matches `--needs` against (routing.md)
+    max_in_flight: int | None = Field(default=None, ge=1)  # routing's cap; unset: learned from 503 admission timeouts
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not AGENT_NAME_RE.fullmatch(value) or value == "all":
+        if not AGENT_NAME_RE.fullmatch(value) or value in ("all", "auto"):
             raise PydanticCustomError(
                 "agent_name",
                 "{value} is not a valid agent name; use lowercase letters, digits and '-', "
-                "starting with a letter (e.g. 'nx-expert'); 'all' is reserved for the CLI",
+                "starting with a letter (e.g. 'nx-expert'); 'all' and 'auto' are reserved",
                 {"value": repr(value)},
             )
         return value
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _capabilities(cls, value: Any) -> Any:
+        # What a person writes ("Materials data") is normalized the way `--needs` is; a malformed one is named.
+        from bot.routing.capabilities import normalize, problem
+
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            return value  # pydantic names the wrong type
+        words: list[str] = []
+        for item in value:
+            word = normalize(item)
+            why = problem(word)
+            if why is not None:
+                raise PydanticCustomError("capability", "{message}", {"message": why})
+            if word not in words:
+                words.append(word)
+        return words
 
     @field_validator("delegates_to", mode="before")
     @classmethod

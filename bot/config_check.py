@@ -50,6 +50,16 @@ def heartbeat_warnings(config: ClusterConfig) -> list[str]:
     return warnings
 
 
+def routing_warnings(config: ClusterConfig) -> list[str]:
+    """Agents that declare no capabilities: `delegate auto --needs …` never chooses them (docs/routing.md)."""
+    return [
+        f"{config.source}: agents.{agent.name}.capabilities: none declared, so `delegate auto --needs …` never "
+        f'chooses {agent.name}; add what it does, e.g. capabilities = ["research"]'
+        for agent in config.agents
+        if not agent.capabilities
+    ]
+
+
 def secret_problems(settings: Settings, config: ClusterConfig, command: str) -> list[str]:
     """Missing secrets for `command`, one line each, naming the variable to set and where to find its value.
 
@@ -91,7 +101,7 @@ def check(settings: Settings, config: ClusterConfig, for_command: str | None) ->
     Without `for_command`, missing secrets are notes (the shipped config is valid without a .env);
     with it, they are problems for that command.
     """
-    report = ConfigReport(warnings=heartbeat_warnings(config))
+    report = ConfigReport(warnings=heartbeat_warnings(config) + routing_warnings(config))
     if settings.guild_id and not SNOWFLAKE_RE.match(settings.guild_id.strip()):
         report.problems.append(
             f"environment: ATOMIZER_GUILD_ID: {settings.guild_id!r} is not a Discord id; "

@@ -13,6 +13,7 @@ import logging
 import re
 import sqlite3
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -33,7 +34,7 @@ from bot.errors import (
     PayloadTooLarge,
     StoreError,
 )
-from bot.gateway import AgentHook, GatewayClient, HookAccepted, encode_body
+from bot.gateway import AdmissionTimeout, AgentHook, GatewayClient, HookAccepted, encode_body
 from bot.store import Store
 from bot.targets import GuildDirectory, StaticDirectory, TargetNormalizer
 
@@ -232,6 +233,8 @@ class DelegationService:
         self._tasks = tasks
         # Accepted by the agent while the database could not record it: recorded on the next round.
         self._unrecorded: dict[int, tuple[Delegation, str, float]] = {}
+        # Told the agent's name when its gateway did not admit a hook in time (routing learns its cap from it).
+        self.on_admission_timeout: Callable[[str], Awaitable[None]] | None = None
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -587,6 +590,8 @@ class DelegationService:
         except HookRateLimited as exc:
             return await self._requeue(delegation, str(exc), exc.retry_after)
         except AgentUnavailable as exc:
+            if isinstance(exc, AdmissionTimeout) and self.on_admission_timeout is not None:
+                await self.on_admission_timeout(agent.name)
             if not exc.sent:
                 return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts))
             return await self._maybe_sent(delegation, exc.reason)

@@ -319,7 +319,7 @@ class AtomizerBot(commands.Bot):
 
     initial_extensions: tuple[str, ...] = (
         "cogs.help", "cogs.delegation", "cogs.status", "cogs.cluster", "cogs.tasks", "cogs.heartbeat",
-        "cogs.workflows",
+        "cogs.workflows", "cogs.routing",
     )  # fmt: skip
 
     def __init__(

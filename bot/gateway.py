@@ -36,6 +36,13 @@ from bot.errors import (
 TokenLookup = Callable[[str], SecretStr | None]
 ReadinessState = Literal["ready", "starting", "degraded", "down", "foreign"]
 STARTING_TEXT = "Plugin runtime is starting"
+
+
+class AdmissionTimeout(AgentUnavailable):
+    """A 503 that is not a gateway still starting: it did not admit the hook in time (busy). Routing learns the
+    agent's in-flight cap from it (docs/routing.md); everything else treats it as any AgentUnavailable."""
+
+
 HOOKS_IN_FLIGHT_PER_AGENT = 8
 KEEPALIVE_S = 4.0
 _SNIPPET = 160
@@ -449,7 +456,9 @@ def _interpret(agent: str, response: _Response, latency: float) -> _Answer:
         # "Plugin runtime is starting" surely started nothing; another 503 (15 s admission limit) may have.
         starting = STARTING_TEXT in text
         reason = "the gateway is starting (HTTP 503)" if starting else f"the gateway answered HTTP 503: {snippet}"
-        raise AgentUnavailable(agent, reason, sent=not starting)
+        if starting:
+            raise AgentUnavailable(agent, reason, sent=False)
+        raise AdmissionTimeout(agent, reason, sent=True)
     if status >= 500:
         raise AgentUnavailable(agent, f"the gateway failed (HTTP {status}): {snippet}", sent=True)
     if status == 404:

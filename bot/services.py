@@ -22,6 +22,7 @@ from bot.health import HealthChecks, database_writable
 from bot.heartbeat import HeartbeatService
 from bot.monitor import MonitorPolicy, StatusMonitor
 from bot.project_log import ProjectLog
+from bot.routing.service import RoutingService
 from bot.settings import Settings
 from bot.standup import StandupService
 from bot.store import Store
@@ -48,6 +49,7 @@ class Services:
     systemd: SystemdUnits  # the agents' units; starts no process until asked
     scheduler: AsyncIOScheduler  # one per process; started only by `run`, which owns the schedule
     workflows: WorkflowEngine  # workflow runs (docs/workflows-design.md); `run` recovers and ticks it
+    routing: RoutingService  # `delegate auto --needs …`: chooses the agent (docs/routing.md)
 
 
 @asynccontextmanager
@@ -67,6 +69,8 @@ async def open_services(
             if config.taskboard.project_log:  # every front end's changes reach the agents' shared log
                 tasks.add_listener(ProjectLog(config.taskboard.project_log))
             delegation = DelegationService(config, store, gateway, tasks=tasks)
+            routing = RoutingService(config, store, cluster)
+            delegation.on_admission_timeout = routing.admission_timed_out  # the cap routing learns
             services = Services(
                 settings=settings,
                 config=config,
@@ -90,7 +94,9 @@ async def open_services(
                     catalog=WorkflowCatalog.from_config(config),
                     output_quiet_s=config.workflows.output_quiet_s,
                 ),
+                routing=routing,
             )
+            services.workflows.routing = routing  # `route:` steps choose their agent at dispatch
             services.health.register("database", database_writable(services))
             tasks.add_listener(services.workflows.task_changed)  # a step that names its task ends with it
             try:

@@ -87,6 +87,7 @@ class SimAgentSpec:
     hang: bool = False  # accepts connections and reads requests but never answers (any path)
     latency_ms: float = 0.0  # delay before answering a hook (admission time); health answers at once
     fail_rate: float = 0.0  # fraction of hook requests answered 500 (deterministic per seed)
+    busy: bool = False  # every hook waits out its admission and is answered 503 (the 15 s limit; routing's cap)
     model_ok: bool = True  # False: hooks accepted, but runs complete with an error
     hooks_enabled: bool = True  # False: hooks routes answer 404 "Not Found"
     startup: float | None = 0.0  # seconds of start-up window; None = until finish_startup(name)
@@ -787,6 +788,8 @@ class _Gateway:
             await asyncio.sleep(self.spec.latency_ms / 1000)
         if self.spec.fail_rate > 0 and self._fail_rng.random() < self.spec.fail_rate:
             return _text(500, "Internal Server Error")
+        if self.spec.busy:
+            return _text(503, "Service Unavailable: run admission timed out")
         return None
 
     async def _agent(self, request: web.Request, payload: dict[str, Any]) -> web.Response:

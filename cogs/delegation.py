@@ -19,6 +19,8 @@ from bot.boards import clip
 from bot.delegation import STATUSES, Delegation, DelegationService
 from bot.discord_bot import NO_MENTIONS, log_unexpected, redact_all, requester_for, require_level
 from bot.errors import InvalidInput
+from bot.routing.service import AUTO
+from cogs.routing import capability_choices
 from cogs.utils.directory import DiscordGuildDirectory
 from cogs.utils.paginator import FIELD_VALUE_LIMIT, send_listing
 from cogs.utils.views import AtomizerView
@@ -266,6 +268,7 @@ class Delegations(commands.Cog):
         deliver="Post the agent's answer in Discord (default: yes)",
         task="The task this belongs to, e.g. T-12",
         brief="A UTF-8 text file whose text is the instruction (after `instruction`, if both are given)",
+        needs="Capabilities the work needs, e.g. meshing; with agent auto, the agent is chosen by them",
     )
     # The floor to reach the service, not the authority to delegate: the service judges that, for people
     # (operator and up) and agents (delegates_to) alike, audits refusals and names who could. Viewer keeps
@@ -280,6 +283,7 @@ class Delegations(commands.Cog):
         deliver: bool = True,
         task: str | None = None,
         brief: discord.Attachment | None = None,
+        needs: app_commands.Range[str, 1, 200] | None = None,
     ) -> None:
         requester = requester_for(interaction, self.bot.services.config)
         if instruction is not None and len(instruction) > MAX_INSTRUCTION:
@@ -301,6 +305,9 @@ class Delegations(commands.Cog):
         # Bad input and refusals must be answered privately, which is possible only before deferring
         # (a deferred answer's first followup inherits its visibility). None of this touches the network.
         checks = {k: v for k, v in options.items() if k != "task"}
+        # agent:auto is routed here (audited; nobody eligible is a private refusal with the table); it probes only
+        # agents the monitor has not seen lately.
+        agent, route = await self.bot.services.routing.resolve(requester, agent, needs)
         await self.service.preflight(requester, agent, instruction or BRIEF_PLACEHOLDER, **checks)  # audits refusals
         await interaction.response.defer(thinking=True)
         message = instruction or ""
@@ -309,7 +316,8 @@ class Delegations(commands.Cog):
         result = await self.service.delegate(requester, agent, message, **options)
         if result.delegation is None:  # only a dry run has none
             raise RuntimeError("the delegation service returned no delegation")
-        await self.send_outcome(interaction, result.delegation)
+        said = f"route: {safe(route.explanation, 500, self.bot)}" if route is not None else None
+        await self.send_outcome(interaction, result.delegation, content=said)
 
     async def send_outcome(
         self,
@@ -387,6 +395,21 @@ class Delegations(commands.Cog):
     # --- autocomplete -------------------------------------------------------------------------
 
     @delegate.autocomplete("agent")
+    async def delegate_agent_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """`auto` (chosen by needs), then the agents."""
+        auto = (
+            [app_commands.Choice(name="auto — chosen by needs", value=AUTO)]
+            if AUTO.startswith(current.strip().lower())
+            else []
+        )
+        return [*auto, *await self.agent_choices(interaction, current)][:25]
+
+    @delegate.autocomplete("needs")
+    async def needs_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return capability_choices(self.bot.services.routing.declared(), current)
+
     @delegations.autocomplete("agent")
     async def agent_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """Configured agents whose name starts with what was typed, with their model."""

@@ -253,7 +253,7 @@ async def test_dry_run_shows_the_payload_and_records_nothing(hq: Hq) -> None:
     response = await hq.delegate("manager", "nx-expert", target="#task-board", dry_run=True)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"decision", "payload"}
+    assert set(body) == {"decision", "payload", "route"} and body["route"] is None  # route: only for to=auto
     assert body["decision"]["allowed"] is True
     payload = body["payload"]
     assert payload["message"] == "Mesh the M2 mirror"
@@ -281,6 +281,7 @@ async def test_the_record_is_the_services_record(hq: Hq) -> None:
     created = (await hq.delegate("manager", "nx-expert", task="T-1")).json()
     record = (await hq.services.delegation.get(created["id"])).to_dict()
     assert created.pop("decision")["allowed"] is True
+    assert created.pop("route") is None  # a named agent: nothing was routed
     assert created == record
     for ref in (record["id"], record["id"].removeprefix("D-"), record["id"].lower()):
         response = await hq.get(f"/v1/delegations/{ref}", "nx-expert")

@@ -408,7 +408,7 @@ async def test_agent_autocomplete_offers_configured_agents_by_prefix_with_their_
     assert typed_s.type == 8
     assert [c["value"] for c in typed_s.choices] == ["secretary", "study-builder"]
     assert typed_s.choices[0]["name"] == "secretary — Gemini 2.5 Pro"
-    assert [c["value"] for c in typed_nothing.choices] == rig.services.config.agent_names
+    assert [c["value"] for c in typed_nothing.choices] == ["auto", *rig.services.config.agent_names]
     assert [c["value"] for c in listing.choices] == ["tech-lead"]
 
 
@@ -617,7 +617,8 @@ async def test_commands_are_registered_with_their_options(launch: Launcher) -> N
     assert isinstance(delegate, app_commands.Command) and isinstance(listing, app_commands.Command)
 
     options = {option["name"]: option for option in delegate.to_dict(rig.bot.tree)["options"]}
-    assert list(options) == ["agent", "instruction", "target", "deliver", "task", "brief"]
+    assert list(options) == ["agent", "instruction", "target", "deliver", "task", "brief", "needs"]
+    assert options["needs"]["autocomplete"] and not options["needs"].get("required")
     assert options["agent"]["required"] and options["agent"]["autocomplete"]
     assert options["instruction"]["max_length"] == MAX_INSTRUCTION and not options["instruction"].get("required")
     assert options["brief"]["type"] == discord.AppCommandOptionType.attachment.value

@@ -302,6 +302,18 @@ def test_an_agent_without_any_heartbeat_is_a_warning_not_a_failure(
     assert 'add [heartbeat.webster] with every = "30m"' in warning and "or set own_heartbeat = true" in warning
 
 
+def test_an_agent_without_capabilities_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Routing never chooses it: said, but the config stays valid (an agent may be meant to be named only)."""
+    text = broken('capabilities = ["research", "literature", "materials-data"]\n', "")
+    code, out, err = run_check(tmp_path, capsys, text)
+    assert code == 0 and "valid: 8 agents" in out
+    [warning] = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warning == (
+        f"warning: {tmp_path / 'cluster.toml'}: agents.webster.capabilities: none declared, so `delegate auto "
+        '--needs …` never chooses webster; add what it does, e.g. capabilities = ["research"]'
+    )
+
+
 def test_the_shipped_config_warns_about_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_check(tmp_path, capsys, SHIPPED_TEXT)
     assert code == 0 and "warning:" not in err

@@ -111,23 +111,41 @@ async def _plan(args: argparse.Namespace) -> int:
     from bot.workflows.loader import WorkflowCatalog
     from bot.workflows.plan import plan
 
-    _, config = _context(args)
+    settings, config = _context(args)
     inputs = parse_inputs(args.input)
     requester = host_operator()
     if args.as_agent:
         requester = requester.acting_as(args.as_agent, config)
     workflow = WorkflowCatalog.from_config(config).get(args.name)
     planned = plan(workflow, config, requester, inputs)
+    routes = await _routes_now(settings, config, requester, planned)
     if args.json:
-        print(json.dumps(planned.to_dict(), indent=2, ensure_ascii=False))
+        print(json.dumps({**planned.to_dict(), "routes": {k: d.to_dict() for k, d in routes.items()}}, indent=2,
+                         ensure_ascii=False))  # fmt: skip
     else:
         print(planned.render_text())
+        for step_id, decision in routes.items():
+            from bot.routing.table import table_lines
+
+            print(f"\nstep {step_id}, routed at dispatch; as it is now:")
+            print("\n".join(table_lines(decision, width=10_000)))
     for problem in planned.problems:
         print(problem, file=sys.stderr)
     if planned.problems:
         print(f"atomizer-hq: {args.name} would be refused: {len(planned.problems)} problem(s)", file=sys.stderr)
         return InvalidInput.exit_code
     return 0
+
+
+async def _routes_now(settings: Any, config: Any, requester: Any, planned: Any) -> dict[str, Any]:
+    """Each routed step's routing table as it would be decided now (the choice itself is made at dispatch)."""
+    routed = [step for step in planned.steps if step.route and step.candidates]
+    if not routed:
+        return {}
+    from bot.services import open_services
+
+    async with open_services(settings, config) as services:
+        return {step.id: await services.routing.preview(requester, step.route) for step in routed}
 
 
 def parse_inputs(pairs: list[str]) -> dict[str, str]:

@@ -120,9 +120,28 @@ class ApprovalSpec(_Model):
         return self.expires_in
 
 
+class RouteSpec(_Model):
+    """`route: {needs: [meshing], affinity: mesh}`: the step's agent is chosen at dispatch (docs/routing.md)."""
+
+    needs: list[str] = Field(min_length=1)  # capabilities (not steps: the step's own `needs` are steps)
+    affinity: str | None = None  # an earlier step: its agent is preferred, among the equally busy
+
+    @field_validator("needs")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        from bot.routing.capabilities import parse_needs
+
+        return list(parse_needs(value))  # a malformed one: ValueError, reported at its line
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_form(cls, value: str | None) -> str | None:
+        return None if value is None else _step_id(value)
+
+
 class AgentStep(_Model):
     id: str
-    agent: str
+    agent: str | None = None  # exactly one of agent and route
     message: str = Field(min_length=1)
     needs: list[str] = Field(default_factory=list)
     timeout: Duration
@@ -130,6 +149,7 @@ class AgentStep(_Model):
     on_failure: OnFailure = "fail"
     deliver_to: str | None = None  # None: the workflow's deliver_to
     task: str | None = None  # T-n the step reports through (#task-board grammar)
+    route: RouteSpec | None = None  # instead of agent: chosen at dispatch by capabilities
 
     kind: Literal["agent"] = "agent"
 
@@ -137,6 +157,14 @@ class AgentStep(_Model):
     @classmethod
     def _id_form(cls, value: str) -> str:
         return _step_id(value)
+
+    @model_validator(mode="after")
+    def _agent_or_route(self) -> AgentStep:
+        if (self.agent is None) == (self.route is None):
+            raise ValueError(
+                "give exactly one of agent (e.g. agent: nx-expert) and route (e.g. route: {needs: [meshing]})"
+            )
+        return self
 
     @property
     def timeout_s(self) -> float:

@@ -37,11 +37,12 @@ from bot.errors import (
     UnknownAgent,
 )
 from bot.gateway import GatewayClient
+from bot.routing.service import RoutingService
 from bot.store import Store
 from bot.taskboard import Task, TaskEvent, parse_task_id
 from bot.workflows.approvals import Starter, approver_key, describe_approvers, is_starter, refusal
 from bot.workflows.definition import AgentStep, ApprovalStep, WorkflowDefinition
-from bot.workflows.plan import oversized_step, validate
+from bot.workflows.plan import oversized_step, plan, validate
 from bot.workflows.store import (
     DONE_BADLY,
     DONE_OK,
@@ -216,6 +217,8 @@ class WorkflowEngine:
         # False in a copy of atomizer-hq that does not hold the scheduler lease: it follows no completion (the
         # holder does); set by the runner's workflow job.
         self.leading = True
+        # Chooses the agent of a `route:` step at dispatch (docs/routing.md); set by bot.services.
+        self.routing: RoutingService | None = None
 
     # --- listeners and life cycle ---------------------------------------------------------------
 
@@ -330,6 +333,16 @@ class WorkflowEngine:
         for step in definition.steps:
             if not isinstance(step, AgentStep):
                 continue
+            if step.route is not None:  # some agent with its capabilities may take it (validate checked they exist)
+                planned = plan(definition, self._config, requester, values).step(step.id)
+                if not planned.allowed:
+                    detail = {"step": step.id, "route": step.route.needs, "reason": planned.authority}
+                    row = audit_row(requester, "workflow-run", definition.name, "refused", detail, now)
+                    await self.tables.db.atomically(lambda conn, row=row: conn.execute(*row))
+                    raise NotAllowed(f"{definition.name}: step {step.id} (route: {', '.join(step.route.needs)}): "
+                                     f"no agent with them may be delegated to: {planned.authority}")  # fmt: skip
+                continue
+            assert step.agent is not None
             try:
                 self._config.require_agent(step.agent)
             except UnknownAgent as exc:
@@ -515,8 +528,9 @@ class WorkflowEngine:
             target, deliver = self._delivery(run, spec)
             try:
                 message = render(spec.message, run.inputs, outputs) + step_footer(key)
+                agent = spec.agent or await self._route(run, spec, key)
                 result = await self._delegation.delegate(
-                    self._starter(run), spec.agent, message, target=target, deliver=deliver, origin=run.origin,
+                    self._starter(run), agent, message, target=target, deliver=deliver, origin=run.origin,
                     workflow_step=key, task=spec.task,
                 )  # fmt: skip
                 delegation = result.delegation
@@ -547,6 +561,24 @@ class WorkflowEngine:
         step = await self.tables.step(run.id, spec.id)
         if step is not None and step.status == "running":
             await self._sync(run, step, delegation)
+
+    async def _route(self, run: RunRow, spec: AgentStep, key: str) -> str:
+        """A `route:` step's agent, chosen now (audited, with the table) and recorded on the step; NobodyEligible
+        (bad input: the step fails, saying why) when no agent can take it."""
+        assert spec.route is not None
+        if self.routing is None:
+            raise InvalidInput(f"{key}: this atomizer-hq cannot route steps (no routing service)")
+        affinity = None
+        if spec.route.affinity is not None:
+            earlier = await self.tables.step(run.id, spec.route.affinity)
+            affinity = earlier.agent if earlier is not None else None
+        decision = await self.routing.route(self._starter(run), spec.route.needs, affinity,
+                                            audit_detail={"workflow_step": key})  # fmt: skip
+        assert decision.chosen is not None
+        await self.tables.set_step_agent(run.id, spec.id, decision.chosen)
+        await self.tables.event(run.id, spec.id, self._clock(), "atomizer-hq", "routed",
+                                {"agent": decision.chosen, "why": decision.explanation})  # fmt: skip
+        return decision.chosen
 
     async def _end_step(
         self,

@@ -17,6 +17,8 @@ from bot.config import CHANNEL_ROLES, HOOK_BODY_LIMIT, ClusterConfig
 from bot.delegation import authorize
 from bot.errors import UnknownAgent
 from bot.gateway import AgentHook, encode_body
+from bot.routing.capabilities import closest
+from bot.routing.router import authority_of
 from bot.workflows.definition import OUTPUT_CAP, AgentStep, ApprovalStep, WorkflowDefinition
 from bot.workflows.loader import LoadedWorkflow, Loc, locate
 from bot.workflows.templating import references, render
@@ -48,6 +50,8 @@ class PlannedStep:
     expires_in_s: float | None = None
     on_expire: str | None = None
     escalate_to: tuple[str, ...] = ()
+    route: tuple[str, ...] = ()  # a routed step's capabilities (its agent is chosen at dispatch)
+    candidates: tuple[str, ...] = ()  # the agents that have them (and that the starter may delegate to, in a plan)
     allowed: bool | None = None  # None: authority not checked (validate, or an unknown agent)
     authority: str | None = None  # the decision's text, as /delegate would give it
     body_bytes: int | None = None  # the hook body at its worst case (agent steps)
@@ -123,7 +127,8 @@ def _columns(step: PlannedStep) -> list[str]:
     decision = ""
     if step.allowed is not None:
         decision = f"{'ok' if step.allowed else 'refused'}: {step.authority}"
-    return [step.id, step.agent or "", timing, needs, decision]
+    who = step.agent or f"route: {', '.join(step.route)}"
+    return [step.id, who, timing, needs, decision]
 
 
 def span(seconds: float) -> str:
@@ -205,18 +210,24 @@ def _plan(
                 )
             )
             continue
-        known = True
-        try:
-            config.require_agent(step.agent)
-        except UnknownAgent as exc:
-            known = False
-            problems.append(f"{at('steps', i, 'agent')}: {exc}")
         allowed = authority = None
-        if known and requester is not None:
-            decision = authorize(config, requester, step.agent)
-            allowed, authority = decision.allowed, decision.reason
-            if not decision.allowed:
-                problems.append(f"{at('steps', i, 'agent')}: step {step.id} would be refused: {decision.reason}")
+        candidates: tuple[str, ...] = ()
+        if step.route is not None:
+            candidates, allowed, authority = _route_check(step, i, config, requester, ancestors[step.id], at,
+                                                          problems)  # fmt: skip
+        else:
+            assert step.agent is not None
+            known = True
+            try:
+                config.require_agent(step.agent)
+            except UnknownAgent as exc:
+                known = False
+                problems.append(f"{at('steps', i, 'agent')}: {exc}")
+            if known and requester is not None:
+                decision = authorize(config, requester, step.agent)
+                allowed, authority = decision.allowed, decision.reason
+                if not decision.allowed:
+                    problems.append(f"{at('steps', i, 'agent')}: step {step.id} would be refused: {decision.reason}")
         size = body_size(step, values, ancestors[step.id])
         if size is not None and size > HOOK_BODY_LIMIT:
             problems.append(
@@ -228,6 +239,8 @@ def _plan(
             PlannedStep(
                 **base,
                 agent=step.agent,
+                route=tuple(step.route.needs) if step.route is not None else (),
+                candidates=candidates,
                 timeout_s=step.timeout_s,
                 retries=step.retries,
                 on_failure=step.on_failure,
@@ -247,6 +260,57 @@ def _plan(
 
 
 Where = Callable[..., str]  # at(*loc) -> "file:line: key"
+
+
+def _route_check(
+    step: AgentStep,
+    i: int,
+    config: ClusterConfig,
+    requester: Requester | None,
+    upstream: set[str],
+    at: Where,
+    problems: list[str],
+) -> tuple[tuple[str, ...], bool | None, str | None]:
+    """A routed step: its capabilities are declared, some agent has them all, the starter may delegate to one of
+    them (which one is chosen at dispatch, when readiness and load are known), its affinity runs before it."""
+    assert step.route is not None
+    needs = step.route.needs
+    declared = sorted({word for agent in config.agents for word in agent.capabilities})
+    unknown = [need for need in needs if need not in declared]
+    for need in unknown:
+        guess = closest(need, declared)
+        hint = f" Did you mean {guess!r}?" if guess else ""
+        problems.append(
+            f"{at('steps', i, 'route', 'needs')}: no agent declares the capability {need!r}.{hint} "
+            f"Declared: {', '.join(declared) or 'none'}"
+        )
+    affinity = step.route.affinity
+    if affinity is not None and affinity not in upstream:
+        problems.append(
+            f"{at('steps', i, 'route', 'affinity')}: {affinity!r} does not run before {step.id}; affinity names an "
+            f"earlier step (add it to needs: [{affinity}]) whose agent is preferred"
+        )
+    if unknown:
+        return (), None, None
+    capable = tuple(agent.name for agent in config.agents if set(needs) <= set(agent.capabilities))
+    if not capable:
+        problems.append(
+            f"{at('steps', i, 'route', 'needs')}: no agent has all of {', '.join(needs)}; split the step, or declare "
+            "the capabilities on one agent in the cluster file"
+        )
+        return (), None, None
+    if requester is None:
+        return capable, None, None
+    rule = authority_of(config, requester)
+    allowed = tuple(name for name in capable if rule(name) is None)
+    if not allowed:
+        why = "; ".join(filter(None, (rule(name) for name in capable)))
+        problems.append(
+            f"{at('steps', i, 'route')}: step {step.id} would be refused: no agent with {', '.join(needs)} may be "
+            f"delegated to ({why})"
+        )
+        return capable, False, why
+    return allowed, True, f"routed at dispatch among {', '.join(allowed)}"
 
 
 def _duplicate_ids(definition: WorkflowDefinition, at: Where) -> list[str]:

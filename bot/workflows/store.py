@@ -315,6 +315,12 @@ class WorkflowStore:
 
         return await self.db.atomically(work)
 
+    async def set_step_agent(self, run_id: int, step_id: str, agent: str) -> None:
+        """The agent routing chose for a `route:` step (the step is dispatching)."""
+        await self.db.execute(
+            "UPDATE workflow_steps SET agent = ? WHERE run_id = ? AND step_id = ?", (agent, run_id, step_id)
+        )
+
     async def set_run(self, run_id: int, at: datetime, *, expect: str | None = None, **fields: Any) -> bool:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         where = " AND status = ?" if expect else ""

@@ -93,7 +93,9 @@ def run_card(detail: RunDetail) -> list[BoardContent]:
         spec = run.definition.step(step.step_id)
         icon = STATUS_ICON.get(step.status, "")
         if isinstance(spec, AgentStep):
-            name = f"{icon} {step.step_id} · {spec.agent}"
+            routed = f"route: {', '.join(spec.route.needs)}" if spec.route is not None else ""
+            who = step.agent or spec.agent or routed
+            name = f"{icon} {step.step_id} · {who}" + (f" ({routed})" if routed and step.agent else "")
             value = _agent_field(detail, step, spec)
         else:
             name = f"{icon} {step.step_id} · approval"

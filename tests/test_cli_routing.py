@@ -1,0 +1,72 @@
+"""`atomizer-hq route` and `atomizer-hq delegate auto --needs …` on the simulated fleet (docs/routing.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import FleetStarter
+from tests.test_cli import cli_env, relocated_config, run_cli
+
+
+async def test_delegate_auto_reaches_the_agent_that_has_the_capability(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    config, fleet = await start_fleet(specs={"webster": {"down": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+
+    code, out, err = await run_cli(*base, "route", "--needs", "meshing", env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "nx-expert: has meshing; ready; 0 in flight; no delegations yet"
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == set(config.agent_names)
+    assert rows["nx-expert"].endswith("chosen") and rows["manager"].endswith("lacks meshing")
+    assert "lacks meshing; down (connection refused" in rows["webster"]
+
+    code, out, err = await run_cli(*base, "delegate", "auto", "Mesh the M2 mirror", "--needs", "Meshing", env=env)
+    assert code == 0, err
+    assert out.splitlines()[0] == "route: nx-expert: has meshing; ready; 0 in flight; no delegations yet"
+    assert out.splitlines()[1].startswith("D-1 to nx-expert: accepted (runId ")
+    assert [hook.body["message"] for hook in fleet.received("nx-expert")] == ["Mesh the M2 mirror"]
+
+    code, out, _ = await run_cli(*base, "route", "--needs", "meshing", "--json", env=env)
+    document = json.loads(out)
+    assert document["chosen"] == "nx-expert"
+    assert document["explanation"] == "nx-expert: has meshing; ready; 1 in flight; 1 of the last 1 accepted"
+
+    # Only readiness fails: queued for the best of them, and said so.
+    code, out, err = await run_cli(*base, "delegate", "auto", "Find the CTE", "--needs", "materials-data", env=env)
+    assert code == 0, err
+    assert out.startswith("route: queued for webster: no agent with materials-data is ready (down (")
+    assert "sent when webster is back" in out and "D-2 to webster: queued" in out
+    assert fleet.received("webster") == []
+
+
+async def test_routing_refusals_on_the_command_line(start_fleet: FleetStarter, tmp_path: Path) -> None:
+    config, fleet = await start_fleet()
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+
+    code, _, err = await run_cli(*base, "delegate", "auto", "Mesh", "--needs", "meshng", env=env)
+    assert code == 2 and "no agent declares the capability 'meshng'. Did you mean 'meshing'?" in err
+    code, _, err = await run_cli(*base, "delegate", "auto", "Mesh", env=env)
+    assert code == 2 and "say what the work needs, e.g. --needs meshing" in err
+    code, _, err = await run_cli(*base, "delegate", "webster", "Mesh", "--needs", "meshing", env=env)
+    assert code == 2 and "webster lacks meshing (it declares research, literature, materials-data)" in err
+
+    # Nobody may: the table, never a silent fallback to another agent.
+    code, out, err = await run_cli(*base, "route", "--needs", "meshing", "--as", "secretary", env=env)
+    assert code == 1
+    assert out.startswith("nobody can take work needing meshing: nx-expert: secretary may not delegate to nx-expert")
+    as_secretary = ("delegate", "--as", "secretary", "auto", "Mesh", "--needs", "meshing")
+    code, out, err = await run_cli(*base, *as_secretary, env=env)
+    assert code == 2 and "Traceback" not in err
+    assert "nobody can take work needing meshing" in err and "nx-expert" in err and "lacks meshing" in err
+    assert fleet.received() == []
+
+    code, out, err = await run_cli(*base, "delegate", "auto", "Mesh", "--needs", "meshing", "--dry-run", env=env)
+    assert code == 0, err
+    assert out.startswith("route: nx-expert: has meshing") and "dry run: would be allowed" in out
+    assert fleet.received() == []
