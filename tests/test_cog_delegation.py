@@ -16,7 +16,7 @@ from discord import app_commands
 from bot.authz import AccessLevel, Requester
 from bot.clock import iso, utcnow
 from bot.config import GatewayConfig
-from bot.delegation import DelegationService
+from bot.delegation import DelegationService, chain_footer
 from bot.discord_bot import AtomizerBot
 from bot.gateway import GatewayClient
 from bot.services import Services
@@ -168,7 +168,7 @@ async def test_an_operator_delegates_and_the_answer_is_routed_back_to_the_channe
     assert not calls[0].ephemeral  # the outcome is for the channel
     [run] = rig.fleet.received("nx-expert")
     assert run.body["to"] == f"channel:{rig.channel.id}" and run.body["channel"] == "discord"
-    assert run.body["deliver"] is True and run.body["message"] == "Mesh the M2 mirror"
+    assert run.body["deliver"] is True and run.body["message"] == "Mesh the M2 mirror" + chain_footer("D-1")
     fields = fields_of(calls[1])
     assert fields["Outcome"] == "accepted" and fields["Agent"] == "nx-expert" and fields["Delegation"] == "D-1"
     assert fields["runId"] == f"`{run.run_id}`"
@@ -213,7 +213,9 @@ async def test_echoed_text_cannot_ping_or_format(launch: Launcher) -> None:
     assert "@everyone" not in instruction and "<@100000000000000900>" not in instruction
     assert "\\*\\*now\\*\\*" in instruction
     assert all(call.allowed_mentions == NO_MENTIONS for call in calls if call.message)
-    assert rig.fleet.received("nx-expert")[0].body["message"] == "@everyone **now** <@100000000000000900>"
+    assert rig.fleet.received("nx-expert")[0].body[
+        "message"
+    ] == "@everyone **now** <@100000000000000900>" + chain_footer("D-1")
 
 
 # --- refusals: private, before anything is sent ------------------------------------------------
@@ -228,7 +230,7 @@ async def test_a_viewer_is_refused_privately_with_who_could_and_the_refusal_is_a
     reply = calls[0]
     assert reply.ephemeral and reply.allowed_mentions == NO_MENTIONS
     assert "delegating needs the operator level" in reply.content
-    assert "Who could: manager, tech-lead, or a person with the operator or admin role" in reply.content
+    assert "Who could: manager, tech-lead, optimizer, or a person with the operator or admin role" in reply.content
     assert rig.fleet.received() == [] and await delegation_count(rig.services) == 0
     rows = await rig.services.store.fetchall("SELECT actor, subject, decision, front_end FROM audit_log")
     assert [tuple(row) for row in rows] == [("Vera", "nx-expert", "refused", "discord")]
@@ -329,7 +331,7 @@ async def test_a_brief_attachment_becomes_the_instruction(launch: Launcher, down
     assert shape(calls) == [("callback", 5), ("followup", None)]
     assert fields_of(calls[1])["Outcome"] == "accepted"
     [run] = rig.fleet.received("nx-expert")
-    assert run.body["message"] == text.strip() and len(text) > MAX_INSTRUCTION
+    assert run.body["message"] == text.strip() + chain_footer("D-1") and len(text) > MAX_INSTRUCTION
     assert downloads["reads"] == 1
 
 
@@ -347,7 +349,9 @@ async def test_an_instruction_and_a_brief_are_sent_together(launch: Launcher, do
     )
     await rig.driver.dispatch(payload)
 
-    assert rig.fleet.received("nx-expert")[0].body["message"] == "Read this first.\n\nThe details."
+    assert rig.fleet.received("nx-expert")[0].body["message"] == "Read this first.\n\nThe details." + chain_footer(
+        "D-1"
+    )
 
 
 @pytest.mark.parametrize(
