@@ -44,3 +44,12 @@ def node_line(node: Delegation, now: datetime) -> str:
         text = text[: _MESSAGE_CHARS - 1].rstrip() + "…"
     state = node.status + (" (cancelled)" if node.cancelled_at and node.status == "expired" else "")
     return f'{node.display_id} {node.agent}: {state}, {age} ago, by {node.requester}: "{text}"'
+
+
+def sub_delegation_lines(nodes: list[Delegation], *, limit: int = 6, more: str = "") -> list[str]:
+    """A step's sub-delegations (tree order), one short line each, indented by depth: the run card and
+    `workflow show`."""
+    lines = [f"{'  ' * max(node.depth - 2, 0)}↳ {node.display_id} {node.agent}: {node.status}" for node in nodes]
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"+{len(nodes) - limit} more{more}"]
+    return lines

@@ -16,6 +16,9 @@ from bot.errors import InvalidInput, NotAllowed, PayloadTooLarge
 from bot.gateway import encode_body
 from bot.services import Services
 from bot.store import Store, load_migrations
+from bot.workflows.cli_runs import print_detail
+from bot.workflows.definition import WorkflowDefinition
+from bot.workflows.view import run_card
 from tests.clocks import FakeClock
 from tests.conftest import FleetStarter, ServicesOnFleet
 from tests.test_cli import cli_env, relocated_config, run_cli
@@ -327,3 +330,39 @@ async def test_the_chain_from_the_command_line_recorded_drawn_capped_and_cancell
     ]:
         code, out, err = await run_cli(*base, *args, env=env)
         assert (code, out) == (2, "") and says in err and "Traceback" not in err, (args, err)
+
+
+# --- workflow runs: sub-delegations under the step that caused them -----------------------------------
+
+
+async def test_a_workflow_step_shows_what_its_agent_handed_on(
+    services_on_fleet: ServicesOnFleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    services, fleet = await services_on_fleet(specs={"optimizer": {"hold_runs": True}})
+    definition = WorkflowDefinition.model_validate(
+        {"name": "tune", "description": "One step.", "steps": [
+            {"id": "tune", "agent": "optimizer", "message": "Tune the M2 supports.", "timeout": "1h"},
+        ]}
+    )  # fmt: skip
+    run = await services.workflows.start(ANTOINE, definition, {}, origin=None)
+    step = (await services.workflows.get(run.id)).step("tune")
+    assert step.delegation_id == 1
+    [hook] = [h for h in fleet.received("optimizer") if h.path.endswith("/agent")]
+    assert hook.body["message"].endswith(chain_footer("D-1"))  # the step's agent is told its id too
+    service = services.delegation
+    await service.delegate(agent("optimizer"), "nx-expert", "Mesh the supports", parent="D-1")
+    await service.delegate(agent("optimizer"), "webster", "Find the CTE", parent="D-1")
+
+    detail = await services.workflows.get(run.id)
+    [shown] = detail.to_dict()["steps"]
+    assert shown["sub_delegations"] == [
+        {"id": "D-2", "agent": "nx-expert", "status": "accepted", "parent": "D-1", "depth": 2},
+        {"id": "D-3", "agent": "webster", "status": "accepted", "parent": "D-1", "depth": 2},
+    ]
+    [card] = run_card(detail)
+    [field] = card.fields
+    assert field.value.splitlines()[-2:] == ["↳ D-2 nx-expert: accepted", "↳ D-3 webster: accepted"]
+    print_detail(detail, as_json=False)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  tune         optimizer      running          D-1")
+    assert out[2:4] == ["    ↳ D-2 nx-expert: accepted", "    ↳ D-3 webster: accepted"]

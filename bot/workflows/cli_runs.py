@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.authz import Requester, host_operator
+from bot.chain_view import sub_delegation_lines
 from bot.config import ClusterConfig
 from bot.errors import InvalidInput
 from bot.workflows.definition import WorkflowDefinition
@@ -198,6 +199,9 @@ def print_detail(detail: RunDetail, *, as_json: bool) -> None:
     order = {step_id: i for i, step_id in enumerate(run.definition.step_ids)}
     for step in sorted(detail.steps, key=lambda s: order.get(s.step_id, 0)):
         print(_step_line(step))
+        more = f" (atomizer-hq delegations show D-{step.delegation_id})"
+        for line in sub_delegation_lines(detail.sub_delegations(step), limit=20, more=more):
+            print(f"    {line}")
     if run.error:
         print(f"  {run.error}")
 
