@@ -291,7 +291,7 @@ class DelegationService:
         if dry_run:
             name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
             decision = self.authorize(requester, name)
-            if decision.allowed and parent is not None and str(parent).strip():
+            if decision.allowed and parent is not None:
                 try:
                     await self._chain_link(requester, name, parent)
                 except ChainRefused as exc:
@@ -300,7 +300,7 @@ class DelegationService:
         checked = await self._checked(requester, agent, message, target, deliver, origin, directory)
         name, text, delivery, _, decision = checked
         link = None
-        if parent is not None and str(parent).strip():
+        if parent is not None:
             link = await self._audited(requester, name, parent, self._chain_link(requester, name, parent))
         task_ref = await self._task_ref(task)
         # Recorded already claimed for its first attempt (`sending`, one trip to the database): from
@@ -323,6 +323,10 @@ class DelegationService:
     async def _chain_link(self, requester: Requester, agent: str, parent_ref: int | str) -> ChainLink:
         """Where a sub-delegation hangs, or ChainRefused: the parent must be a delegation to the requesting agent
         that is still live, no agent above in the chain is handed work of it again, and the caps hold."""
+        if not str(parent_ref).strip():  # given but blank is a slip (an unset $PARENT), not "no parent"
+            raise InvalidInput(
+                "the parent is empty; give the delegation you are working on (e.g. D-12), or leave it out"
+            )
         parent = await self.get(parent_ref)
         root = parent.root
         chain = f"D-{root}"
@@ -508,9 +512,15 @@ class DelegationService:
             # The row and its audit record in one transaction and one trip to the database thread;
             # RETURNING gives the row as stored, so it is not read again.
             if link is not None:  # checked before, and again here: two children at once cannot both take the last
+                chain = f"D-{link.root_id}"
                 count = conn.execute("SELECT count(*) FROM delegations WHERE root_id = ?", (link.root_id,)).fetchone()
                 if count[0] >= max_per_root:
-                    raise ChainLimit(self._per_root_refusal(f"D-{link.root_id}", count[0]), f"D-{link.root_id}")
+                    raise ChainLimit(self._per_root_refusal(chain, count[0]), chain)
+                # a cancel marks the whole subtree, so a parent cancelled meanwhile shows it here
+                parent = conn.execute("SELECT cancelled_at FROM delegations WHERE id = ?", (link.parent_id,)).fetchone()
+                if parent[0] is not None:
+                    why = f"chain {chain} was cancelled ({parent[0][:16]} UTC): nothing new hangs under it"
+                    raise ChainRefused(why, chain)
             try:
                 row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
             except sqlite3.IntegrityError as exc:

@@ -433,6 +433,8 @@ async def test_a_chain_over_the_api_is_recorded_drawn_and_capped(hq: Hq) -> None
     assert lines[1].startswith("D-1 tech-lead: accepted, ") and lines[1].endswith('by manager: "Run the M2 study"')
     assert lines[2].startswith("└─ D-2 optimizer: accepted") and lines[3].startswith("   └─ D-3 nx-expert: accepted")
     assert_error(await hq.get("/v1/delegations/D-9/tree"), 404, "unknown_delegation")
+    blank = await hq.delegate("tech-lead", "optimizer", parent="")
+    assert "the parent is empty" in assert_error(blank, 400, "invalid_input")
 
 
 async def test_the_per_root_cap_is_a_409_naming_the_chain(hq: Hq) -> None:

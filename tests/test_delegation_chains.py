@@ -114,6 +114,10 @@ async def test_the_parent_must_be_a_delegation_to_the_requester(
         await made(service, agent("tech-lead"), "optimizer", parent="D-9")
     with pytest.raises(InvalidInput, match="'next' is not a delegation id"):
         await made(service, agent("tech-lead"), "optimizer", parent="next")
+    with pytest.raises(
+        InvalidInput, match=r"the parent is empty; give the delegation you are working on \(e.g. D-12\)"
+    ):
+        await made(service, agent("tech-lead"), "optimizer", parent=" ")
     assert fleet.received("optimizer") == []
     assert [d["chain"] for d in await refusals(services)] == ["D-1", "D-1"]
     # a dry run says the same, and records nothing
