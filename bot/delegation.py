@@ -589,11 +589,15 @@ class DelegationService:
             run = delegation.workflow_step.partition("/")[0]
             raise InvalidInput(
                 f"{delegation.display_id} is workflow step {delegation.workflow_step}'s delegation: cancel the run "
-                f"instead (atomizer-hq workflow cancel {run}); it stops the step and what hangs under it is yours "
-                "to cancel by id"
+                f"instead (atomizer-hq workflow cancel {run}), which stops the step and what hangs under it"
             )
+        return await self.stop_chain(requester, delegation, f"cancelled by {requester.name}")
+
+    async def stop_chain(self, requester: Requester, delegation: Delegation, why: str) -> ChainCancel:
+        """`cancel` once decided (also a workflow run's cancel, for each step's chain): the subtree is marked
+        cancelled, its queued delegations expire, in one transaction."""
         now = self._clock()
-        reason = f"cancelled by {requester.name} (chain {delegation.display_id}) before it was sent"
+        reason = f"{why} (chain {delegation.display_id}) before it was sent"
 
         def work(conn: sqlite3.Connection) -> list[int]:
             rows = conn.execute(

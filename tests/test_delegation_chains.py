@@ -370,3 +370,15 @@ async def test_a_workflow_step_shows_what_its_agent_handed_on(
     out = capsys.readouterr().out.splitlines()
     assert out[1].startswith("  tune         optimizer      running          D-1")
     assert out[2:4] == ["    ↳ D-2 nx-expert: accepted", "    ↳ D-3 webster: accepted"]
+
+    # cancelling the run stops what hangs under its steps and was not sent yet
+    await fleet.take_down("auditor")
+    queued = await service.delegate(agent("optimizer"), "auditor", "Check the numbers", parent="D-1")
+    assert queued.delegation is not None and queued.delegation.status == "queued"
+    with pytest.raises(InvalidInput, match=r"D-1 is workflow step W-1/tune#1's delegation: cancel the run instead"):
+        await service.cancel(ANTOINE, "D-1")
+    await services.workflows.cancel(ANTOINE, run.display_id)
+    stopped = await service.get("D-4")
+    assert stopped.status == "expired" and stopped.last_error == "cancelled by antoine (chain D-1) before it was sent"
+    with pytest.raises(ChainRefused, match="chain D-1 was cancelled"):
+        await service.delegate(agent("optimizer"), "nx-expert", "More", parent="D-1")

@@ -1100,8 +1100,14 @@ class WorkflowEngine:
                 raise StepConflict(f"{run.display_id} is already {current.status}; nothing to cancel")
             audit = audit_row(requester, "workflow-cancel", run.display_id, "allowed", {"reason": reason}, now)
             await self.tables.db.atomically(lambda conn: conn.execute(*audit))
-            for step in await self.tables.steps(run.id):
+            steps = await self.tables.steps(run.id)
+            for step in steps:
                 await self._cancel_step(run, step, why, requester)
+            # What the steps' agents handed on (their chains) and is not sent yet stops too.
+            trees = await self._delegation.trees([s.delegation_id for s in steps if s.delegation_id])
+            for tree in trees.values():
+                if len(tree) > 1:
+                    await self._delegation.stop_chain(requester, tree[0], why)
         await self.tables.event(run.id, None, now, requester.name, "run_cancelled", {"reason": reason})
         for watch, task in list(self._watchers.items()):
             if watch[0] == run.id:
