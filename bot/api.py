@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from bot.authz import AccessLevel, Requester, api_requester
+from bot.chain_view import draw_tree
 from bot.clock import iso, parse_duration, utcnow
 from bot.cluster import FleetStatus
-from bot.delegation import Delegation, Status, parse_id
+from bot.delegation import Delegation, Status, parse_id, subtree
 from bot.errors import AtomizerError, InvalidInput, NotAllowed, NotAuthenticated, PayloadTooLarge
 from bot.gateway import ReadinessState
 from bot.health import is_failing
@@ -139,6 +140,11 @@ class DelegationIn(BaseModel):
     deliver: bool = Field(default=True, description="false: the agent runs it without posting its answer.")
     task: str | None = Field(default=None, description="The board task this work is for, e.g. T-12.")
     dry_run: bool = Field(default=False, description="Decide and build the hook body, but record and send nothing.")
+    parent: str | None = Field(
+        default=None,
+        description="The delegation you are working on (D-12, as your hook message ends): this one is its child "
+        "in a chain. Only a delegation to the caller; refused when failed or expired, a loop, or past the caps.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +192,10 @@ class DelegationRecord(BaseModel):
     expires_at: str = Field(description="The end of the retry window.")
     latency_ms: float | None
     workflow_step: str | None = Field(default=None, description="W-3/mesh#1 when a workflow run's step sent it.")
+    parent: str | None = Field(default=None, description="The delegation it hangs under (D-12), in a chain.")
+    root: str = Field(description="The first delegation of its chain; itself when it hangs under none.")
+    depth: int = Field(description="1 for a root, 2 for its child, …")
+    cancelled_at: str | None = Field(default=None, description="When its chain was cancelled from here.")
 
     @classmethod
     def of(cls, delegation: Delegation) -> DelegationRecord:
@@ -246,6 +256,23 @@ class RouteQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     needs: list[str] = Field(description="Capabilities, e.g. meshing; comma-separated or repeated.")
+
+
+class DelegationTree(BaseModel):
+    """A chain: its root's tree, in tree order (each node after its parent), with each node's state."""
+
+    root: str
+    delegations: list[DelegationRecord]
+    text: str = Field(description="The tree drawn as `atomizer-hq delegations show` draws it.")
+
+
+class ChainCancelled(BaseModel):
+    """What cancelling did: the delegation and everything under it, which were stopped, which were with an agent."""
+
+    delegations: list[DelegationRecord]
+    stopped: list[str] = Field(description="Queued, not yet sent: expired now.")
+    with_agent: list[str] = Field(description="Sent already (or being sent): the agent has to be told.")
+    summary: str
 
 
 class DelegationQuery(BaseModel):
@@ -943,7 +970,8 @@ class LoopbackApi:
                 description="202: recorded and sent (status accepted), or queued for retries while the agent "
                 "cannot take it (status queued). 200: a dry run. 403: the caller may not delegate to that agent; "
                 "the detail names who could. With to=auto and needs: 400 unknown_capability (with a did-you-mean), "
-                "409 nobody_eligible with the routing table.",
+                "409 nobody_eligible with the routing table. `parent` not the caller's to hang work under: 403 "
+                "chain_refused; the chain's depth or size cap ([delegation] in config) passed: 409 chain_limit.",
             )
         )
         self.add(
@@ -980,6 +1008,29 @@ class LoopbackApi:
         )
         self.add(
             Route(
+                "GET",
+                "/v1/delegations/{id}/tree",
+                self.delegation_tree,
+                summary="The chain a delegation belongs to: its root's tree, with each node's state",
+                response=DelegationTree,
+                extra_responses={404: ErrorResponse},
+            )
+        )
+        self.add(
+            Route(
+                "POST",
+                "/v1/delegations/{id}/cancel",
+                self.cancel_delegation,
+                summary="Stop a delegation and what hangs under it that is not sent yet (an operator, or its maker)",
+                response=ChainCancelled,
+                extra_responses={400: ErrorResponse, **refused},
+                description="Queued delegations of the subtree expire; those already with an agent are listed "
+                "(cancelling cannot take them back); nothing new may hang under it afterwards. An agent may "
+                "cancel the delegations it made; a person needs the operator level.",
+            )
+        )
+        self.add(
+            Route(
                 "POST",
                 "/v1/delegations/{id}/retry",
                 self.retry_delegation,
@@ -1007,6 +1058,7 @@ class LoopbackApi:
             deliver=body.deliver,
             task=body.task,
             dry_run=body.dry_run,
+            parent=body.parent,
         )
         decision = DecisionOut(allowed=result.decision.allowed, reason=result.decision.reason)
         if result.delegation is None:
@@ -1036,6 +1088,23 @@ class LoopbackApi:
         return DelegationList(
             delegations=[DelegationRecord.of(delegation) for delegation in page],
             next_before=page[-1].display_id if more else None,
+        )
+
+    async def delegation_tree(self, request: web.Request, requester: Requester, data: None) -> DelegationTree:
+        tree = await self.services.delegation.tree(request.match_info["id"])
+        return DelegationTree(
+            root=f"D-{tree[0].root}",
+            delegations=[DelegationRecord.of(node) for node in subtree(tree, tree[0].root)],
+            text="\n".join(draw_tree(tree, utcnow())),
+        )
+
+    async def cancel_delegation(self, request: web.Request, requester: Requester, data: None) -> ChainCancelled:
+        done = await self.services.delegation.cancel(requester, request.match_info["id"])
+        return ChainCancelled(
+            delegations=[DelegationRecord.of(node) for node in done.nodes],
+            stopped=[f"D-{n}" for n in sorted(done.stopped)],
+            with_agent=[node.display_id for node in done.with_agent],
+            summary=done.summary(),
         )
 
     async def retry_delegation(self, request: web.Request, requester: Requester, data: None) -> DelegationRecord:

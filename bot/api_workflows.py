@@ -55,6 +55,14 @@ class StarterOut(BaseModel):
     via: str | None
 
 
+class SubDelegationOut(BaseModel):
+    id: str = Field(description="D-43")
+    agent: str
+    status: str
+    parent: str = Field(description="The delegation it hangs under: the step's, or another sub-delegation.")
+    depth: int
+
+
 class WorkflowStepOut(BaseModel):
     id: str
     kind: str = Field(description="agent or approval")
@@ -69,6 +77,9 @@ class WorkflowStepOut(BaseModel):
     finished_at: str | None
     error: str | None
     needs: list[str]
+    sub_delegations: list[SubDelegationOut] = Field(
+        default_factory=list, description="What the step's agent handed on (its chain), in tree order."
+    )
 
 
 class WorkflowApprovalOut(BaseModel):

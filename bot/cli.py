@@ -110,14 +110,17 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
     if args.as_agent:
         requester = requester.acting_as(args.as_agent, config)
     if args.wait_result:
+        if args.parent is not None:
+            raise InvalidInput("--parent does not go with --wait-result (a workflow run's step starts a chain)")
         return await _delegate_wait_result(args, settings, config, requester)
     async with open_services(settings, config) as services:
         agent, route = await services.routing.resolve(requester, args.agent, args.needs, dry_run=args.dry_run)
         if route is not None and not args.json:
             print(f"route: {route.explanation}")
         result = await services.delegation.delegate(
-            requester, agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run
-        )
+            requester, agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run,
+            parent=_parent_of(args.parent),
+        )  # fmt: skip
         delegation = result.delegation
         if delegation is not None and args.wait and not delegation.is_final:
             worker = OutboxWorker(services.delegation)
@@ -149,6 +152,13 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
         )
         return WAIT_RAN_OUT
     return 0 if delegation.status in ("accepted", "queued", "sending") else 1
+
+
+def _parent_of(value: str | None) -> str | None:
+    """`--parent` given blank is a slip (an unset $PARENT), not "no parent"."""
+    if value is not None and not value.strip():
+        raise InvalidInput("--parent is empty; write the delegation you are working on, e.g. --parent D-12")
+    return value
 
 
 WAIT_RAN_OUT = 3  # `delegate --wait`: neither delivered nor failed yet; a script tells this from both
@@ -218,6 +228,8 @@ def _utc_seconds(moment: str | None) -> str:
 def describe_delegation(delegation: Any) -> str:
     """One line an operator reads: what happened to the delegation and what comes next."""
     head = f"{delegation.display_id} to {delegation.agent}"
+    if delegation.parent_id is not None:
+        head += f" (under D-{delegation.parent_id}, chain D-{delegation.root})"
     if delegation.status == "accepted":
         return f"{head}: accepted (runId {delegation.run_id}, {delegation.latency_ms or 0:.0f} ms)"
     if delegation.status in ("queued", "sending"):
@@ -259,6 +271,8 @@ def describe_delegation_in_full(delegation: Any) -> str:
 
 async def cmd_delegations(args: argparse.Namespace) -> int:
     from bot.authz import host_operator
+    from bot.chain_view import draw_tree
+    from bot.clock import utcnow
     from bot.services import open_services
 
     settings, config = load_context(args)
@@ -270,12 +284,27 @@ async def cmd_delegations(args: argparse.Namespace) -> int:
             delegation = await services.delegation.retry(host_operator(), args.id)
             print(describe_delegation(delegation))
             return 0 if delegation.status in ("accepted", "queued") else 1
+        if args.action == "cancel":
+            if not args.id:
+                raise InvalidInput("delegations cancel needs an id, e.g. `atomizer-hq delegations cancel D-42`")
+            done = await services.delegation.cancel(host_operator(), args.id)
+            if args.json:
+                document = {"summary": done.summary(), "stopped": [f"D-{n}" for n in sorted(done.stopped)],
+                            "with_agent": [d.display_id for d in done.with_agent]}  # fmt: skip
+                print(json.dumps(document, indent=2))
+            else:
+                print(done.summary())
+            return 0
         if args.action == "show":
             if not args.id:
                 raise InvalidInput("delegations show needs an id, e.g. `atomizer-hq delegations show D-42`")
             shown = await services.delegation.get(args.id)
             if not args.json:
                 print(describe_delegation_in_full(shown))
+                tree = await services.delegation.tree(shown.id)
+                if len(tree) > 1:  # a chain: drawn from its root, with each one's state
+                    print()
+                    print("\n".join(draw_tree(tree, utcnow())))
                 return 0
             items = [shown]
         else:
@@ -775,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="capabilities the work needs (repeatable): with auto, the agent is chosen by them (docs/routing.md)",
     )  # fmt: skip
     dlg.add_argument(
+        "--parent", metavar="ID",
+        help="hang it under a delegation the agent (--as) is working on, e.g. D-12 (docs/delegation-chains.md)",
+    )  # fmt: skip
+    dlg.add_argument(
         "--to", help="delivery target: user:<id>, channel:<id>, #channel, a channel role (default: technical)"
     )
     dlg.add_argument("--no-deliver", action="store_true", help="the agent's answer is not posted anywhere")
@@ -796,9 +829,12 @@ def build_parser() -> argparse.ArgumentParser:
     rte.add_argument("--as", dest="as_agent", metavar="AGENT", help="route as this agent would (its authority)")
     rte.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
-    dls = add("delegations", cmd_delegations, "recent delegations; show one; retry an unconfirmed one")
-    dls.add_argument("action", nargs="?", choices=("list", "show", "retry"), default="list")
-    dls.add_argument("id", nargs="?", help="D-42 (for show and retry)")
+    dls = add(
+        "delegations", cmd_delegations,
+        "recent delegations; show one (and its chain); retry an unconfirmed one; cancel one and what hangs under it",
+    )  # fmt: skip
+    dls.add_argument("action", nargs="?", choices=("list", "show", "retry", "cancel"), default="list")
+    dls.add_argument("id", nargs="?", help="D-42 (for show, retry and cancel)")
     dls.add_argument("--agent", help="only this agent's")
     dls.add_argument("--status", help="queued, accepted, failed, unconfirmed or expired")
     dls.add_argument("--limit", type=int, default=20)

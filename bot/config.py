@@ -160,6 +160,13 @@ class TaskBoardConfig(_Strict):
         return value
 
 
+class DelegationConfig(_Strict):
+    """`[delegation]`: the caps on chains of sub-delegations (docs/delegation-chains.md), against runaway agents."""
+
+    max_depth: int = Field(default=3, ge=1, le=20)  # a person's delegation, its child, its grandchild
+    max_per_root: int = Field(default=20, ge=1, le=1000)  # every delegation of one tree, the root included
+
+
 class WorkflowsConfig(_Strict):
     """Where workflow definitions live (docs/workflows.md)."""
 
@@ -354,6 +361,7 @@ class ClusterConfig(_Strict):
     heartbeat: dict[str, HeartbeatJob] = Field(default_factory=dict)
     heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
+    delegation: DelegationConfig = Field(default_factory=DelegationConfig)
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
@@ -39,6 +39,7 @@ from bot.store import Store
 from bot.targets import GuildDirectory, StaticDirectory, TargetNormalizer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Status = Literal["queued", "sending", "accepted", "failed", "unconfirmed", "expired"]
 FINAL_STATUSES: frozenset[str] = frozenset({"accepted", "failed", "unconfirmed", "expired"})
@@ -83,10 +84,18 @@ class Delegation:
     accepted_at: str | None
     latency_ms: float | None
     workflow_step: str | None = None  # `W-3/mesh#1` when a workflow step sent it
+    parent_id: int | None = None  # the delegation its requester was working on (a chain), if any
+    root_id: int | None = None  # the first delegation of its chain; itself for a root
+    depth: int = 1  # 1 for a root, 2 for its child, …
+    cancelled_at: str | None = None  # `delegations cancel` stopped the chain from here (nothing new hangs under it)
 
     @property
     def display_id(self) -> str:
         return f"D-{self.id}"
+
+    @property
+    def root(self) -> int:
+        return self.root_id if self.root_id is not None else self.id
 
     @property
     def is_final(self) -> bool:
@@ -114,15 +123,26 @@ class Delegation:
             "expires_at": self.expires_at,
             "latency_ms": self.latency_ms,
             "workflow_step": self.workflow_step,
+            "parent": f"D-{self.parent_id}" if self.parent_id is not None else None,
+            "root": f"D-{self.root}",
+            "depth": self.depth,
+            "cancelled_at": self.cancelled_at,
         }
 
 
 _COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  # type: ignore[attr-defined]
 _INSERT_DELEGATION = (
     "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, requester_user_id, via, "
-    "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at, workflow_step) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?, ?) RETURNING {_COLUMNS}"
+    "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at, workflow_step, "
+    "parent_id, root_id, depth) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}"
 )
+_WIDEST_ID = f"D-{2**63 - 1}"  # the size check counts the footer with the longest id SQLite can give
+
+
+def chain_footer(label: str) -> str:
+    """What the agent reads under the message: the id to hang its own sub-delegations under."""
+    return f"\n\n[atomizer-hq {label}: to hand part of this on, pass --parent {label}]"
 
 
 # A workflow step's delegation is sent only while its attempt is under way (`W-3/mesh#1` dispatching or running):
@@ -143,6 +163,10 @@ def expire_queued_statement(delegation_id: int, reason: str, at: datetime) -> tu
         "WHERE id = ? AND status = 'queued'",
         (reason, iso(at), delegation_id),
     )
+
+
+def _is_stop(workflow_step: str | None) -> bool:
+    return workflow_step is not None and workflow_step.endswith("/stop")
 
 
 def _row_to_delegation(row: Any) -> Delegation:
@@ -257,24 +281,112 @@ class DelegationService:
         origin: str | None = None,
         directory: GuildDirectory | None = None,
         workflow_step: str | None = None,
+        parent: int | str | None = None,
     ) -> DelegationResult:
         """Validate, authorize, record, then try to send once; the outbox retries what must be retried.
 
         `origin` is the delivery target of the place the request came from (e.g. the channel a slash
         command was typed in); it is the default target. `workflow_step` (`W-3/mesh#1`) is unique: a
         second delegation for the same attempt raises DuplicateWorkflowStep, and nothing is sent.
+        `parent` (`D-12`) hangs it under a delegation the requesting agent received (a chain): see `_chain_link`.
         """
         if dry_run:
             name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
-            return DelegationResult(self.authorize(requester, name), hook.body())
+            decision = self.authorize(requester, name)
+            if decision.allowed and parent is not None:
+                try:
+                    await self._chain_link(requester, name, parent)
+                except ChainRefused as exc:
+                    decision = Decision(False, str(exc))
+            return DelegationResult(decision, hook.body())
         checked = await self._checked(requester, agent, message, target, deliver, origin, directory)
         name, text, delivery, _, decision = checked
+        link = None
+        if parent is not None:
+            link = await self._audited(requester, name, parent, self._chain_link(requester, name, parent))
         task_ref = await self._task_ref(task)
         # Recorded already claimed for its first attempt (`sending`, one trip to the database): from
         # here on, a crash leaves it to `recover`, which knows the request may have arrived.
-        delegation = await self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step)
+        recording = self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step, link)
+        delegation = await self._audited(requester, name, parent, recording)
         delegation = await self._send(self._config.require_agent(name), delegation)
-        return DelegationResult(decision, self._hook(text, deliver, delivery, delegation.display_id).body(), delegation)
+        hook = self._hook(text, deliver, delivery, delegation.display_id, footer=not _is_stop(workflow_step))
+        return DelegationResult(decision, hook.body(), delegation)
+
+    async def _audited(self, requester: Requester, agent: str, parent: int | str | None, work: Awaitable[T]) -> T:
+        """`work`, with a chain refusal audited (naming the chain) before it is raised."""
+        try:
+            return await work
+        except ChainRefused as exc:
+            detail = {"reason": str(exc), "parent": str(parent), **({"chain": exc.chain} if exc.chain else {})}
+            await self._audit(requester, agent, "refused", detail)
+            raise
+
+    async def _chain_link(self, requester: Requester, agent: str, parent_ref: int | str) -> ChainLink:
+        """Where a sub-delegation hangs, or ChainRefused: the parent must be a delegation to the requesting agent
+        that is still live, no agent above in the chain is handed work of it again, and the caps hold."""
+        if not str(parent_ref).strip():  # given but blank is a slip (an unset $PARENT), not "no parent"
+            raise InvalidInput(
+                "the parent is empty; give the delegation you are working on (e.g. D-12), or leave it out"
+            )
+        parent = await self.get(parent_ref)
+        root = parent.root
+        chain = f"D-{root}"
+        if not requester.is_agent:
+            raise ChainRefused(
+                f"--parent {parent.display_id}: only an agent hangs work under a delegation it received; "
+                f"{requester.describe()} starts a chain of its own (leave --parent out)",
+                chain,
+            )
+        if parent.agent != requester.name:
+            raise ChainRefused(
+                f"{parent.display_id} was delegated to {parent.agent}, not to {requester.name}: an agent hangs work "
+                f"only under a delegation it received (chain {chain})",
+                chain,
+            )
+        if parent.status in ("failed", "expired"):
+            raise ChainRefused(
+                f"{parent.display_id} is {parent.status}: {parent.agent} is not working on it, so nothing hangs "
+                f"under it (chain {chain}); delegate without --parent, or have a person retry {parent.display_id}",
+                chain,
+            )
+        tree = await self.tree(root)
+        path = ancestry(tree, parent.id)
+        cancelled = next((node for node in path if node.cancelled_at), None)
+        if cancelled is not None:
+            raise ChainRefused(
+                f"chain {chain} was cancelled at {cancelled.display_id} ({cancelled.cancelled_at[:16]} UTC): "
+                "nothing new hangs under it",
+                chain,
+            )
+        above = [node.agent for node in path]
+        if path[0].requester_kind == "agent":
+            above.insert(0, path[0].requester)
+        if agent in above:
+            drawn = " → ".join(f"{node.display_id} {node.agent}" for node in path)
+            raise ChainRefused(
+                f"{agent} is already in chain {chain} above {parent.display_id} ({drawn}): an agent is not handed "
+                "work of a chain it is working on (no loops); do that part yourself or report back",
+                chain,
+            )
+        limits = self._config.delegation
+        if parent.depth + 1 > limits.max_depth:
+            raise ChainLimit(
+                f"chain {chain} may not go deeper: {parent.display_id} is at depth {parent.depth} and the limit is "
+                f"{limits.max_depth} ([delegation] max_depth in {self._config.source}); {requester.name} should do "
+                "this part itself, or ask a person to delegate it",
+                chain,
+            )
+        if len(tree) >= limits.max_per_root:
+            raise ChainLimit(self._per_root_refusal(chain, len(tree)), chain)
+        return ChainLink(parent.id, root, parent.depth + 1)
+
+    def _per_root_refusal(self, chain: str, count: int) -> str:
+        return (
+            f"chain {chain} has {count} delegations already, the limit per chain is "
+            f"{self._config.delegation.max_per_root} ([delegation] max_per_root in {self._config.source}); "
+            "finish or cancel some of them, or ask a person to start a new chain"
+        )
 
     async def preflight(
         self,
@@ -325,7 +437,7 @@ class DelegationService:
             raise InvalidInput("the instruction is empty; write what the agent should do")
         delivery = self._resolve_target(target, origin, directory) if deliver else None
         hook = self._hook(text, deliver, delivery, "D-new")
-        size = len(encode_body(hook.body()))
+        size = len(encode_body(self._hook(text, deliver, delivery, _WIDEST_ID).body()))
         if size > HOOK_BODY_LIMIT:
             raise PayloadTooLarge(
                 f"the instruction is too long for the gateway: the request would be {size:,} bytes, the limit is "
@@ -359,10 +471,20 @@ class DelegationService:
         )
 
     @staticmethod
-    def _hook(message: str, deliver: bool, target: str | None, label: str) -> AgentHook:
+    def _hook(message: str, deliver: bool, target: str | None, label: str, *, footer: bool = True) -> AgentHook:
+        """The hook body; the message ends with the chain footer (the id to pass as --parent) unless `footer` is
+        off (a workflow's "stop" follow-up: nothing there to hand on)."""
+        if footer:
+            message += chain_footer(label)
         if deliver and target is not None:
             return AgentHook(message=message, name=f"atomizer-hq {label}", deliver=True, channel="discord", to=target)
         return AgentHook(message=message, name=f"atomizer-hq {label}", deliver=False)
+
+    def _delegation_hook(self, delegation: Delegation) -> AgentHook:
+        """The hook of a recorded delegation: the same body on every attempt (its key replays the same run)."""
+        footer = not _is_stop(delegation.workflow_step)
+        return self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id,
+                          footer=footer)  # fmt: skip
 
     async def _record(
         self,
@@ -374,24 +496,45 @@ class DelegationService:
         task: str | None,
         decision: Decision,
         workflow_step: str | None = None,
+        link: ChainLink | None = None,
     ) -> Delegation:
         now = self._clock()
         values = (
             uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
             requester.via, requester.front_end, agent, message, int(deliver), target, task,
             iso(now + self.retry_window), workflow_step,
+            *((link.parent_id, link.root_id, link.depth) if link else (None, None, 1)),
         )  # fmt: skip
+        audited: dict[str, Any] = {}
+        if link is not None:
+            audited = {"parent": f"D-{link.parent_id}", "chain": f"D-{link.root_id}", "depth": link.depth}
+        max_per_root = self._config.delegation.max_per_root
 
         def record(conn: sqlite3.Connection) -> Any:
             # The row and its audit record in one transaction and one trip to the database thread;
             # RETURNING gives the row as stored, so it is not read again.
+            if link is not None:  # checked before, and again here: two children at once cannot both take the last
+                chain = f"D-{link.root_id}"
+                count = conn.execute("SELECT count(*) FROM delegations WHERE root_id = ?", (link.root_id,)).fetchone()
+                if count[0] >= max_per_root:
+                    raise ChainLimit(self._per_root_refusal(chain, count[0]), chain)
+                # a cancel marks the whole subtree, so a parent cancelled meanwhile shows it here
+                parent = conn.execute("SELECT cancelled_at FROM delegations WHERE id = ?", (link.parent_id,)).fetchone()
+                if parent[0] is not None:
+                    why = f"chain {chain} was cancelled ({parent[0][:16]} UTC): nothing new hangs under it"
+                    raise ChainRefused(why, chain)
             try:
                 row = conn.execute(_INSERT_DELEGATION, values).fetchall()[0]
             except sqlite3.IntegrityError as exc:
                 if workflow_step is not None and "workflow_step" in str(exc):
                     raise DuplicateWorkflowStep(workflow_step) from None
                 raise
-            conn.execute(*audit_row(requester, "delegate", agent, "allowed", {"delegation": f"D-{row['id']}"}, now))
+            if link is None:  # a root: its chain is itself
+                row = conn.execute(
+                    f"UPDATE delegations SET root_id = id WHERE id = ? RETURNING {_COLUMNS}", (row["id"],)
+                ).fetchall()[0]
+            detail = {"delegation": f"D-{row['id']}", **audited}
+            conn.execute(*audit_row(requester, "delegate", agent, "allowed", detail, now))
             return row
 
         return _row_to_delegation(await self._store.atomically(record))
@@ -409,6 +552,81 @@ class DelegationService:
             raise UnknownDelegation(f"no delegation D-{number}; list recent ones with `atomizer-hq delegations`")
         return _row_to_delegation(row)
 
+    async def tree(self, delegation_id: int | str) -> list[Delegation]:
+        """Every delegation of the chain `delegation_id` belongs to (its root's tree), oldest first."""
+        delegation = await self.get(delegation_id)
+        rows = await self._store.fetchall(
+            f"SELECT {_COLUMNS} FROM delegations WHERE root_id = ? ORDER BY id", (delegation.root,)
+        )
+        return [_row_to_delegation(row) for row in rows] or [delegation]
+
+    async def trees(self, root_ids: list[int]) -> dict[int, list[Delegation]]:
+        """The chains of several roots at once (a workflow run's steps), oldest first; roots with no children too."""
+        if not root_ids:
+            return {}
+        marks = ", ".join("?" * len(root_ids))
+        rows = await self._store.fetchall(
+            f"SELECT {_COLUMNS} FROM delegations WHERE root_id IN ({marks}) ORDER BY id", tuple(root_ids)
+        )
+        found: dict[int, list[Delegation]] = {}
+        for row in rows:
+            delegation = _row_to_delegation(row)
+            found.setdefault(delegation.root, []).append(delegation)
+        return found
+
+    async def cancel(self, requester: Requester, delegation_id: int | str) -> ChainCancel:
+        """Stop a delegation and everything under it that has not been sent (queued: expired now); what is with an
+        agent already is said, not undone. Nothing new may hang under it afterwards.
+
+        Who: a person with the operator level, or the agent that made the delegation (its own chain below it)."""
+        delegation = await self.get(delegation_id)
+        own = requester.is_agent and delegation.requester_kind == "agent" and delegation.requester == requester.name
+        if not own and (requester.is_agent or requester.level < AccessLevel.OPERATOR):
+            maker = f"{delegation.requester_kind} {delegation.requester}"
+            raise NotAllowed(
+                f"cancelling {delegation.display_id} needs the operator level, or being the agent that made it "
+                f"({maker}); {requester.describe()} is neither"
+            )
+        if delegation.workflow_step is not None:
+            run = delegation.workflow_step.partition("/")[0]
+            raise InvalidInput(
+                f"{delegation.display_id} is workflow step {delegation.workflow_step}'s delegation: cancel the run "
+                f"instead (atomizer-hq workflow cancel {run}), which stops the step and what hangs under it"
+            )
+        return await self.stop_chain(requester, delegation, f"cancelled by {requester.name}")
+
+    async def stop_chain(self, requester: Requester, delegation: Delegation, why: str) -> ChainCancel:
+        """`cancel` once decided (also a workflow run's cancel, for each step's chain): the subtree is marked
+        cancelled, its queued delegations expire, in one transaction."""
+        now = self._clock()
+        reason = f"{why} (chain {delegation.display_id}) before it was sent"
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM delegations WHERE root_id = ? ORDER BY id", (delegation.root,)
+            ).fetchall()
+            ids = [node.id for node in subtree([_row_to_delegation(row) for row in rows], delegation.id)]
+            marks = ", ".join("?" * len(ids))
+            conn.execute(
+                f"UPDATE delegations SET cancelled_at = coalesce(cancelled_at, ?) WHERE id IN ({marks})",
+                (iso(now), *ids),
+            )
+            stopped = conn.execute(
+                "UPDATE delegations SET status = 'expired', next_attempt_at = NULL, last_error = ?, updated_at = ? "
+                f"WHERE status = 'queued' AND id IN ({marks}) RETURNING id",
+                (reason, iso(now), *ids),
+            ).fetchall()
+            stopped_ids = sorted(row[0] for row in stopped)
+            detail = {"cancel": delegation.display_id, "stopped": [f"D-{n}" for n in stopped_ids]}
+            conn.execute(*audit_row(requester, "cancel", delegation.agent, "allowed", detail, now))
+            return stopped_ids
+
+        stopped_ids = await self._store.atomically(work)
+        async with self.changed:
+            self.changed.notify_all()
+        nodes = subtree(await self.tree(delegation.id), delegation.id)
+        return ChainCancel(nodes, frozenset(stopped_ids))
+
     async def by_workflow_step(self, key: str) -> Delegation | None:
         """The delegation a workflow step's attempt made (`W-3/mesh#1`), if any."""
         row = await self._store.fetchone(f"SELECT {_COLUMNS} FROM delegations WHERE workflow_step = ?", (key,))
@@ -419,10 +637,7 @@ class DelegationService:
         the run it admitted and answers when the run settles. Only safe while the gateway still remembers the
         key (same process lifetime): the caller compares the runId and checks the gateway's start time first."""
         agent = self._config.require_agent(delegation.agent)
-        hook = replace(
-            self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id),
-            wait_for_completion=True,
-        )
+        hook = replace(self._delegation_hook(delegation), wait_for_completion=True)
         return await self._gateway.wait_for_completion(agent, hook, idempotency_key=delegation.idem_key,
                                                        timeout_s=timeout_s)  # fmt: skip
 
@@ -584,7 +799,7 @@ class DelegationService:
 
     async def _send(self, agent: AgentConfig, delegation: Delegation) -> Delegation:
         """One attempt of a claimed delegation (`sending`; `attempts` counts this one), and its outcome."""
-        hook = self._hook(delegation.message, delegation.deliver, delegation.target, delegation.display_id)
+        hook = self._delegation_hook(delegation)
         try:
             accepted = await self._gateway.send_agent_hook(agent, hook, idempotency_key=delegation.idem_key)
         except HookRateLimited as exc:
@@ -727,3 +942,86 @@ class DuplicateWorkflowStep(AtomizerError):
     def __init__(self, key: str) -> None:
         super().__init__(f"{key} has a delegation already; it is not sent twice")
         self.key = key
+
+
+class ChainRefused(NotAllowed):
+    """A sub-delegation the chain rules refuse (the parent, a loop); `chain` names its root (`D-12`)."""
+
+    code = "chain_refused"
+
+    def __init__(self, message: str, chain: str | None = None) -> None:
+        super().__init__(message)
+        self.chain = chain
+
+
+class ChainLimit(ChainRefused):
+    """A chain's depth or size cap ([delegation] in config) would be passed."""
+
+    code = "chain_limit"
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """Where a sub-delegation hangs: its parent, its chain's root, its depth."""
+
+    parent_id: int
+    root_id: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class ChainCancel:
+    """What `cancel` did: the delegation and everything under it (tree order), and which of them it stopped."""
+
+    nodes: list[Delegation]
+    stopped: frozenset[int]
+
+    @property
+    def with_agent(self) -> list[Delegation]:
+        """Sent already (or being sent): cancelling cannot take these back; the agent has to be told."""
+        return [d for d in self.nodes if d.status in ("sending", "accepted", "unconfirmed")]
+
+    def summary(self) -> str:
+        """One paragraph every front end shows."""
+        head = self.nodes[0].display_id
+        stopped = sorted((d for d in self.nodes if d.id in self.stopped), key=lambda d: d.id)
+        parts = [f"cancelled {head}"]
+        parts.append(
+            "stopped before they were sent: " + ", ".join(f"{d.display_id} ({d.agent})" for d in stopped)
+            if stopped
+            else "nothing was waiting to be sent"
+        )
+        if self.with_agent:
+            parts.append(
+                "already with an agent (tell it to stop): "
+                + ", ".join(f"{d.display_id} {d.agent} ({d.status})" for d in self.with_agent)
+            )
+        return "; ".join(parts)
+
+
+def ancestry(tree: list[Delegation], delegation_id: int) -> list[Delegation]:
+    """The chain from its root down to `delegation_id` (included), from a tree's delegations."""
+    by_id = {node.id: node for node in tree}
+    path: list[Delegation] = []
+    node = by_id.get(delegation_id)
+    while node is not None and node.id not in {n.id for n in path}:
+        path.append(node)
+        node = by_id.get(node.parent_id) if node.parent_id is not None else None
+    return path[::-1]
+
+
+def subtree(tree: list[Delegation], delegation_id: int) -> list[Delegation]:
+    """`delegation_id` and everything under it, depth first in the order they were made."""
+    children: dict[int, list[Delegation]] = {}
+    for node in tree:
+        if node.parent_id is not None:
+            children.setdefault(node.parent_id, []).append(node)
+    by_id = {node.id: node for node in tree}
+    out: list[Delegation] = []
+    stack = [by_id[delegation_id]] if delegation_id in by_id else []
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(children.get(node.id, [])))
+    return out

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 STATE_ICON = {"ready": "🟢", "starting": "🟡", "degraded": "🟠", "down": "🔴", "foreign": "🟣"}
 MAX_EMBEDS = 10  # per message
+CHAIN_TEXT = 40  # characters of a chain's root instruction shown
+CHAINS_SHOWN = 8  # chains listed by name; the rest are counted
 
 
 @dataclass
@@ -44,10 +46,28 @@ class AgentDay:
     tasks: dict[str, int] = field(default_factory=dict)  # done (24 h) / in_progress / blocked / overdue
 
 
+@dataclass(frozen=True)
+class ChainDay:
+    """A chain of sub-delegations active in the day, counted once under its root."""
+
+    root: int
+    agent: str  # the root's agent
+    message: str  # the root's instruction
+    size: int  # delegations in the chain, the root included
+    depth: int  # how deep it went (1 = the root alone)
+
+    def line(self) -> str:
+        """`D-12 nx-expert: Mesh the M2 mirror (chain of 4, 3 deep)`."""
+        text = " ".join(self.message.split())
+        text = text if len(text) <= CHAIN_TEXT else text[: CHAIN_TEXT - 1].rstrip() + "…"
+        return f"D-{self.root} {self.agent}: {text} (chain of {self.size}, {self.depth} deep)"
+
+
 @dataclass
 class StandupReport:
     day_ending: datetime
     agents: list[AgentDay]
+    chains: list[ChainDay] = field(default_factory=list)
 
     def total(self, section: str, key: str) -> int:
         return sum(getattr(a, section).get(key, 0) for a in self.agents)
@@ -77,8 +97,11 @@ async def collect_standup(
         day.heartbeats[kind] = day.heartbeats.get(kind, 0) + 1
         if kind == "skipped":
             day.skipped_slots.append(row["slot"][11:16])
+    # A chain is counted once, under its root (its sub-delegations are listed with it, below).
     for row in await store.fetchall(
-        "SELECT agent, status, count(*) AS n FROM delegations WHERE created_at >= ? GROUP BY agent, status", (since,)
+        "SELECT agent, status, count(*) AS n FROM delegations WHERE created_at >= ? AND parent_id IS NULL "
+        "GROUP BY agent, status",
+        (since,),
     ):
         day = days.get(row["agent"])
         if day is None:
@@ -103,7 +126,17 @@ async def collect_standup(
             day.tasks[row["status"]] = day.tasks.get(row["status"], 0) + row["n"]
         day.tasks["done"] = day.tasks.get("done", 0) + (row["done_today"] or 0)
         day.tasks["overdue"] = day.tasks.get("overdue", 0) + (row["overdue"] or 0)
-    return StandupReport(now, list(days.values()))
+    chains = [
+        ChainDay(row["id"], row["agent"], row["message"], row["size"], row["depth"])
+        for row in await store.fetchall(
+            "SELECT r.id, r.agent, r.message, count(d.id) AS size, max(d.depth) AS depth FROM delegations r "
+            "JOIN delegations d ON d.root_id = r.id WHERE r.parent_id IS NULL AND r.id IN "
+            "(SELECT root_id FROM delegations WHERE created_at >= ? AND parent_id IS NOT NULL) GROUP BY r.id "
+            "ORDER BY r.id",
+            (since,),
+        )
+    ]
+    return StandupReport(now, list(days.values()), chains)
 
 
 def _line(day: AgentDay) -> str:
@@ -136,14 +169,25 @@ def render_standup(report: StandupReport) -> list[BoardContent]:
     )
     title = f"Daily standup · 24 h to {report.day_ending.strftime('%Y-%m-%d %H:%M UTC')}"
     fields = [BoardField(f"{STATE_ICON.get(a.state, '⚪')} {a.agent}", _line(a), inline=True) for a in report.agents]
-    parts = paginate(title, fields, description=totals)
+    chains = _chains_field(report.chains)
+    parts = paginate(title, fields + chains, description=totals)
     if sum(p.size() for p in parts) <= TOTAL_MAX and len(parts) <= MAX_EMBEDS:
         return parts
     # A big fleet: one compact line per agent so the whole standup stays one message.
     compact = [
         BoardField(f"{STATE_ICON.get(a.state, '⚪')} {a.agent}", _compact(a), inline=True) for a in report.agents
     ]
-    return paginate(title, compact, description=totals)
+    return paginate(title, compact + chains, description=totals)
+
+
+def _chains_field(chains: list[ChainDay]) -> list[BoardField]:
+    """The day's chains, each once under its root (its delegations count there, not per agent)."""
+    if not chains:
+        return []
+    lines = [chain.line() for chain in chains[:CHAINS_SHOWN]]
+    if len(chains) > CHAINS_SHOWN:
+        lines.append(f"+{len(chains) - CHAINS_SHOWN} more: atomizer-hq delegations show <id>")
+    return [BoardField(f"Chains ({len(chains)})", "\n".join(lines), inline=False)]
 
 
 def _compact(day: AgentDay) -> str:

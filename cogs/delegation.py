@@ -16,6 +16,8 @@ from discord.ext import commands
 
 from bot.authz import AccessLevel
 from bot.boards import clip
+from bot.chain_view import draw_tree
+from bot.clock import utcnow
 from bot.delegation import STATUSES, Delegation, DelegationService
 from bot.discord_bot import NO_MENTIONS, log_unexpected, redact_all, requester_for, require_level
 from bot.errors import InvalidInput
@@ -128,9 +130,15 @@ def followup_line(delegation: Delegation, waited_s: float) -> str:
             return f"delivered to {agent} (runId {delegation.run_id})"
         case "queued" | "sending":
             waited = f"{waited_s / 60:.0f} min"
-            return f"still {delegation.status} after {waited}; follow {delegation.display_id} with /delegations"
+            return f"still {delegation.status} after {waited}; follow it with /delegations show {delegation.display_id}"
         case status:
             return f"{status}: {delegation.display_id} to {agent} was not delivered (details below)"
+
+
+def chain_block(tree: list[Delegation], client: discord.Client) -> str:
+    """The chain drawn as `delegations show` draws it, in a code block that fits an embed field."""
+    text = redact_all("\n".join(draw_tree(tree, utcnow())), client).replace("`", "ˋ")
+    return f"```\n{clip(text, FIELD_VALUE_LIMIT - 8)}\n```"
 
 
 def listing_field(delegation: Delegation, client: discord.Client) -> tuple[str, str]:
@@ -362,11 +370,15 @@ class Delegations(commands.Cog):
 
     # --- /delegations -------------------------------------------------------------------------
 
-    @app_commands.command(name="delegations", description="Recent delegations, newest first")
+    delegations = require_level(AccessLevel.VIEWER)(
+        app_commands.Group(name="delegations", description="Recent delegations; one with its chain; cancel a chain")
+    )
+
+    @delegations.command(name="list", description="Recent delegations, newest first")
     @app_commands.describe(agent="Only to this agent", status="Only in this state", mine="Only the ones you asked for")
     @app_commands.choices(status=[app_commands.Choice(name=status, value=status) for status in STATUSES])
     @require_level(AccessLevel.VIEWER)
-    async def delegations(
+    async def list_(
         self,
         interaction: discord.Interaction,
         agent: str | None = None,
@@ -392,6 +404,28 @@ class Delegations(commands.Cog):
             views=self.views,
         )
 
+    @delegations.command(name="show", description="A delegation and its chain, each one's state")
+    @app_commands.describe(id="The delegation, e.g. D-12")
+    @require_level(AccessLevel.VIEWER)
+    async def show(self, interaction: discord.Interaction, id: app_commands.Range[str, 1, 24]) -> None:
+        delegation = await self.service.get(id)
+        tree = await self.service.tree(delegation.id)
+        embed = outcome_embed(delegation, self.bot)
+        embed.add_field(name="Chain", value=chain_block(tree, self.bot), inline=False)
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @delegations.command(
+        name="cancel", description="Stop a delegation and what hangs under it not yet sent (operators)"
+    )
+    @app_commands.describe(id="The delegation, e.g. D-12 (a chain's root stops the whole chain)")
+    @require_level(AccessLevel.OPERATOR)
+    async def cancel(self, interaction: discord.Interaction, id: app_commands.Range[str, 1, 24]) -> None:
+        requester = requester_for(interaction, self.bot.services.config)
+        done = await self.service.cancel(requester, id)
+        await interaction.response.send_message(
+            f"{safe(done.summary(), 1800)} (by {interaction.user.mention})", allowed_mentions=NO_MENTIONS
+        )
+
     # --- autocomplete -------------------------------------------------------------------------
 
     @delegate.autocomplete("agent")
@@ -410,7 +444,7 @@ class Delegations(commands.Cog):
     async def needs_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         return capability_choices(self.bot.services.routing.declared(), current)
 
-    @delegations.autocomplete("agent")
+    @list_.autocomplete("agent")
     async def agent_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """Configured agents whose name starts with what was typed, with their model."""
         typed = current.strip().lower()

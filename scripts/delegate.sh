@@ -9,7 +9,7 @@ set -euo pipefail
 
 readonly PROG="${0##*/}"
 readonly DEFAULT_API_URL="http://127.0.0.1:18790"
-readonly SYNOPSIS="$PROG <agent> \"<instruction>\" [--channel ID] [--deliver|--no-deliver]"
+readonly SYNOPSIS="$PROG <agent> \"<instruction>\" [--channel ID] [--deliver|--no-deliver] [--parent D-12]"
 
 usage() {
   cat <<EOF
@@ -23,6 +23,8 @@ options:
                   or channel:<id>, <#id>, #name. Default: atomizer-hq's technical channel.
   --deliver       post the agent's answer in Discord (the default)
   --no-deliver    let the agent work without posting its answer
+  --parent D-12   this is part of the delegation you are working on (your hook message ends with its id):
+                  recorded as its child in the chain. Only a delegation you received.
   -h, --help      show this help
   --              end of options (for an instruction that starts with --)
 
@@ -51,6 +53,7 @@ positional=()
 channel=""
 channel_given=false
 deliver=true
+parent=""
 while (($#)); do
   case "$1" in
     -h | --help)
@@ -66,6 +69,15 @@ while (($#)); do
     --channel=*)
       channel="${1#--channel=}"
       channel_given=true
+      ;;
+    --parent)
+      if (($# < 2)) || [[ $2 == --* ]]; then usage_error "--parent needs a delegation id, e.g. --parent D-12"; fi
+      parent="$2"
+      shift
+      ;;
+    --parent=*)
+      parent="${1#--parent=}"
+      [[ -n ${parent//[[:space:]]/} ]] || usage_error "--parent needs a delegation id, e.g. --parent D-12"
       ;;
     --deliver) deliver=true ;;
     --no-deliver) deliver=false ;;
@@ -113,18 +125,20 @@ api_url="${api_url%/}"
 # newline or $(...) in the instruction arrives as written.
 build_body='
 import json, sys
-agent, channel, deliver = sys.argv[1], sys.argv[2].strip(), sys.argv[3] == "true"
+agent, channel, deliver, parent = sys.argv[1], sys.argv[2].strip(), sys.argv[3] == "true", sys.argv[4].strip()
 try:
     message = sys.stdin.buffer.read().decode("utf-8")
 except UnicodeDecodeError:
     sys.exit("the instruction is not valid UTF-8 text")
 body = {"to": agent.strip(), "message": message, "deliver": deliver}
+if parent:
+    body["parent"] = parent
 if deliver and channel:
     # A bare id was the original bug (OpenClaw guessed user or channel): --channel means a channel.
     body["target"] = "channel:" + channel if channel.isascii() and channel.isdigit() else channel
 json.dump(body, sys.stdout)
 '
-body=$(printf '%s' "$message" | python3 -c "$build_body" "$agent" "$channel" "$deliver") || die 2 "cannot build the request"
+body=$(printf '%s' "$message" | python3 -c "$build_body" "$agent" "$channel" "$deliver" "$parent") || die 2 "cannot build the request"
 
 rc=0
 # The token goes in a header read from a file descriptor, so it never shows in `ps`; --noproxy keeps
@@ -175,6 +189,9 @@ detail = str(answer.get("detail") or answer.get("error") or "no detail given")
 if code == 202:
     ident, status, to = answer.get("id"), answer.get("status"), answer.get("agent") or agent
     run_id, error = answer.get("run_id"), answer.get("last_error")
+    parent = answer.get("parent")
+    if parent:
+        ident = f"{ident} under {parent}"
     if status == "accepted":
         done(f"accepted by {to} ({ident}, runId {run_id})", 0)
     if status in ("queued", "sending"):
@@ -187,7 +204,7 @@ if code == 202:
         done(f"queued: {to} cannot take it now: {reason}; {retry} ({ident})", 0)
     error = error or "no reason given"
     done(f"{status}: {ident} to {to}: {error}", 1)
-if code == 403:
+if code in (403, 409):
     done(f"refused: {detail}", 1)
 if code == 401:
     done(f"{prog}: the API did not accept ATOMIZER_API_TOKEN: {detail}", 2)

@@ -24,6 +24,7 @@ API_TOKENS = {
     "manager": "api-SECRET-manager-5f1d2c3b4a59687",
     "tech-lead": "api-SECRET-techlead-0a9b8c7d6e5f41",
     "nx-expert": "api-SECRET-nxexpert-77aa66bb55cc4",
+    "optimizer": "api-SECRET-optimizer-3e4f5a6b7c8d9",
     "operator": "api-SECRET-operator-1234abcd5678e",
 }
 

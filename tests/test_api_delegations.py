@@ -12,6 +12,7 @@ import pytest
 from bot.api import LoopbackApi
 from bot.authz import AccessLevel, Requester
 from bot.config import HOOK_BODY_LIMIT
+from bot.delegation import chain_footer
 from bot.services import Services
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.simulator import SimulatedFleet
@@ -86,7 +87,7 @@ async def test_manager_delegates_to_nx_expert(hq: Hq) -> None:
     assert hook.agent == "nx-expert" and hook.path == "/hooks/agent"
     assert hook.run_id == body["run_id"]
     assert hook.idempotency_key
-    assert hook.body["message"] == "Mesh the M2 mirror"
+    assert hook.body["message"] == "Mesh the M2 mirror" + chain_footer(body["id"])
     assert hook.body["deliver"] is True
     assert hook.body["channel"] == "discord"
     assert hook.body["to"] == TECHNICAL
@@ -256,7 +257,7 @@ async def test_dry_run_shows_the_payload_and_records_nothing(hq: Hq) -> None:
     assert set(body) == {"decision", "payload", "route"} and body["route"] is None  # route: only for to=auto
     assert body["decision"]["allowed"] is True
     payload = body["payload"]
-    assert payload["message"] == "Mesh the M2 mirror"
+    assert payload["message"] == "Mesh the M2 mirror" + chain_footer("D-new")
     assert (payload["deliver"], payload["channel"], payload["to"]) == (True, "discord", "channel:100000000000000102")
     assert hq.fleet.received() == []
     assert await hq.stored() == []
@@ -409,3 +410,59 @@ async def test_openapi_documents_the_delegation_routes(hq: Hq) -> None:
     assert listing == {"agent", "status", "requester", "limit", "before"}
     assert paths["/v1/delegations/{id}"]["get"]["parameters"][0]["schema"] == {"type": "string"}
     assert "403" in paths["/v1/delegations/{id}/retry"]["post"]["responses"]
+
+
+# --- chains ------------------------------------------------------------------------------------
+
+
+async def test_a_chain_over_the_api_is_recorded_drawn_and_capped(hq: Hq) -> None:
+    root = (await hq.delegate("manager", "tech-lead", "Run the M2 study")).json()
+    child = await hq.delegate("tech-lead", "optimizer", "Tune the supports", parent=root["id"])
+    assert child.status_code == 202, child.text
+    assert (child.json()["parent"], child.json()["root"], child.json()["depth"]) == ("D-1", "D-1", 2)
+    grandchild = (await hq.delegate("optimizer", "nx-expert", "Mesh it", parent="D-2")).json()
+    assert (grandchild["id"], grandchild["depth"]) == ("D-3", 3)
+    # nx-expert may not delegate at all; with a wider matrix it would still hit the depth cap (tests elsewhere)
+    refused = await hq.delegate("tech-lead", "webster", "Find it", parent="D-2")  # D-2 is optimizer's
+    assert "D-2 was delegated to optimizer, not to tech-lead" in assert_error(refused, 403, "chain_refused")
+    tree = await hq.get("/v1/delegations/D-3/tree", "nx-expert")
+    assert tree.status_code == 200, tree.text
+    body = tree.json()
+    assert body["root"] == "D-1" and [d["id"] for d in body["delegations"]] == ["D-1", "D-2", "D-3"]
+    lines = body["text"].splitlines()
+    assert lines[0] == "chain D-1: chain of 3, 3 deep"
+    assert lines[1].startswith("D-1 tech-lead: accepted, ") and lines[1].endswith('by manager: "Run the M2 study"')
+    assert lines[2].startswith("└─ D-2 optimizer: accepted") and lines[3].startswith("   └─ D-3 nx-expert: accepted")
+    assert_error(await hq.get("/v1/delegations/D-9/tree"), 404, "unknown_delegation")
+    blank = await hq.delegate("tech-lead", "optimizer", parent="")
+    assert "the parent is empty" in assert_error(blank, 400, "invalid_input")
+
+
+async def test_the_per_root_cap_is_a_409_naming_the_chain(hq: Hq) -> None:
+    hq.services.delegation._config = hq.services.config.model_copy(
+        update={"delegation": hq.services.config.delegation.model_copy(update={"max_per_root": 2})}
+    )
+    await hq.delegate("operator", "tech-lead", "Run the M2 study")
+    assert (await hq.delegate("tech-lead", "optimizer", parent="D-1")).status_code == 202
+    detail = assert_error(await hq.delegate("tech-lead", "webster", parent="D-1"), 409, "chain_limit")
+    assert detail.startswith("chain D-1 has 2 delegations already, the limit per chain is 2")
+    assert hq.fleet.received("webster") == []
+
+
+async def test_cancel_is_for_operators_and_the_agent_that_made_it(hq: Hq) -> None:
+    await hq.fleet.take_down("webster")
+    await hq.delegate("manager", "tech-lead", "Run the M2 study")  # D-1
+    await hq.delegate("tech-lead", "webster", "Find the CTE", parent="D-1")  # D-2, queued
+    other = await hq.client.post("/v1/delegations/D-1/cancel", headers=auth("nx-expert"))
+    assert "agent nx-expert is neither" in assert_error(other, 403, "forbidden")
+    mine = await hq.client.post("/v1/delegations/D-1/cancel", headers=auth("manager"))
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert (body["stopped"], body["with_agent"]) == (["D-2"], ["D-1"])
+    assert body["summary"] == (
+        "cancelled D-1; stopped before they were sent: D-2 (webster); "
+        "already with an agent (tell it to stop): D-1 tech-lead (accepted)"
+    )
+    assert [d["status"] for d in body["delegations"]] == ["accepted", "expired"]
+    again = await hq.client.post("/v1/delegations/D-2/cancel", headers=auth("operator"))
+    assert again.json()["summary"] == "cancelled D-2; nothing was waiting to be sent"

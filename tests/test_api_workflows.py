@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bot.api import LoopbackApi
+from bot.delegation import chain_footer
 from bot.errors import InvalidInput
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.workflows.definition import WorkflowDefinition
@@ -120,7 +121,9 @@ async def test_synchronous_delegation_over_the_api_returns_the_agents_output(hq:
         "run": "W-1", "status": "succeeded", "output": "42k", "output_source": "api", "error": None,
     }  # fmt: skip
     [hook] = [h for h in hq.fleet.received("nx-expert") if h.path.endswith("/agent")]
-    assert hook.body["message"] == "Mesh the M2 mirror" + step_footer("W-1/work#1")  # how to report, and as which
+    assert hook.body["message"] == "Mesh the M2 mirror" + step_footer("W-1/work#1") + chain_footer(
+        "D-1"
+    )  # how to report, and as which
 
 
 async def test_synchronous_delegation_that_runs_out_says_the_run_goes_on(hq: Hq) -> None:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from bot.delegation import chain_footer
 from bot.simulator import RELEASE_LEGACY
 from bot.workflows.engine import step_footer
 from tests.conftest import ROOT, FleetStarter
@@ -39,7 +40,9 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
     assert code == 0, err
     assert out.startswith("W-1 find-and-report: running") and "find         webster" in out
     assert "atomizer-hq run" in err  # progress after dispatch needs the running bot
-    assert [hook.body["message"] for hook in fleet.received("webster")] == ["Find CTE." + step_footer("W-1/find#1")]
+    assert [hook.body["message"] for hook in fleet.received("webster")] == [
+        "Find CTE." + step_footer("W-1/find#1") + chain_footer("D-1")
+    ]
 
     code, out, err = await run_cli(*base, "workflow", "result", "W-1", "find", "--ok", "0.007 ppm/K", env=env)
     assert (code, out) == (0, "W-1/find: succeeded\n"), err
@@ -50,7 +53,7 @@ async def test_a_run_from_the_command_line(start_fleet: FleetStarter, tmp_path: 
     code, _, err = await run_cli(*base, "workflow", "approve", "W-1", "ok", env=env)
     assert code == 1 and "already approved by you" in err and "Traceback" not in err
     assert [hook.body["message"] for hook in fleet.received("secretary")] == [
-        "Report 0.007 ppm/K." + step_footer("W-1/report#1")
+        "Report 0.007 ppm/K." + step_footer("W-1/report#1") + chain_footer("D-2")
     ]
 
     code, out, _ = await run_cli(*base, "workflow", "show", "W-1", env=env)
@@ -94,7 +97,9 @@ async def test_delegate_wait_result_prints_the_agents_output(start_fleet: FleetS
             while not fleet.received("webster"):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         [hook] = fleet.received("webster")
-        assert hook.body["message"] == "Find the CTE of ${{ Zerodur }}" + step_footer("W-1/work#1")  # text
+        assert hook.body["message"] == "Find the CTE of ${{ Zerodur }}" + step_footer("W-1/work#1") + chain_footer(
+            "D-1"
+        )  # text
         code, _, err = await run_cli(*base, "workflow", "result", "W-1", "work", "--ok", "0.007 ppm/K", env=env)
         assert code == 0, err
         out_bytes, err_bytes = await asyncio.wait_for(waiting.communicate(), 60)

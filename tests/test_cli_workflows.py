@@ -109,7 +109,7 @@ async def test_plan_as_an_agent_without_authority_names_each_refused_step_and_ex
     lines = err.splitlines()
     assert lines[0] == (
         f"{EXAMPLE}:16: steps[0].agent: step mesh would be refused: webster may not delegate to nx-expert: it may not "
-        "delegate to any agent. Who could: manager, tech-lead, or a person with the operator or admin role."
+        "delegate to any agent. Who could: manager, tech-lead, optimizer, or a person with the operator or admin role."
     )
     assert [line.split(": step ")[1].split(" would")[0] for line in lines[:4]] == [
         "mesh", "material", "thermal", "report"

@@ -16,7 +16,7 @@ from discord import app_commands
 from bot.authz import AccessLevel, Requester
 from bot.clock import iso, utcnow
 from bot.config import GatewayConfig
-from bot.delegation import DelegationService
+from bot.delegation import DelegationService, chain_footer
 from bot.discord_bot import AtomizerBot
 from bot.gateway import GatewayClient
 from bot.services import Services
@@ -168,7 +168,7 @@ async def test_an_operator_delegates_and_the_answer_is_routed_back_to_the_channe
     assert not calls[0].ephemeral  # the outcome is for the channel
     [run] = rig.fleet.received("nx-expert")
     assert run.body["to"] == f"channel:{rig.channel.id}" and run.body["channel"] == "discord"
-    assert run.body["deliver"] is True and run.body["message"] == "Mesh the M2 mirror"
+    assert run.body["deliver"] is True and run.body["message"] == "Mesh the M2 mirror" + chain_footer("D-1")
     fields = fields_of(calls[1])
     assert fields["Outcome"] == "accepted" and fields["Agent"] == "nx-expert" and fields["Delegation"] == "D-1"
     assert fields["runId"] == f"`{run.run_id}`"
@@ -213,7 +213,9 @@ async def test_echoed_text_cannot_ping_or_format(launch: Launcher) -> None:
     assert "@everyone" not in instruction and "<@100000000000000900>" not in instruction
     assert "\\*\\*now\\*\\*" in instruction
     assert all(call.allowed_mentions == NO_MENTIONS for call in calls if call.message)
-    assert rig.fleet.received("nx-expert")[0].body["message"] == "@everyone **now** <@100000000000000900>"
+    assert rig.fleet.received("nx-expert")[0].body[
+        "message"
+    ] == "@everyone **now** <@100000000000000900>" + chain_footer("D-1")
 
 
 # --- refusals: private, before anything is sent ------------------------------------------------
@@ -228,7 +230,7 @@ async def test_a_viewer_is_refused_privately_with_who_could_and_the_refusal_is_a
     reply = calls[0]
     assert reply.ephemeral and reply.allowed_mentions == NO_MENTIONS
     assert "delegating needs the operator level" in reply.content
-    assert "Who could: manager, tech-lead, or a person with the operator or admin role" in reply.content
+    assert "Who could: manager, tech-lead, optimizer, or a person with the operator or admin role" in reply.content
     assert rig.fleet.received() == [] and await delegation_count(rig.services) == 0
     rows = await rig.services.store.fetchall("SELECT actor, subject, decision, front_end FROM audit_log")
     assert [tuple(row) for row in rows] == [("Vera", "nx-expert", "refused", "discord")]
@@ -329,7 +331,7 @@ async def test_a_brief_attachment_becomes_the_instruction(launch: Launcher, down
     assert shape(calls) == [("callback", 5), ("followup", None)]
     assert fields_of(calls[1])["Outcome"] == "accepted"
     [run] = rig.fleet.received("nx-expert")
-    assert run.body["message"] == text.strip() and len(text) > MAX_INSTRUCTION
+    assert run.body["message"] == text.strip() + chain_footer("D-1") and len(text) > MAX_INSTRUCTION
     assert downloads["reads"] == 1
 
 
@@ -347,7 +349,9 @@ async def test_an_instruction_and_a_brief_are_sent_together(launch: Launcher, do
     )
     await rig.driver.dispatch(payload)
 
-    assert rig.fleet.received("nx-expert")[0].body["message"] == "Read this first.\n\nThe details."
+    assert rig.fleet.received("nx-expert")[0].body["message"] == "Read this first.\n\nThe details." + chain_footer(
+        "D-1"
+    )
 
 
 @pytest.mark.parametrize(
@@ -403,7 +407,7 @@ async def test_agent_autocomplete_offers_configured_agents_by_prefix_with_their_
 
     [typed_s] = await rig.driver.autocomplete("delegate", "agent", "s", user=operator)
     [typed_nothing] = await rig.driver.autocomplete("delegate", "agent", "", user=operator)
-    [listing] = await rig.driver.autocomplete("delegations", "agent", "TECH", user=operator)
+    [listing] = await rig.driver.autocomplete("delegations list", "agent", "TECH", user=operator)
 
     assert typed_s.type == 8
     assert [c["value"] for c in typed_s.choices] == ["secretary", "study-builder"]
@@ -554,7 +558,7 @@ async def test_delegations_lists_recent_ones_newest_first_and_pages(launch: Laun
         await rig.services.delegation.delegate(person(AccessLevel.OPERATOR, "Antoine"), agent, f"job {number}")
     viewer = rig.member(AccessLevel.VIEWER, "Vera")
 
-    calls = await rig.driver.invoke("delegations", user=viewer)
+    calls = await rig.driver.invoke("delegations list", user=viewer)
 
     first = single_message(calls)
     assert first.type == 4 and first.ephemeral and first.allowed_mentions == NO_MENTIONS
@@ -588,10 +592,10 @@ async def test_delegations_filters_by_agent_status_and_requester(launch: Launche
     def ids(call: RecordedCall) -> list[str]:
         return [(f.name or "").split(" · ")[0] for f in call.embeds[0].fields]
 
-    by_agent = single_message(await rig.driver.invoke("delegations", user=operator, options={"agent": "webster"}))
-    queued = single_message(await rig.driver.invoke("delegations", user=operator, options={"status": "queued"}))
-    mine = single_message(await rig.driver.invoke("delegations", user=operator, options={"mine": True}))
-    nothing = single_message(await rig.driver.invoke("delegations", user=operator, options={"status": "failed"}))
+    by_agent = single_message(await rig.driver.invoke("delegations list", user=operator, options={"agent": "webster"}))
+    queued = single_message(await rig.driver.invoke("delegations list", user=operator, options={"status": "queued"}))
+    mine = single_message(await rig.driver.invoke("delegations list", user=operator, options={"mine": True}))
+    nothing = single_message(await rig.driver.invoke("delegations list", user=operator, options={"status": "failed"}))
 
     assert ids(by_agent) == ["D-2"] and ids(queued) == ["D-2"] and ids(mine) == ["D-2", "D-1"]
     assert "connection refused" in (by_agent.embeds[0].fields[0].value or "")
@@ -602,9 +606,48 @@ async def test_delegations_filters_by_agent_status_and_requester(launch: Launche
 async def test_delegations_needs_the_viewer_level(launch: Launcher) -> None:
     rig = await launch()
 
-    reply = single_message(await rig.driver.invoke("delegations", user=make_member(rig.bot, "newcomer")))
+    reply = single_message(await rig.driver.invoke("delegations list", user=make_member(rig.bot, "newcomer")))
 
     assert reply.ephemeral and "You need the viewer level" in reply.content
+
+
+# --- /delegations show and cancel: chains -------------------------------------------------------
+
+
+def agent_requester(name: str) -> Requester:
+    return Requester(kind="agent", name=name, front_end="api")
+
+
+async def test_show_draws_the_chain_and_an_operator_cancels_it(launch: Launcher) -> None:
+    rig = await launch(specs={"webster": {"down": True}})
+    service = rig.services.delegation
+    await service.delegate(agent_requester("manager"), "tech-lead", "Run the M2 study")
+    await service.delegate(agent_requester("tech-lead"), "optimizer", "Tune the supports", parent="D-1")
+    await service.delegate(agent_requester("optimizer"), "nx-expert", "Mesh `it` @everyone", parent="D-2")
+    await service.delegate(agent_requester("tech-lead"), "webster", "Find the CTE", parent="D-1")  # queued
+    viewer, operator = rig.member(AccessLevel.VIEWER, "Vera"), rig.member(AccessLevel.OPERATOR, "Antoine")
+
+    shown = single_message(await rig.driver.invoke("delegations show", user=viewer, options={"id": "d-3"}))
+    assert shown.ephemeral and shown.allowed_mentions == NO_MENTIONS
+    [embed] = shown.embeds
+    assert embed.title == "D-3 → nx-expert"
+    chain = fields_of(shown)["Chain"]
+    lines = chain.removeprefix("```\n").removesuffix("\n```").splitlines()
+    assert lines[0] == "chain D-1: chain of 4, 3 deep"
+    assert lines[1].startswith("D-1 tech-lead: accepted") and lines[2].startswith("├─ D-2 optimizer: accepted")
+    assert lines[3].startswith("│  └─ D-3 nx-expert: accepted") and lines[3].endswith('"Mesh ˋitˋ @everyone"')
+    assert lines[4].startswith("└─ D-4 webster: queued")
+
+    refused = single_message(await rig.driver.invoke("delegations cancel", user=viewer, options={"id": "D-1"}))
+    assert refused.ephemeral and "operator" in (refused.content or "")
+    assert (await service.get("D-4")).status == "queued"
+
+    done = single_message(await rig.driver.invoke("delegations cancel", user=operator, options={"id": "D-1"}))
+    assert not done.ephemeral and done.allowed_mentions == NO_MENTIONS
+    assert (done.content or "").startswith("cancelled D-1; stopped before they were sent: D-4 (webster); already")
+    assert (await service.get("D-4")).status == "expired"
+    missing = single_message(await rig.driver.invoke("delegations show", user=viewer, options={"id": "D-99"}))
+    assert missing.ephemeral and "no delegation D-99" in (missing.content or "")
 
 
 # --- registration -----------------------------------------------------------------------------
@@ -613,7 +656,10 @@ async def test_delegations_needs_the_viewer_level(launch: Launcher) -> None:
 async def test_commands_are_registered_with_their_options(launch: Launcher) -> None:
     rig = await launch()
     delegate = rig.bot.tree.get_command("delegate")
-    listing = rig.bot.tree.get_command("delegations")
+    group = rig.bot.tree.get_command("delegations")
+    assert isinstance(group, app_commands.Group)
+    assert [c.name for c in group.commands] == ["list", "show", "cancel"]
+    listing = group.get_command("list")
     assert isinstance(delegate, app_commands.Command) and isinstance(listing, app_commands.Command)
 
     options = {option["name"]: option for option in delegate.to_dict(rig.bot.tree)["options"]}

@@ -50,7 +50,12 @@ def test_shipped_fleet_matches_the_as_built_cluster(shipped_config: ClusterConfi
     everyone_else = [n for n in shipped_config.agent_names if n != "manager"]
     assert shipped_config.delegation_targets("manager") == everyone_else
     assert shipped_config.delegation_targets("tech-lead") == [n for n in everyone_else if n != "tech-lead"]
-    for name in ("secretary", "auditor", "optimizer", "study-builder", "nx-expert", "webster"):
+    # optimizer may sub-delegate to the agents below it (docs/delegation-chains.md)
+    assert shipped_config.delegation_targets("optimizer") == [
+        "secretary", "auditor", "study-builder", "nx-expert", "webster"
+    ]  # fmt: skip
+    assert (shipped_config.delegation.max_depth, shipped_config.delegation.max_per_root) == (3, 20)
+    for name in ("secretary", "auditor", "study-builder", "nx-expert", "webster"):
         assert shipped_config.delegation_targets(name) == []
 
 

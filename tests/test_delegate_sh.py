@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from bot.api import LoopbackApi
+from bot.authz import AccessLevel, Requester
+from bot.delegation import chain_footer
 from bot.services import Services
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.simulator import SimulatedFleet
@@ -19,6 +21,7 @@ from tests.conftest import API_TOKENS, ROOT, ServicesOnFleet
 
 SCRIPT = ROOT / "scripts" / "delegate.sh"
 TECHNICAL = "channel:100000000000000101"
+OPERATOR = Requester(kind="person", name="antoine", front_end="cli", level=AccessLevel.OPERATOR)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("python3") is None, reason="delegate.sh needs curl and python3"
@@ -95,10 +98,43 @@ async def test_accepted(hq: Hq) -> None:
     [delegation_id] = await hq.stored()
     assert run.out == f"accepted by nx-expert ({delegation_id}, runId {hook.run_id})\n"
     assert run.err == ""
-    assert (hook.agent, hook.body["message"]) == ("nx-expert", "Mesh the M2 mirror")
+    assert (hook.agent, hook.body["message"]) == ("nx-expert", "Mesh the M2 mirror" + chain_footer(delegation_id))
     assert (hook.body["deliver"], hook.body["channel"], hook.body["to"]) == (True, "discord", TECHNICAL)
     delegation = await hq.services.delegation.get(delegation_id)
     assert (delegation.requester, delegation.front_end) == ("manager", "api")
+
+
+async def test_parent_records_the_chain_and_says_under_which(hq: Hq) -> None:
+    received = await hq.services.delegation.delegate(OPERATOR, "tech-lead", "Plan the M2 study")
+    assert received.delegation is not None and received.delegation.display_id == "D-1"
+    run = await hq.run("optimizer", "Tune the M2 support", "--parent", "D-1", identity="tech-lead")
+    assert run.code == 0, run
+    [hook] = hq.fleet.received("optimizer")
+    assert run.out == f"accepted by optimizer (D-2 under D-1, runId {hook.run_id})\n"
+    child = await hq.services.delegation.get("D-2")
+    assert (child.parent_id, child.root_id, child.depth) == (1, 1, 2)
+    # optimizer hangs its part under D-2 as its hook told it, but not under D-1: that was tech-lead's
+    run = await hq.run("nx-expert", "Mesh it", "--parent=d-1", identity="optimizer")
+    assert (run.code, run.out) == (1, "")
+    assert run.err.startswith("refused: D-1 was delegated to tech-lead, not to optimizer")
+    run = await hq.run("nx-expert", "Mesh it", "--parent", "D-2", identity="optimizer")
+    assert run.code == 0 and run.out.startswith("accepted by nx-expert (D-3 under D-2, runId"), run
+
+
+async def test_a_chain_past_its_cap_is_refused(hq: Hq) -> None:
+    await hq.services.delegation.delegate(OPERATOR, "manager", "Run the M2 study")
+    assert (await hq.run("tech-lead", "Plan it", "--parent", "D-1", identity="manager")).code == 0
+    assert (await hq.run("optimizer", "Tune it", "--parent", "D-2", identity="tech-lead")).code == 0
+    run = await hq.run("nx-expert", "Mesh it", "--parent", "D-3", identity="optimizer")
+    assert run.code == 1 and run.err.startswith("refused: chain D-1 may not go deeper: D-3 is at depth 3"), run
+    assert hq.fleet.received("nx-expert") == []
+
+
+@pytest.mark.parametrize("args", [["--parent"], ["--parent", "--no-deliver"], ["--parent= "]])
+async def test_parent_without_an_id_is_a_usage_error(hq: Hq, args: list[str]) -> None:
+    run = await hq.run("nx-expert", "Mesh it", *args)
+    assert run.code == 2 and "--parent needs a delegation id, e.g. --parent D-12" in run.err, run
+    assert hq.fleet.received() == []
 
 
 async def test_refused_names_who_could(hq: Hq) -> None:
@@ -181,14 +217,15 @@ async def test_the_instruction_arrives_exactly_as_written(hq: Hq, message: str) 
     assert run.code == 0, run
     [hook] = hq.fleet.received()
     assert hook.agent == "nx-expert"
-    assert hook.body["message"] == message.strip()  # the service strips surrounding whitespace
+    # the service strips surrounding whitespace; the chain footer follows
+    assert hook.body["message"] == message.strip() + chain_footer("D-1")
 
 
 async def test_double_dash_ends_the_options(hq: Hq) -> None:
     run = await hq.run("--no-deliver", "--", "nx-expert", "--deliver the mesh")
     assert run.code == 0, run
     [hook] = hq.fleet.received()
-    assert (hook.body["message"], hook.body["deliver"]) == ("--deliver the mesh", False)
+    assert (hook.body["message"], hook.body["deliver"]) == ("--deliver the mesh" + chain_footer("D-1"), False)
 
 
 async def test_help(hq: Hq) -> None:

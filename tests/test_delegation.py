@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from bot.authz import AccessLevel, Requester
 from bot.config import HOOK_BODY_LIMIT, GatewayConfig
-from bot.delegation import DelegationService
+from bot.delegation import DelegationService, chain_footer
 from bot.errors import InvalidInput, InvalidTarget, NotAllowed, PayloadTooLarge, UnknownAgent
 from bot.gateway import GatewayClient
 from bot.services import Services
@@ -89,7 +89,7 @@ async def test_a_refusal_names_who_could_delegate(services_on_fleet: ServicesOnF
         "Who could: manager itself (taking it on directly), or a person with the operator or admin role."
     )
     decision = service_for(services, clock).authorize(agent("nx-expert"), "webster")
-    assert "Who could: manager, tech-lead, or a person with the operator or admin role." in decision.reason
+    assert "Who could: manager, tech-lead, optimizer, or a person with the operator or admin role." in decision.reason
 
 
 async def test_acting_for_an_agent_is_admin_only_and_stays_on_record(
@@ -165,7 +165,8 @@ async def test_a_dry_run_shows_the_exact_payload_and_sends_nothing(
     result = await service_for(services, clock).delegate(agent("tech-lead"), "manager", "Approve", dry_run=True)
     assert result.dry_run and not result.decision.allowed
     assert result.payload == {
-        "message": "Approve", "name": "atomizer-hq D-new", "deliver": True, "channel": "discord", "to": TECHNICAL,
+        "message": "Approve" + chain_footer("D-new"), "name": "atomizer-hq D-new", "deliver": True,
+        "channel": "discord", "to": TECHNICAL,
     }  # fmt: skip
     assert fleet.received() == [] and await services.store.fetchone("SELECT * FROM audit_log") is None
 
@@ -407,7 +408,8 @@ async def test_two_workers_on_one_database_never_send_a_delegation_twice(
     await fleet.bring_up("webster")
     clock.advance(10)
     await asyncio.gather(one.process_due(), two.process_due(), one.process_due())
-    assert sorted(h.body["message"] for h in fleet.received("webster")) == [f"job {i}" for i in range(5)]
+    sent = sorted(h.body["message"] for h in fleet.received("webster"))
+    assert sent == [f"job {i}" + chain_footer(f"D-{i + 1}") for i in range(5)]
     assert {d.status for d in await one.recent()} == {"accepted"}
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from bot.api import LoopbackApi
 from bot.authz import AccessLevel
+from bot.delegation import chain_footer
 from bot.services import Services
 from bot.settings import HUMAN_IDENTITIES, Settings
 from bot.simulator import SimulatedFleet
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "delegate.sh"
 # What differs between two records of the same request made through two front ends.
 PER_RECORD = {"id", "run_id", "created_at", "updated_at", "accepted_at", "next_attempt_at", "expires_at",
-              "latency_ms", "front_end", "requester"}  # fmt: skip
+              "latency_ms", "front_end", "requester", "root"}  # fmt: skip
 
 
 @dataclass
@@ -114,9 +115,9 @@ async def test_an_accepted_delegation_leaves_the_same_record_through_every_front
     # The agent got four runs, each with the same normalized delivery.
     runs = ends.fleet.received("nx-expert")
     assert len(runs) == 4
-    assert {(h.body["channel"], h.body["to"], h.body["message"]) for h in runs} == {
-        ("discord", "channel:100000000000000101", message)
-    }
+    assert [(h.body["channel"], h.body["to"], h.body["message"]) for h in runs] == [
+        ("discord", "channel:100000000000000101", message + chain_footer(r["id"])) for r in records
+    ]
 
 
 async def test_a_refusal_is_the_same_decision_through_every_front_end(ends: FrontEnds) -> None:

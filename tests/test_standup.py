@@ -119,3 +119,31 @@ async def test_the_standup_stays_one_message_within_discords_limits(
     assert sum(p.size() for p in parts) <= TOTAL_MAX
     assert all(len(p.fields) <= FIELDS_MAX for p in parts)
     assert sum(len(p.fields) for p in parts) == agents  # every agent is in it
+
+
+async def test_a_chain_is_counted_once_under_its_root_with_how_deep_it_went(
+    store: Store, shipped_config: ClusterConfig
+) -> None:
+    at = iso(NOW - timedelta(hours=2))
+    chain = [  # (agent, message, parent, depth): tech-lead's root, three sub-delegations under it
+        ("tech-lead", "Run the M2 mirror study end to end, with the thermal case", None, 1),
+        ("optimizer", "Tune the supports", 1, 2),
+        ("nx-expert", "Mesh the M2 mirror", 2, 3),
+        ("webster", "Find the CTE", 1, 2),
+    ]
+    for index, (agent, message, parent, depth) in enumerate(chain, start=1):
+        await store.execute(
+            "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, front_end, agent, "
+            "message, deliver, status, expires_at, parent_id, root_id, depth) "
+            "VALUES (?, ?, ?, 'agent', 'manager', 'api', ?, ?, 1, 'accepted', ?, ?, 1, ?)",
+            (f"k{index}", at, at, agent, message, at, parent, depth),
+        )
+    monitor = StatusMonitor(shipped_config, store, ClusterService(shipped_config, None), clock=FakeClock(NOW))  # type: ignore[arg-type]
+    [part] = render_standup(await collect_standup(shipped_config, store, monitor, NOW))
+    fields = {f.name: f.value for f in part.fields}
+    assert "delegations 1 in / 1 accepted / 0 failed" in fields["⚪ tech-lead"]
+    for agent in ("optimizer", "nx-expert", "webster"):  # counted in the chain, not again per agent
+        assert "delegations 0 in / 0 accepted / 0 failed" in fields[f"⚪ {agent}"]
+    assert "delegations 1 in / 1 accepted" in part.description
+    assert fields["Chains (1)"] == "D-1 tech-lead: Run the M2 mirror study end to end, wit… (chain of 4, 3 deep)"
+    assert "D-1 tech-lead: Run the M2 mirror study" in standup_text([part])

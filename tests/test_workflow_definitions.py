@@ -191,7 +191,7 @@ def test_authority_is_checked_per_step_under_the_starter_with_the_rules_of_deleg
     problems = problems_of(path, shipped_config, as_nx_expert)
     assert problems == [
         "study.yaml:7: steps[0].agent: step mesh would be refused: nx-expert may not delegate to itself. Who could: "
-        "manager, tech-lead, or a person with the operator or admin role.",
+        "manager, tech-lead, optimizer, or a person with the operator or admin role.",
         "study.yaml:11: steps[1].agent: step thermal would be refused: nx-expert may not delegate to optimizer: it may "
         "not delegate to any agent. Who could: manager, tech-lead, or a person with the operator or admin role.",
     ]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.authz import AccessLevel, Requester
+from bot.delegation import chain_footer
 from bot.errors import InvalidInput, NotAllowed, StoreError
 from bot.services import Services
 from bot.simulator import RELEASE_LEGACY, SimulatedFleet
@@ -98,7 +99,7 @@ async def test_m2_shape_runs_to_success(services_on_fleet: ServicesOnFleet) -> N
     }  # fmt: skip
     assert len(await agent_hooks(fleet, "nx-expert")) == 1 and len(await agent_hooks(fleet, "webster")) == 1
     mesh_hook = (await agent_hooks(fleet, "nx-expert"))[0]
-    assert mesh_hook.body["message"] == "Mesh the M1 mirror." + step_footer("W-1/mesh#1")
+    assert mesh_hook.body["message"] == "Mesh the M1 mirror." + step_footer("W-1/mesh#1") + chain_footer("D-2")
     assert mesh_hook.body["to"].startswith("channel:")
     # The join waits for both.
     await engine.report_result(as_agent("nx-expert"), run.display_id, "mesh", ok=True, output="120k elements",
@@ -410,7 +411,7 @@ async def test_the_outbox_does_not_claim_a_delegation_whose_step_ended(services_
     await services.store.execute("UPDATE delegations SET next_attempt_at = created_at")
     await services.delegation.process_due()
     hooks = await agent_hooks(fleet, "nx-expert")
-    assert [hook.body["message"] for hook in hooks] == ["not a workflow's"]
+    assert [hook.body["message"] for hook in hooks] == ["not a workflow's" + chain_footer("D-2")]
     step = (await engine.get(run.display_id)).step("s0")
     assert (await services.delegation.get(step.delegation_id or 0)).status == "expired"
     await engine.idle()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.authz import Requester, host_operator
+from bot.chain_view import sub_delegation_lines
 from bot.config import ClusterConfig
 from bot.errors import InvalidInput
 from bot.workflows.definition import WorkflowDefinition
@@ -202,6 +203,9 @@ def print_detail(detail: RunDetail, *, as_json: bool) -> None:
             decision = {"approve": "approved", "reject": "rejected"}.get(approval.decision, approval.decision)
             reason = f": {approval.reason}" if approval.reason else ""
             print(f"    {decision} by {approval.approver_name} ({approval.front_end}, {approval.at[:19]} UTC){reason}")
+        more = f" (atomizer-hq delegations show D-{step.delegation_id})"
+        for line in sub_delegation_lines(detail.sub_delegations(step), limit=20, more=more):
+            print(f"    {line}")
     if run.error:
         print(f"  {run.error}")
 

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -24,7 +24,7 @@ from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
 from bot.config import ClusterConfig
-from bot.delegation import Delegation, DelegationService, DuplicateWorkflowStep
+from bot.delegation import Delegation, DelegationService, DuplicateWorkflowStep, subtree
 from bot.errors import (
     AgentUnavailable,
     AtomizerError,
@@ -110,6 +110,12 @@ class RunDetail:
     steps: list[StepRow]
     approvals: list[ApprovalRow]
     events: list[EventRow]
+    # The sub-delegations hanging under each step's delegation (its chain, the step's own left out), by its id.
+    chains: dict[int, list[Delegation]] = field(default_factory=dict)
+
+    def sub_delegations(self, step: StepRow) -> list[Delegation]:
+        """What the step's agent handed on, in tree order (docs/delegation-chains.md)."""
+        return self.chains.get(step.delegation_id or 0, [])
 
     @property
     def shown_status(self) -> str:
@@ -156,6 +162,16 @@ class RunDetail:
                     "finished_at": s.finished_at,
                     "error": s.error,
                     "needs": list(run.definition.step(s.step_id).needs),
+                    "sub_delegations": [
+                        {
+                            "id": d.display_id,
+                            "agent": d.agent,
+                            "status": d.status,
+                            "parent": f"D-{d.parent_id}",
+                            "depth": d.depth,
+                        }
+                        for d in self.sub_delegations(s)
+                    ],
                 }
                 for s in sorted(self.steps, key=lambda s: order.get(s.step_id, 0))
             ],
@@ -263,12 +279,10 @@ class WorkflowEngine:
 
     async def get(self, run_ref: str | int) -> RunDetail:
         run = await self._require_run(run_ref)
-        return RunDetail(
-            run,
-            await self.tables.steps(run.id),
-            await self.tables.approvals(run.id),
-            await self.tables.events(run.id),
-        )
+        steps = await self.tables.steps(run.id)
+        trees = await self._delegation.trees([s.delegation_id for s in steps if s.delegation_id])
+        chains = {root: subtree(tree, root)[1:] for root, tree in trees.items() if len(tree) > 1}
+        return RunDetail(run, steps, await self.tables.approvals(run.id), await self.tables.events(run.id), chains)
 
     async def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRow]:
         if status is not None and status not in ("running", "succeeded", "failed", "cancelled"):
@@ -1147,8 +1161,14 @@ class WorkflowEngine:
                 raise StepConflict(f"{run.display_id} is already {current.status}; nothing to cancel")
             audit = audit_row(requester, "workflow-cancel", run.display_id, "allowed", {"reason": reason}, now)
             await self.tables.db.atomically(lambda conn: conn.execute(*audit))
-            for step in await self.tables.steps(run.id):
+            steps = await self.tables.steps(run.id)
+            for step in steps:
                 await self._cancel_step(run, step, why, requester)
+            # What the steps' agents handed on (their chains) and is not sent yet stops too.
+            trees = await self._delegation.trees([s.delegation_id for s in steps if s.delegation_id])
+            for tree in trees.values():
+                if len(tree) > 1:
+                    await self._delegation.stop_chain(requester, tree[0], why)
         await self.tables.event(run.id, None, now, requester.name, "run_cancelled", {"reason": reason})
         for watch, task in list(self._watchers.items()):
             if watch[0] == run.id:

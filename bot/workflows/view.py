@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from bot.boards import BoardContent, BoardField, clip, paginate
+from bot.chain_view import sub_delegation_lines
 from bot.workflows.approvals import describe_approvers
 from bot.workflows.definition import AgentStep, ApprovalStep
 from bot.workflows.engine import RunDetail
@@ -57,6 +58,8 @@ def _agent_field(detail: RunDetail, step: StepRow, spec: AgentStep) -> str:
         lines.append(f"answering: {step.evidence['messages']} message(s) so far")
     if step.error and step.status not in ("succeeded",):
         lines.append(one_line(step.error, 300))
+    if sub := detail.sub_delegations(step):
+        lines += sub_delegation_lines(sub, more=f" (/delegations show D-{step.delegation_id})")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from bot.config import load_cluster_config
+from bot.delegation import chain_footer
 from bot.simulator import SimAgentSpec, SimulatedFleet, free_ports
 from tests.conftest import API_TOKENS, HOOKS_TOKEN, SHIPPED_CONFIG
 from tests.e2e.conftest import START_DEADLINE_S, launch_bot
@@ -31,7 +32,9 @@ async def test_no_discord_serves_the_api_outbox_monitor_and_scheduler_without_a_
                     "/v1/delegations", json={"to": "nx-expert", "message": "Mesh the M2 mirror"}, headers=OPERATOR
                 )
                 assert sent.status_code == 202, sent.text
-                assert [hook.body["message"] for hook in fleet.received("nx-expert")] == ["Mesh the M2 mirror"]
+                assert [hook.body["message"] for hook in fleet.received("nx-expert")] == [
+                    "Mesh the M2 mirror" + chain_footer(sent.json()["id"])
+                ]
 
                 # The status monitor probes on its own timer, Discord or not: auditor's probe is on record.
                 deadline = time.monotonic() + START_DEADLINE_S

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.delegation import chain_footer
 from bot.discord_bot import AtomizerBot
 from bot.services import open_services
 from bot.settings import Settings
@@ -61,7 +62,8 @@ async def test_delegate_reaches_the_agent_with_channel_and_target(wire: Wire) ->
     assert answer.callback is not None and answer.callback.at < 3.0
     assert "nx-expert" in answer.text()
     [hook] = await wire.server.wait_for(lambda: wire.fleet.received("nx-expert"), what="nx-expert's hook")
-    assert hook.body["message"].endswith("Mesh the M2 mirror")
+    label = hook.body["name"].removeprefix("atomizer-hq ")  # D-n: the agent is told its id, to pass as --parent
+    assert hook.body["message"].endswith("Mesh the M2 mirror" + chain_footer(label))
     assert (hook.body["channel"], hook.body["to"]) == ("discord", f"channel:{technical}")
 
 

@@ -282,6 +282,11 @@ async def a_delegation(hq: Hq) -> tuple[str, str, dict[str, Any] | None]:
     return "manager", f"/v1/delegations/{created.json()['id']}/retry", None
 
 
+async def a_delegation_to_cancel(hq: Hq) -> tuple[str, str, dict[str, Any] | None]:
+    created = await hq.delegate("manager", "webster", "Find the CTE")
+    return "nx-expert", f"/v1/delegations/{created.json()['id']}/cancel", None
+
+
 class _Catalog:
     def __init__(self, *definitions: WorkflowDefinition) -> None:
         self.by_name = {d.name: d for d in definitions}
@@ -340,6 +345,7 @@ async def start_beyond_authority(hq: Hq) -> tuple[str, str, dict[str, Any]]:
 OTHER_AGENT = {
     ("POST", "/v1/delegations"): lambda hq: ("nx-expert", "/v1/delegations", {"to": "webster", "message": "Go"}),
     ("POST", "/v1/delegations/{id}/retry"): a_delegation,  # retrying is for people
+    ("POST", "/v1/delegations/{id}/cancel"): a_delegation_to_cancel,  # an operator, or the agent that made it
     ("POST", "/v1/delegations/wait-result"): lambda hq: (
         "nx-expert",
         "/v1/delegations/wait-result",

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from bot.authz import AccessLevel, Requester
 from bot.config import ClusterConfig, load_cluster_config
-from bot.delegation import DelegationService
+from bot.delegation import DelegationService, chain_footer
 from bot.errors import InvalidInput, InvalidTarget, PayloadTooLarge
 from bot.services import Services
 from bot.store import Store
@@ -207,7 +207,7 @@ async def test_titles_are_stored_without_invisible_characters_and_instructions_v
     # An instruction is what the agent reads: kept as written (only trimmed), mentions and all.
     service = DelegationService(services.config, services.store, services.gateway)
     result = await service.delegate(OPERATOR, "nx-expert", "  Mesh\u200b <@&100000000000000202> @here\n", dry_run=True)
-    assert result.payload["message"] == "Mesh\u200b <@&100000000000000202> @here"
+    assert result.payload["message"] == "Mesh\u200b <@&100000000000000202> @here" + chain_footer("D-new")
 
 
 @EXAMPLES
@@ -227,7 +227,7 @@ def test_any_instruction_is_sent_verbatim_or_refused_clearly(text: str) -> None:
     except (InvalidInput, PayloadTooLarge) as refused:
         assert str(refused)
         return
-    assert result.payload["message"] == text.strip() and result.decision.allowed
+    assert result.payload["message"] == text.strip() + chain_footer("D-new") and result.decision.allowed
 
 
 # --- nothing the bot sends with user text pings anyone ----------------------------------------------
@@ -322,4 +322,4 @@ async def test_delegate_with_mentions_roles_and_invisibles_never_pings_anyone(de
     assert "the instruction is empty" in single_message(empty).text and single_message(empty).ephemeral
     assert "role" in single_message(role).text and single_message(everyone).ephemeral
     [run] = rig.fleet.received("nx-expert")  # only the first went out, verbatim: the agent reads it as written
-    assert run.body["message"] == instruction
+    assert run.body["message"] == instruction + chain_footer("D-1")

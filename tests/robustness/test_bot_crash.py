@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.authz import AccessLevel, Requester
 from bot.config import ClusterConfig, parse_cluster_config
+from bot.delegation import chain_footer
 from bot.heartbeat import HeartbeatService
 from bot.simulator import RELEASE_LEGACY
 from tests.clocks import FakeClock
@@ -75,7 +76,7 @@ class BotProcess:
 
 
 def delegations(db: Path) -> dict[str, dict[str, Any]]:
-    rows = read_rows(db, "SELECT agent, status, attempts, run_id, idem_key, last_error FROM delegations")
+    rows = read_rows(db, "SELECT id, agent, status, attempts, run_id, idem_key, last_error FROM delegations")
     return {row["agent"]: dict(row) for row in rows}
 
 
@@ -162,7 +163,7 @@ async def test_a_killed_bot_delivers_each_pending_delegation_exactly_once_and_sk
         assert state[agent]["status"] == "accepted", (agent, state[agent], second.tail())
         [run] = fleet.received(agent)
         assert run.run_id == state[agent]["run_id"] and run.idempotency_key == state[agent]["idem_key"]
-        assert run.body["message"] == PENDING[agent]
+        assert run.body["message"] == PENDING[agent] + chain_footer(f"D-{state[agent]['id']}")
     # The old release cannot replay a run: it may have started, so it is left for a person, never resent.
     assert state["secretary"]["status"] == "unconfirmed"
     assert "does not honour idempotency keys" in state["secretary"]["last_error"]
