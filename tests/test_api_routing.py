@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from bot.authz import Requester
+from bot.delegation import chain_footer
 from tests.test_api import assert_error
 from tests.test_api_delegations import Hq, auth, hq  # noqa: F401  (the fixture)
 
@@ -20,7 +21,7 @@ async def test_to_auto_reaches_the_agent_with_the_capability_and_says_why(hq: Hq
     assert route["explanation"] == "nx-expert: has meshing; ready; 0 in flight; no delegations yet"
     assert {row["agent"] for row in route["table"]} == set(hq.services.config.agent_names)
     [hook] = hq.fleet.received()
-    assert hook.agent == "nx-expert" and hook.body["message"] == "Mesh the bracket"
+    assert hook.agent == "nx-expert" and hook.body["message"] == "Mesh the bracket" + chain_footer(body["id"])
 
     # The decision is in the audit trail with its table, beside the delegation's own row.
     rows = await hq.services.store.fetchall("SELECT action, subject, detail FROM audit_log ORDER BY id")

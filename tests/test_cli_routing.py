@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bot.delegation import chain_footer
 from tests.conftest import FleetStarter
 from tests.test_cli import cli_env, relocated_config, run_cli
 
@@ -29,7 +30,9 @@ async def test_delegate_auto_reaches_the_agent_that_has_the_capability(
     assert code == 0, err
     assert out.splitlines()[0] == "route: nx-expert: has meshing; ready; 0 in flight; no delegations yet"
     assert out.splitlines()[1].startswith("D-1 to nx-expert: accepted (runId ")
-    assert [hook.body["message"] for hook in fleet.received("nx-expert")] == ["Mesh the M2 mirror"]
+    assert [hook.body["message"] for hook in fleet.received("nx-expert")] == [
+        "Mesh the M2 mirror" + chain_footer("D-1")
+    ]
 
     code, out, _ = await run_cli(*base, "route", "--needs", "meshing", "--json", env=env)
     document = json.loads(out)

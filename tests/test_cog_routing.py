@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bot.authz import AccessLevel, Requester
+from bot.delegation import chain_footer
 from tests.test_cog_delegation import Launcher, delegation_count, fields_of, launch, shape  # noqa: F401
 
 
@@ -17,7 +18,7 @@ async def test_delegate_auto_reaches_the_agent_with_the_capability_and_says_why(
     assert calls[1].content == "route: nx-expert: has meshing; ready; 0 in flight; no delegations yet"
     assert fields_of(calls[1])["Agent"] == "nx-expert" and fields_of(calls[1])["Outcome"] == "accepted"
     [run] = rig.fleet.received()
-    assert run.agent == "nx-expert" and run.body["message"] == "Mesh the M2 mirror"
+    assert run.agent == "nx-expert" and run.body["message"] == "Mesh the M2 mirror" + chain_footer("D-1")
     rows = await rig.services.store.fetchall("SELECT actor, front_end, detail FROM audit_log WHERE action = 'route'")
     [(actor, front_end, detail)] = [tuple(row) for row in rows]
     assert (actor, front_end) == ("Antoine", "discord") and len(json.loads(detail)["table"]) == 8
