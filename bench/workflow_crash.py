@@ -293,10 +293,12 @@ def audit(db: Path, record: Path, started: set[str]) -> tuple[int, int, dict[str
     for run_id, step_id, status, _error in steps:
         if status in WAITS_FOR_A_PERSON and runs.get(f"W-{run_id}") == "running":
             waiting_steps.setdefault(f"W-{run_id}", []).append(f"{step_id} {status}")
-    lost = 0
-    for run_id, status in runs.items():
-        if status == "running" and run_id not in waiting_steps:
-            lost += 1
-    lost += len(started - set(runs))  # answered 201, then not in the database
+    states: dict[str, list[str]] = {}
+    for run_id, step_id, status, _error in steps:
+        states.setdefault(f"W-{run_id}", []).append(f"{step_id} {status}")
+    lost_runs = [run_id for run_id, status in runs.items() if status == "running" and run_id not in waiting_steps]
+    lost_runs += sorted(started - set(runs))  # answered 201, then not in the database
     reasons = [f"{run_id}: {', '.join(why)}" for run_id, why in sorted(waiting_steps.items())]
-    return duplicates, strays, runs, len(waiting_steps), lost, reasons
+    # A lost run is named with its steps' states: where it stopped moving.
+    reasons += [f"LOST {run_id}: {', '.join(states.get(run_id, ['not recorded']))}" for run_id in lost_runs]
+    return duplicates, strays, runs, len(waiting_steps), len(lost_runs), reasons

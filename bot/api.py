@@ -1044,7 +1044,12 @@ class LoopbackApi:
     async def create_delegation(self, request: web.Request, requester: Requester, body: DelegationIn) -> web.Response:
         try:
             agent, decided = await self.services.routing.resolve(
-                requester, body.to, body.needs, dry_run=body.dry_run, audit_detail={"message": body.message[:200]}
+                requester,
+                body.to,
+                body.needs,
+                dry_run=body.dry_run,
+                audit_detail={"message": body.message[:200]},
+                parent=body.parent,
             )
         except NobodyEligible as exc:
             refused = NobodyEligibleOut(error=exc.code, detail=str(exc), route=RouteOut(**exc.decision.to_dict()))

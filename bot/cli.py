@@ -114,7 +114,9 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
             raise InvalidInput("--parent does not go with --wait-result (a workflow run's step starts a chain)")
         return await _delegate_wait_result(args, settings, config, requester)
     async with open_services(settings, config) as services:
-        agent, route = await services.routing.resolve(requester, args.agent, args.needs, dry_run=args.dry_run)
+        agent, route = await services.routing.resolve(
+            requester, args.agent, args.needs, dry_run=args.dry_run, parent=args.parent
+        )
         if route is not None and not args.json:
             print(f"route: {route.explanation}")
         result = await services.delegation.delegate(

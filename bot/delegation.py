@@ -359,10 +359,7 @@ class DelegationService:
                 "nothing new hangs under it",
                 chain,
             )
-        above = [node.agent for node in path]
-        if path[0].requester_kind == "agent":
-            above.insert(0, path[0].requester)
-        if agent in above:
+        if agent in agents_above(path):
             drawn = " → ".join(f"{node.display_id} {node.agent}" for node in path)
             raise ChainRefused(
                 f"{agent} is already in chain {chain} above {parent.display_id} ({drawn}): an agent is not handed "
@@ -380,6 +377,12 @@ class DelegationService:
         if len(tree) >= limits.max_per_root:
             raise ChainLimit(self._per_root_refusal(chain, len(tree)), chain)
         return ChainLink(parent.id, root, parent.depth + 1)
+
+    async def chain_members(self, parent_ref: int | str) -> tuple[str, frozenset[str]]:
+        """The chain a sub-delegation under `parent_ref` joins (`D-12`) and the agents in it down to the parent: the
+        no-loops rule hands none of them its work again, so routing leaves them out."""
+        parent = await self.get(parent_ref)
+        return f"D-{parent.root}", frozenset(agents_above(ancestry(await self.tree(parent.root), parent.id)))
 
     def _per_root_refusal(self, chain: str, count: int) -> str:
         return (
@@ -998,6 +1001,15 @@ class ChainCancel:
                 + ", ".join(f"{d.display_id} {d.agent} ({d.status})" for d in self.with_agent)
             )
         return "; ".join(parts)
+
+
+def agents_above(path: list[Delegation]) -> list[str]:
+    """Everyone working on a chain from its root down to the end of `path`: each node's agent, and the agent that
+    started the chain (a person starting it is not an agent to loop back to)."""
+    above = [node.agent for node in path]
+    if path and path[0].requester_kind == "agent":
+        above.insert(0, path[0].requester)
+    return above
 
 
 def ancestry(tree: list[Delegation], delegation_id: int) -> list[Delegation]:

@@ -22,9 +22,12 @@ from pydantic import SecretStr
 from bot.api import LoopbackApi
 from bot.authz import AccessLevel, Requester
 from bot.boards import render_text
+from bot.chain_view import draw_tree
+from bot.clock import utcnow
 from bot.config import ClusterConfig, load_cluster_config
 from bot.delegation import Delegation
-from bot.errors import NotAllowed
+from bot.errors import AtomizerError, NotAllowed
+from bot.routing.table import table_lines
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.simulator import RELEASE_CURRENT, RELEASE_LEGACY, SimAgentSpec, SimulatedFleet, free_ports
@@ -87,6 +90,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         async with SimulatedFleet(specs, token) as fleet:
             await tour_fleet(settings, config, fleet, len(specs))
             await tour_workflow(settings, config, fleet)
+            await tour_routing_and_chains(settings, config, fleet)
     return 0
 
 
@@ -305,6 +309,55 @@ async def tour_workflow(settings: Settings, config: ClusterConfig, fleet: Simula
         show(await engine.get(run.id))
         counts = await hooks_per_step(services, fleet, run.id)
         say("  hooks per step, counted by the simulator: " + ", ".join(f"{step} {n}" for step, n in counts.items()))
+
+
+# --- routing by capability, and a chain of sub-delegations -------------------------------------------
+
+
+def agent(name: str) -> Requester:
+    return Requester(kind="agent", name=name, front_end="api")
+
+
+async def tour_routing_and_chains(settings: Settings, config: ClusterConfig, fleet: SimulatedFleet) -> None:
+    """`delegate auto --needs`: who has it, may be sent it, is up and least busy; then a chain, drawn and capped."""
+    async with open_services(settings, config) as services:
+        for _ in range(config.monitor.down_after):
+            await services.monitor.probe_round()  # what routing reads: the monitor's confirmed states
+        say("\n--- routing: say what the work needs, atomizer-hq chooses the agent ---")
+        say("\n$ atomizer-hq route --needs review   # auditor has it, but its gateway is down")
+        routing = services.routing
+        for line in table_lines(await routing.preview(ANTOINE, routing.needs("review")), 110):
+            say(f"  {line}")
+        say('\n$ atomizer-hq delegate auto "Mesh the M1 mirror" --needs meshing')
+        chosen, decision = await routing.resolve(ANTOINE, "auto", "meshing")
+        assert decision is not None
+        say(f"  route: {decision.explanation}")
+        result = await services.delegation.delegate(ANTOINE, chosen, "Mesh the M1 mirror")
+        assert result.delegation is not None
+        say(f"  → {outcome(result.delegation)}")
+
+        say("\n--- a chain: each agent hands part of its work on, under the delegation it received ---")
+        step = await services.delegation.delegate(ANTOINE, "manager", "Plan the M1 rib study")
+        assert step.delegation is not None
+        say(f'/delegate agent:manager instruction:"Plan the M1 rib study"   (Antoine) → {step.delegation.display_id}')
+        for requester, to, text in (
+            ("manager", "tech-lead", "Review the M1 rib design"),
+            ("tech-lead", "optimizer", "Optimize the M1 rib layout"),
+        ):
+            parent = step.delegation.display_id
+            step = await services.delegation.delegate(agent(requester), to, text, parent=parent)
+            assert step.delegation is not None
+            say(f'$ delegate.sh {to} "{text}" --parent {parent}   # {requester} → {step.delegation.display_id}')
+        leaf = step.delegation
+        say(f'$ delegate.sh nx-expert "Re-mesh M1 with the new ribs" --parent {leaf.display_id}   # optimizer')
+        try:
+            await services.delegation.delegate(agent("optimizer"), "nx-expert", "Re-mesh M1 with the new ribs",
+                                               parent=leaf.display_id)  # fmt: skip
+        except AtomizerError as refused:
+            say(f"  → refused: {refused}")
+        say(f"\n$ atomizer-hq delegations show {leaf.display_id}")
+        for line in draw_tree(await services.delegation.tree(leaf.id), utcnow()):
+            say(f"  {line}")
 
 
 def show(detail: RunDetail) -> None:

@@ -155,6 +155,26 @@ _RUN_COLUMNS = "agent, slot, trigger, status, level, run_id, detail, started_at,
 AlertSink = Callable[[str, str, str], Awaitable[None]]  # agent, kind, text
 
 
+def holder_has_exited(holder: str) -> bool:
+    """Whether a lease holder (`host:pid:nonce`) was a process of this host that is gone: a SIGKILLed or crashed
+    copy's lease need not run out (up to `lease_ttl`) before the restarted one goes on with heartbeats and runs.
+
+    Only a certain "gone" counts: another host, this very process (tests run several holders in one), a live pid
+    (even if reused by something else) or one we may not signal all mean "wait for the lease to expire".
+    """
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: a live process of another user
+        return False
+    return False
+
+
 class HeartbeatService:
     """Sends the heartbeats the config asks for, records every slot, and watches for silence."""
 
@@ -207,7 +227,13 @@ class HeartbeatService:
         async with self._store.transaction() as tx:
             cursor = await tx.execute("SELECT holder, expires_at FROM leases WHERE name = 'scheduler'")
             row = await cursor.fetchone()
-            mine = row is None or row["holder"] == self.holder or parse_iso(row["expires_at"]) <= now
+            gone = row is not None and row["holder"] != self.holder and holder_has_exited(row["holder"])
+            mine = row is None or row["holder"] == self.holder or parse_iso(row["expires_at"]) <= now or gone
+            if gone:
+                log.warning(
+                    "scheduler: the lease holder %s has exited (no such process on this host; killed or crashed): "
+                    "taking the lease over without waiting for it to run out", row["holder"],
+                )  # fmt: skip
             if mine:
                 await tx.execute(
                     "INSERT INTO leases (name, holder, expires_at) VALUES ('scheduler', ?, ?) "

@@ -71,6 +71,7 @@ async def open_services(
             delegation = DelegationService(config, store, gateway, tasks=tasks)
             routing = RoutingService(config, store, cluster)
             delegation.on_admission_timeout = routing.admission_timed_out  # the cap routing learns
+            routing.chain_members = delegation.chain_members  # a routed sub-delegation skips its chain's agents
             services = Services(
                 settings=settings,
                 config=config,

@@ -289,6 +289,23 @@ async def test_the_demo_tours_a_workflow_run_across_a_restart(tmp_path: Path) ->
         assert f"→ 200: W-1/{step} succeeded" in tour
 
 
+async def test_the_demo_routes_by_capability_and_draws_a_capped_chain(tmp_path: Path) -> None:
+    root = SHIPPED_CONFIG.parent.parent
+    code, out, err = await run_cli("demo", env=cli_env(tmp_path), cwd=root)
+    assert code == 0, err
+    routing, chain = out.split("--- routing")[1].split("--- a chain")
+    # auditor alone has review, and it is down: chosen and queued, said so; never someone without review.
+    assert "queued for auditor: no agent with review is ready" in routing
+    assert re.search(r"auditor +yes +yes +no .*chosen \(queued until it is ready\)", routing)
+    assert re.search(r"route: nx-expert: has meshing; ready; \d+ in flight", routing)
+    assert re.search(r"→ accepted by nx-expert: D-\d+", routing)
+    assert "chain of 3, 3 deep" in chain
+    assert re.search(r"└─ D-\d+ tech-lead: accepted.*by manager", chain)
+    assert re.search(r"   └─ D-\d+ optimizer: accepted.*by tech-lead", chain)
+    assert "may not go deeper" in chain and "the limit is 3" in chain
+    assert "nx-expert: accepted" not in chain  # the fourth level was refused, not recorded
+
+
 async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path) -> None:
     config, fleet = await start_fleet(specs={"webster": {"down": True}})
     path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})

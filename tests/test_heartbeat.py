@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -171,6 +174,38 @@ async def test_two_processes_never_both_fire_a_slot_and_the_second_takes_over(ma
     taken = await second.tick()
     assert [(r.slot[11:16], r.status) for r in taken] == [("10:30", "skipped"), ("11:00", "ok")]
     assert len(fleet.received("manager")) == 3
+
+
+async def test_a_killed_holder_on_this_host_is_taken_over_at_once(make: Make, clock: FakeClock) -> None:
+    """A SIGKILLed copy renews nothing, but its restart need not wait up to lease_ttl for its own old lease."""
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()  # reaped: no process has that pid now
+    first, services, fleet = await make(holder=f"{socket.gethostname()}:{dead.pid}:0a1b2c")
+    clock.advance(30 * 60)
+    assert len(await first.tick()) == 1  # the first copy holds the lease for the next hour, then it is killed
+    second = HeartbeatService(first._config, services.store, services.gateway, clock=clock, sleep=no_sleep)
+    clock.advance(30 * 60)
+    assert await second.hold_lease() and len(await second.tick()) == 1  # at once, not an hour later
+    assert len(fleet.received("manager")) == 2
+
+
+@pytest.mark.parametrize("where", ["a live process", "another host", "this process"])
+async def test_a_holder_not_proven_gone_keeps_the_lease_until_it_runs_out(
+    make: Make, clock: FakeClock, where: str
+) -> None:
+    alive = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        pid = {"a live process": alive.pid, "another host": 999_999_999, "this process": os.getpid()}[where]
+        host = "elsewhere.example" if where == "another host" else socket.gethostname()
+        first, services, _ = await make(holder=f"{host}:{pid}:0a1b2c")
+        assert await first.hold_lease()
+        second = HeartbeatService(first._config, services.store, services.gateway, clock=clock, sleep=no_sleep)
+        assert not await second.hold_lease()  # standing by
+        clock.advance(60 * 60 + 1)  # the lease (1 h here) runs out
+        assert await second.hold_lease()
+    finally:
+        alive.kill()
+        await alive.wait()
 
 
 async def test_three_failed_heartbeats_raise_one_alert_and_recovery_is_announced_once(

@@ -15,7 +15,7 @@ from bot.config import ClusterConfig, parse_cluster_config
 from bot.errors import ConfigError, InvalidInput
 from bot.routing.capabilities import normalize, parse_needs
 from bot.routing.router import authority_of, decide
-from bot.routing.service import NobodyEligible, UnknownCapability
+from bot.routing.service import NobodyEligible, RoutingService, UnknownCapability
 from bot.routing.snapshot import AgentFacts, Snapshot
 from bot.routing.table import table_lines
 from bot.services import Services
@@ -282,3 +282,41 @@ async def test_a_busy_gateway_teaches_routing_its_cap(services_on_fleet: Service
     starting = await services.delegation.delegate(ALICE, "webster", "Find the CTE", deliver=False)
     assert starting.delegation is not None and "starting" in (starting.delegation.last_error or "")
     assert await services.store.fetchall("SELECT key FROM meta WHERE key = 'route.cap.webster'") == []
+
+
+def test_an_excluded_agent_fails_the_authority_filter_with_its_reason() -> None:
+    fleet = snapshot(facts("optimizer", "optimization"), facts("study-builder", "optimization", in_flight=2))
+    assert decide(fleet, "webster", ["optimization"], everyone).chosen == "optimizer"
+    why = {"optimizer": "optimizer is in chain D-1 already (no loops)"}
+    decision = decide(fleet, "webster", ["optimization"], everyone, excluded=why)
+    assert decision.chosen == "study-builder"
+    assert decision.row("optimizer").refusals == {"authority": "optimizer is in chain D-1 already (no loops)"}
+
+
+async def test_a_routed_sub_delegation_never_goes_back_up_its_chain(
+    services: Services, set_health: Callable[..., Any]
+) -> None:
+    """webster, working on D-2 (tech-lead → optimizer D-1 → webster D-2), routes work needing optimization: the
+    optimizer is in the chain, so the other agent with it is chosen, even though it is busier."""
+    agents = [
+        a.model_copy(update={"capabilities": ("study-setup", "optimization")}) if a.name == "study-builder"
+        else a.model_copy(update={"delegates_to": ["optimizer", "study-builder"]}) if a.name == "webster"
+        else a
+        for a in services.config.agents
+    ]  # fmt: skip
+    routing = RoutingService(services.config.model_copy(update={"agents": agents}), services.store, services.cluster)
+    routing.chain_members = services.delegation.chain_members
+    for agent in services.config.agent_names:
+        await set_health(agent, confirmed="up")
+    tech_lead, optimizer = (Requester(kind="agent", name=n, front_end="api") for n in ("tech-lead", "optimizer"))
+    await services.delegation.delegate(tech_lead, "optimizer", "Optimize the ribs", deliver=False)  # D-1
+    await services.delegation.delegate(optimizer, "webster", "Find rib materials", deliver=False, parent="D-1")
+    for _ in range(2):
+        await services.delegation.delegate(ALICE, "study-builder", "Set up a study", deliver=False)
+    webster = Requester(kind="agent", name="webster", front_end="api")
+
+    assert (await routing.preview(webster, ["optimization"])).chosen == "optimizer"  # fewer in flight
+    decision = await routing.preview(webster, ["optimization"], parent="D-2")
+    assert decision.chosen == "study-builder"
+    assert decision.row("optimizer").refusals["authority"] == "optimizer is in chain D-1 already (no loops)"
+    assert (await routing.resolve(webster, "auto", ["optimization"], parent="D-2"))[0] == "study-builder"

@@ -8,7 +8,7 @@ said in words: fewest in flight, affinity (when asked), recent acceptance rate, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -140,8 +140,12 @@ def decide(
     authority: Authority,
     *,
     affinity_agent: str | None = None,
+    excluded: Mapping[str, str] | None = None,
 ) -> RouteDecision:
-    """Filter every agent, rank the survivors, and say why the first one is chosen (or why nobody is)."""
+    """Filter every agent, rank the survivors, and say why the first one is chosen (or why nobody is).
+    `excluded`: agents the requester may not hand this work to beyond its `delegates_to` (a chain's members), with
+    why; they fail the authority filter."""
+    excluded = excluded or {}
     wanted = tuple(needs)
     needed = frozenset(wanted)
     at = snapshot.at
@@ -152,7 +156,7 @@ def decide(
         failing: list[str] = []
         if not needed <= facts.capabilities:
             failing.append("capabilities")
-        why = authority(facts.name)
+        why = excluded.get(facts.name) or authority(facts.name)
         if why is not None:
             failing.append("authority")
         if not facts.ready:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +55,9 @@ class RoutingService:
         self._store = store
         self._cluster = cluster
         self._clock = clock
+        # The chain a parent delegation belongs to, and its agents (DelegationService.chain_members; wired by
+        # bot.services): a routed sub-delegation leaves them out, as the no-loops rule would refuse them.
+        self.chain_members: Callable[[str], Awaitable[tuple[str, frozenset[str]]]] | None = None
 
     # --- what is asked for --------------------------------------------------------------------
 
@@ -84,12 +87,25 @@ class RoutingService:
     # --- deciding -----------------------------------------------------------------------------
 
     async def preview(
-        self, requester: Requester, needs: Iterable[str], affinity_agent: str | None = None
+        self,
+        requester: Requester,
+        needs: Iterable[str],
+        affinity_agent: str | None = None,
+        *,
+        parent: str | None = None,
     ) -> RouteDecision:
-        """The decision as it would be made now, not audited (`atomizer-hq route`, /route, `workflow plan`)."""
+        """The decision as it would be made now, not audited (`atomizer-hq route`, /route, `workflow plan`).
+        `parent`: the work hangs under that delegation, so the agents already in its chain are left out."""
+        excluded = await self._chain_excluded(parent) if parent else None
         snapshot = await self.snapshot()
         return decide(snapshot, requester.name, tuple(needs), authority_of(self._config, requester),
-                      affinity_agent=affinity_agent)  # fmt: skip
+                      affinity_agent=affinity_agent, excluded=excluded)  # fmt: skip
+
+    async def _chain_excluded(self, parent: str) -> dict[str, str]:
+        if self.chain_members is None:
+            return {}
+        chain, members = await self.chain_members(parent)
+        return {agent: f"{agent} is in chain {chain} already (no loops)" for agent in members}
 
     async def route(
         self,
@@ -97,9 +113,11 @@ class RoutingService:
         needs: Iterable[str],
         affinity_agent: str | None = None,
         audit_detail: dict[str, Any] | None = None,
+        *,
+        parent: str | None = None,
     ) -> RouteDecision:
         """The decision, audited with its table; NobodyEligible when no agent can take it."""
-        decision = await self.preview(requester, needs, affinity_agent)
+        decision = await self.preview(requester, needs, affinity_agent, parent=parent)
         detail = {**(audit_detail or {}), **decision.to_dict()}
         subject = decision.chosen or ",".join(decision.needs)
         row = audit_row(requester, "route", subject, "allowed" if decision.chosen else "refused", detail, self._clock())
@@ -116,16 +134,19 @@ class RoutingService:
         *,
         dry_run: bool = False,
         audit_detail: dict[str, Any] | None = None,
+        parent: str | None = None,
     ) -> tuple[str, RouteDecision | None]:
-        """What a front end's `agent` + `needs` mean: `auto` routes; a named agent with needs must have them."""
+        """What a front end's `agent` + `needs` mean: `auto` routes; a named agent with needs must have them.
+        `parent` (a sub-delegation): routing never picks an agent already in that chain."""
         if agent.strip().lower() == AUTO:
             wanted = self.needs(needs)
+            parent = parent if parent and parent.strip() else None  # blank: the delegation itself says why
             if dry_run:
-                decision = await self.preview(requester, wanted)
+                decision = await self.preview(requester, wanted, parent=parent)
                 if decision.chosen is None:
                     raise NobodyEligible(decision)
             else:
-                decision = await self.route(requester, wanted, audit_detail=audit_detail)
+                decision = await self.route(requester, wanted, audit_detail=audit_detail, parent=parent)
             assert decision.chosen is not None
             return decision.chosen, decision
         named = self._config.require_agent(agent)
