@@ -46,7 +46,7 @@ class Routing(commands.Cog):
     def __init__(self, bot: AtomizerBot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="route", description="Which agent /delegate agent:auto would choose now, and why")
+    @app_commands.command(name="route", description="Who /delegate agent:auto would pick now, and why")
     @app_commands.describe(needs="Capabilities the work needs, e.g. meshing or meshing, fea")
     @require_level(AccessLevel.VIEWER)
     async def route(self, interaction: discord.Interaction, needs: app_commands.Range[str, 1, 200]) -> None:
