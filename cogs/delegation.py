@@ -21,8 +21,9 @@ from bot.clock import utcnow
 from bot.delegation import STATUSES, Delegation, DelegationService
 from bot.discord_bot import NO_MENTIONS, log_unexpected, redact_all, requester_for, require_level
 from bot.errors import InvalidInput
-from bot.routing.service import AUTO
-from cogs.routing import capability_choices
+from bot.routing.service import AUTO, NobodyEligible
+from bot.routing.table import table_lines
+from cogs.routing import TABLE_WIDTH, capability_choices, route_message
 from cogs.utils.directory import DiscordGuildDirectory
 from cogs.utils.paginator import FIELD_VALUE_LIMIT, send_listing
 from cogs.utils.views import AtomizerView
@@ -315,7 +316,13 @@ class Delegations(commands.Cog):
         checks = {k: v for k, v in options.items() if k != "task"}
         # agent:auto is routed here (audited; nobody eligible is a private refusal with the table); it probes only
         # agents the monitor has not seen lately.
-        agent, route = await self.bot.services.routing.resolve(requester, agent, needs)
+        try:
+            agent, route = await self.bot.services.routing.resolve(requester, agent, needs)
+        except NobodyEligible as nobody:  # the table in a code block, so its columns line up
+            lines = table_lines(nobody.decision, TABLE_WIDTH)
+            message = route_message(lines[0], lines[1:])
+            await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
         await self.service.preflight(requester, agent, instruction or BRIEF_PLACEHOLDER, **checks)  # audits refusals
         await interaction.response.defer(thinking=True)
         message = instruction or ""

@@ -46,6 +46,8 @@ async def test_bad_needs_and_nobody_eligible_are_answered_privately(launch: Laun
     calls = await rig.delegate(operator, agent="auto", instruction="Mesh", needs="meshing")
     assert shape(calls) == [("callback", 4)] and calls[0].ephemeral
     assert "nobody can take work needing meshing: nx-expert: silenced by root until" in calls[0].content
+    table = calls[0].content.split("```")[1]  # the table in a code block: its columns line up in Discord
+    assert "verdict" in table.splitlines()[1] and len(table.strip().splitlines()) == 1 + 8
     assert rig.fleet.received() == [] and await delegation_count(rig.services) == 0
 
 
