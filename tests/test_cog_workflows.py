@@ -340,7 +340,7 @@ async def test_reject_asks_why_in_a_form_and_the_reason_is_kept_and_shown(launch
     await rig.to_the_gate(1)
     # Refused before the form opens: nobody types a reason only to be told they may not decide.
     refused = single_message(await rig.click(1, "reject", "review", user=rig.member(AccessLevel.OPERATOR, "olga")))
-    assert refused.ephemeral and "may not approve" in refused.text and "admin role" in refused.text
+    assert refused.ephemeral and "may not reject" in refused.text and "admin role" in refused.text
     assert not rig.bot._connection._view_store._modals
 
     alice = rig.member(AccessLevel.ADMIN, "alice")

@@ -63,13 +63,21 @@ def describe_approvers(approvers: list[str]) -> str:
     return ", ".join(words)
 
 
-def refusal(requester: Requester, approvers: list[str], spec: ApprovalSpec, starter: Starter, step: str) -> str | None:
-    """Why this requester may not decide this gate, naming who may; None when they may."""
+def refusal(
+    requester: Requester,
+    approvers: list[str],
+    spec: ApprovalSpec,
+    starter: Starter,
+    step: str,
+    decision: str = "approve",
+) -> str | None:
+    """Why this requester may not decide this gate (`decision`: approve or reject, as the refusal says it), naming
+    who may; None when they may."""
     if not any(matches(requester, approver) for approver in approvers):
-        return f"{requester.describe()} may not approve {step}; who may: {describe_approvers(approvers)}"
+        return f"{requester.describe()} may not {decision} {step}; who may: {describe_approvers(approvers)}"
     if is_starter(requester, starter) and not spec.starter_may_approve:
         return (
-            f"{requester.describe()} started this run and may not approve its own gate {step} "
+            f"{requester.describe()} started this run and may not {decision} its own gate {step} "
             f"(starter_may_approve is false); who may: {describe_approvers(approvers)}, other than the starter"
         )
     return None

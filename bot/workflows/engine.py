@@ -1049,7 +1049,7 @@ class WorkflowEngine:
             # Who may decide, as the gate is now (an escalation may have just replaced its approvers).
             evidence = json.loads(current["evidence"]) if current["evidence"] else {}
             approvers = list(evidence.get("approvers") or spec.approval.approvers)
-            why_not = refusal(requester, approvers, spec.approval, starter, where)
+            why_not = refusal(requester, approvers, spec.approval, starter, where, decision)
             if why_not is not None:
                 conn.execute(*audit_row(requester, "workflow-approve", where, "refused", {"reason": why_not}, now))
                 return why_not

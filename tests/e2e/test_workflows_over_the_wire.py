@@ -211,7 +211,7 @@ async def test_reject_from_the_card_asks_why_and_the_reason_is_shown(flow: Flow)
     refused = await server.click(card, reject, roles=["viewer"])  # no form for who may not decide
     [line] = refused.messages()
     assert refused.callback is not None and refused.callback.type != 9
-    assert line.ephemeral and "may not approve" in line.content
+    assert line.ephemeral and "may not reject" in line.content
 
     maria = server.person("maria")
     opened = await server.click(card, reject, user=maria, roles=["admin"])
