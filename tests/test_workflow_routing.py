@@ -17,6 +17,7 @@ from bot.errors import NotAllowed
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.simulator import SimulatedFleet
+from bot.workflows.cli_runs import print_detail
 from bot.workflows.definition import WorkflowDefinition
 from bot.workflows.plan import plan, validate
 from tests.conftest import FleetStarter
@@ -60,7 +61,9 @@ async def fleet_with(start_fleet: FleetStarter, settings: Settings) -> AsyncIter
         yield open_
 
 
-async def test_a_routed_step_reaches_the_agent_with_the_capability(fleet_with: Opener) -> None:
+async def test_a_routed_step_reaches_the_agent_with_the_capability(
+    fleet_with: Opener, capsys: pytest.CaptureFixture[str]
+) -> None:
     services, fleet = await fleet_with()
     engine = services.workflows
     run = await engine.start(ANTOINE, study(), {})
@@ -76,6 +79,11 @@ async def test_a_routed_step_reaches_the_agent_with_the_capability(fleet_with: O
     routed = json.loads(detail_json)
     assert subject == "nx-expert" and routed["workflow_step"] == "W-1/fea#1" and len(routed["table"]) == 8
     assert routed["explanation"] == "nx-expert: has fea; ready; 0 in flight; no delegations yet"
+    assert detail.routed(fea) == routed["explanation"]
+    assert next(s for s in detail.to_dict()["steps"] if s["id"] == "fea")["routed"] == routed["explanation"]
+    print_detail(detail, as_json=False)
+    shown = capsys.readouterr().out
+    assert "    routed: nx-expert: has fea; ready; 0 in flight; no delegations yet" in shown  # workflow show says why
     # Its agent reports its result like any step's.
     await engine.report_result(Requester(kind="agent", name="nx-expert", front_end="api"), run.display_id, "fea",
                                ok=True, output="max stress 12 MPa", source="api")  # fmt: skip

@@ -199,6 +199,8 @@ def print_detail(detail: RunDetail, *, as_json: bool) -> None:
     order = {step_id: i for i, step_id in enumerate(run.definition.step_ids)}
     for step in sorted(detail.steps, key=lambda s: order.get(s.step_id, 0)):
         print(_step_line(step))
+        if why := detail.routed(step):
+            print(f"    routed: {why}")
         for approval in (a for a in detail.approvals if a.step_id == step.step_id):
             decision = {"approve": "approved", "reject": "rejected"}.get(approval.decision, approval.decision)
             reason = f": {approval.reason}" if approval.reason else ""

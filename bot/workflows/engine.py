@@ -131,6 +131,12 @@ class RunDetail:
     def step(self, step_id: str) -> StepRow:
         return next(s for s in self.steps if s.step_id == step_id)
 
+    def routed(self, step: StepRow) -> str | None:
+        """Why a `route:` step's agent was chosen (the latest choice: a retry routes again)."""
+        found = [e for e in self.events if e.step_id == step.step_id and e.kind == "routed"]
+        why = found[-1].detail.get("why") if found else None
+        return why if isinstance(why, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         run = self.run
         order = {step_id: i for i, step_id in enumerate(run.definition.step_ids)}
@@ -162,6 +168,7 @@ class RunDetail:
                     "finished_at": s.finished_at,
                     "error": s.error,
                     "needs": list(run.definition.step(s.step_id).needs),
+                    "routed": self.routed(s),
                     "sub_delegations": [
                         {
                             "id": d.display_id,
