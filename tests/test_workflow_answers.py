@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bot.authz import AccessLevel, Requester
@@ -41,6 +43,45 @@ async def test_an_answer_before_the_completion_is_the_output(services_on_fleet: 
     assert detail.step("s0").output == "120k elements\nmesh in /shared/m2.prt"
     [next_hook] = await agent_hooks(fleet, "secretary")
     assert "120k elements\nmesh in /shared/m2.prt" in next_hook.body["message"]
+    await engine.idle()
+
+
+async def test_an_answer_appended_while_the_completion_is_recorded_is_kept(
+    services_on_fleet: ServicesOnFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion's evidence and the answer's bookkeeping land together (a fast agent answers as its run ends):
+    neither undoes the other, so the step ends OUTPUT_SETTLE_S after the answer, with it, not OUTPUT_GRACE_S later
+    with nothing (a lost `last_output_at` stalled runs for a minute under load). The answer is appended the moment
+    the engine reads anything while it records the completion: there must be no read-then-write gap to land in."""
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"hold_runs": True}})
+    clock = FakeClock()
+    engine = WorkflowEngine(services.config, services.store, services.delegation, services.gateway, clock=clock)
+    run = await engine.start(ANTOINE, chain("nx-expert"), {}, thread_id=THREAD)
+    detail = await engine.get(run.id)
+    answered = False
+    read = services.store.fetchone
+
+    async def read_then_answer(*args: Any, **kwargs: Any) -> Any:
+        nonlocal answered
+        row = await read(*args, **kwargs)
+        if not answered:  # the Discord listener's append, in the middle of the completion's work
+            answered = True
+            await engine.append_output(as_agent("nx-expert"), run.id, "s0", "120k elements")
+        return row
+
+    monkeypatch.setattr(services.store, "fetchone", read_then_answer)
+    completion = {"status": "ok", "replyDisposition": "visible"}
+    await engine._completed(detail.run, detail.step("s0"), completion)  # what the completion watcher does
+    monkeypatch.undo()
+    if not answered:  # no read in the completion's work at all: the answer comes right after it
+        await engine.append_output(as_agent("nx-expert"), run.id, "s0", "120k elements")
+    evidence = (await engine.get(run.id)).step("s0").evidence
+    assert evidence["completion"] == completion and evidence.get("last_output_at") and evidence["messages"] == 1
+    clock.advance(OUTPUT_SETTLE_S)
+    await engine.tick()
+    step = (await engine.get(run.id)).step("s0")
+    assert (step.status, step.output, step.output_source) == ("succeeded", "120k elements", "discord")
+    fleet.settle("nx-expert")
     await engine.idle()
 
 

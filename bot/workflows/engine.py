@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -681,15 +682,25 @@ class WorkflowEngine:
             await self._maybe_watch(step, delegation)
 
     async def _set_evidence(self, step: StepRow, evidence: dict[str, Any]) -> None:
-        current = await self.tables.step(step.run_id, step.step_id)
-        if current is not None and current.attempt == step.attempt:
-            # The answer read from Discord may have grown since `step` was read: its keys are kept as they are now.
-            evidence = {**evidence, **{k: v for k, v in current.evidence.items() if k in ANSWER_KEYS}}
-        await self.tables.db.update(
-            "UPDATE workflow_steps SET evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
-            "AND status = 'running'",
-            (json.dumps(evidence), step.run_id, step.step_id, step.attempt),
-        )
+        """A running attempt's evidence, but the answer's keys (ANSWER_KEYS) as they are at the write: the answer
+        read from Discord may have grown since `step` was read. Read and written in one transaction: an answer
+        appended between a separate read and write was lost, and the step then waited OUTPUT_GRACE_S for an
+        output it already had (and ended with none)."""
+        where = (step.run_id, step.step_id, step.attempt)
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT evidence FROM workflow_steps WHERE run_id = ? AND step_id = ? AND attempt = ?", where
+            ).fetchone()
+            current = json.loads(row[0]) if row is not None and row[0] else {}
+            merged = {**evidence, **{k: v for k, v in current.items() if k in ANSWER_KEYS}}
+            conn.execute(
+                "UPDATE workflow_steps SET evidence = ? WHERE run_id = ? AND step_id = ? AND attempt = ? "
+                "AND status = 'running'",
+                (json.dumps(merged), *where),
+            )
+
+        await self.tables.db.atomically(write)
 
     async def _set_evidence_key(self, step: StepRow, key: str, value: Any) -> None:
         """One key of a running attempt's evidence, leaving the rest as it is now (not as `step` read it)."""
