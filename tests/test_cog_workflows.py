@@ -114,46 +114,37 @@ class Rig:
             "id": str((await self.card(run_id)).id),
             "components": [{"type": 1, "components": [button]}],  # as the stale client shows it
         }
-        payload = {
-            "id": str(next_snowflake()), "application_id": str(self.bot.application_id), "type": 3,
-            "token": f"interaction-token-{next_snowflake()}", "version": 1, "attachment_size_limit": 26_214_400,
-            "guild_id": str(self.channel.guild.id), "channel_id": str(self.channel.id),
-            "channel": _channel_dict(self.channel, str(discord.Permissions.all().value)),
-            "member": _member_dict(user), "app_permissions": str(discord.Permissions.all().value),
-            "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.channel.guild.id)}, "context": 0,
-            "message": message, "data": {"custom_id": custom_id, "component_type": 2},
-        }  # fmt: skip
-        before = len(self.recorder.calls)
-        prefix = "discord-ui-dynamic-item-"
-        running = {task for task in asyncio.all_tasks() if task.get_name().startswith(prefix)}
-        self.bot._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
-        started = [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and t not in running]
-        assert started, "the click reached no button"
-        await asyncio.gather(*started)
-        return self.recorder.calls[before:]
+        data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interact(3, user, data, "discord-ui-dynamic-item-", "button", message=message)
 
     async def submit(self, reason: str, *, user: discord.Member) -> list[RecordedCall]:
         """Submit the open form (the reject form) with `reason`, as `user`."""
         [modal] = self.bot._connection._view_store._modals.values()
         [text_input] = [item for item in modal.children if isinstance(item, discord.ui.TextInput)]
         components = [{"type": 1, "components": [{"type": 4, "custom_id": text_input.custom_id, "value": reason}]}]
+        data = {"custom_id": modal.custom_id, "components": components}
+        return await self._interact(5, user, data, "discord-ui-modal-dispatch", "form")
+
+    async def _interact(
+        self, kind: int, user: discord.Member, data: dict[str, Any], tasks: str, what: str, **extra: Any
+    ) -> list[RecordedCall]:
+        """An interaction of `kind` (3 a component, 5 a form) as the gateway delivers it; what it answered, once the
+        tasks discord.py starts for it (named `tasks`…) are done."""
         payload = {
-            "id": str(next_snowflake()), "application_id": str(self.bot.application_id), "type": 5,
+            "id": str(next_snowflake()), "application_id": str(self.bot.application_id), "type": kind,
             "token": f"interaction-token-{next_snowflake()}", "version": 1, "attachment_size_limit": 26_214_400,
             "guild_id": str(self.channel.guild.id), "channel_id": str(self.channel.id),
             "channel": _channel_dict(self.channel, str(discord.Permissions.all().value)),
             "member": _member_dict(user), "app_permissions": str(discord.Permissions.all().value),
             "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
             "authorizing_integration_owners": {"0": str(self.channel.guild.id)}, "context": 0,
-            "data": {"custom_id": modal.custom_id, "components": components},
+            "data": data, **extra,
         }  # fmt: skip
         before = len(self.recorder.calls)
-        prefix = "discord-ui-modal-dispatch"
-        running = {task for task in asyncio.all_tasks() if task.get_name().startswith(prefix)}
+        running = {task for task in asyncio.all_tasks() if task.get_name().startswith(tasks)}
         self.bot._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
-        started = [t for t in asyncio.all_tasks() if t.get_name().startswith(prefix) and t not in running]
-        assert started, "the submit reached no form"
+        started = [t for t in asyncio.all_tasks() if t.get_name().startswith(tasks) and t not in running]
+        assert started, f"the {what} reached nothing"
         await asyncio.gather(*started)
         return self.recorder.calls[before:]
 
