@@ -6,6 +6,8 @@ requests broke a limit or called a route the server does not know.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bot.delegation import chain_footer
@@ -76,6 +78,22 @@ async def test_a_viewer_is_refused_delegation_privately(wire: Wire) -> None:
     assert message.ephemeral and "operator" in message.content
     assert message.payload["author"]["id"] == BOT_USER_ID
     assert len(wire.fleet.received()) == before
+
+
+async def test_delegate_auto_routes_by_capability_and_says_why(wire: Wire) -> None:
+    """The real process routes `/delegate agent:auto` (production intents, the monitor's own probes)."""
+    before = len(wire.fleet.received("webster"))
+    routed = await wire.server.invoke_slash("route", {"needs": "Materials data"}, roles=["operator"])
+    table = routed.text().split("```")[1]
+    assert re.search(r"webster +yes +yes +yes", table) and "lacks materials-data" in table
+    answer = await wire.server.invoke_slash(
+        "delegate", {"agent": "auto", "needs": "materials data", "instruction": "Find the CTE of Zerodur"},
+        roles=["operator"],
+    )  # fmt: skip
+    assert answer.callback is not None and answer.callback.at < 3.0
+    assert "route: webster: has materials-data; ready; " in answer.text()
+    hooks = await wire.server.wait_for(lambda: wire.fleet.received("webster")[before:], what="webster's hook")
+    assert [hook.body["message"].split("\n")[0] for hook in hooks] == ["Find the CTE of Zerodur"]
 
 
 def board(wire: Wire) -> StoredMessage:
