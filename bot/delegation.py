@@ -860,11 +860,19 @@ class DelegationService:
         last_attempt = expires - timedelta(seconds=LAST_ATTEMPT_LEAD_S)
         if due > last_attempt:
             due = last_attempt if now < last_attempt else expires  # at `expires`: process_due expires it
+        # Cancelled (its chain) while it was being sent, and not admitted: expired, never retried. In the same
+        # statement, so a cancel landing at this moment cannot slip between a check and the requeue.
+        cancelled = f"{reason}; not retried: its chain was cancelled while it was being sent"
         rows = await self._store.returning(
-            "UPDATE delegations SET status = 'queued', last_error = ?, next_attempt_at = ?, updated_at = ? "
+            "UPDATE delegations SET "
+            "status = CASE WHEN cancelled_at IS NULL THEN 'queued' ELSE 'expired' END, "
+            "last_error = CASE WHEN cancelled_at IS NULL THEN ? ELSE ? END, "
+            "next_attempt_at = CASE WHEN cancelled_at IS NULL THEN ? END, updated_at = ? "
             f"WHERE id = ? RETURNING {_COLUMNS}",
-            (reason, iso(due), iso(now), delegation.id),
+            (reason, cancelled, iso(due), iso(now), delegation.id),
         )
+        if rows and rows[0]["status"] == "expired":
+            log.warning("delegation %s to %s expired: %s", delegation.display_id, delegation.agent, cancelled)
         return await self._changed(delegation.id, rows)
 
     async def _finish(

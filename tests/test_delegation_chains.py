@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -239,6 +240,32 @@ async def test_cancelling_a_root_stops_its_children_not_yet_sent(
     assert [(a["actor"], json.loads(a["detail"])) for a in audit] == [
         ("antoine", {"cancel": "D-1", "stopped": ["D-3", "D-4"]})
     ]
+
+
+async def test_a_child_caught_sending_by_the_cancel_is_not_retried_when_its_send_fails(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands while a child is being sent (so it is "with an agent" in the answer), and the send then
+    fails (the agent is down): the child expires instead of going back to the outbox for a retry."""
+    services, fleet = await services_on_fleet(specs={"webster": {"down": True}})
+    service = service_for(services, clock)
+    await made(service, ANTOINE, "tech-lead")  # D-1
+    send = services.gateway.send_agent_hook
+    answers: list[str] = []
+
+    async def cancel_then_send(*args: Any, **kwargs: Any) -> Any:
+        answers.append((await service.cancel(ANTOINE, "D-1")).summary())  # while D-2 is `sending`
+        return await send(*args, **kwargs)  # webster is down: connection refused, not admitted
+
+    monkeypatch.setattr(services.gateway, "send_agent_hook", cancel_then_send)
+    child = await made(service, agent("tech-lead"), "webster", parent="D-1")  # D-2
+    monkeypatch.undo()
+    assert "already with an agent (tell it to stop): D-1 tech-lead (accepted), D-2 webster (sending)" in answers[0]
+    assert child.status == "expired" and "its chain was cancelled while it was being sent" in (child.last_error or "")
+    await fleet.bring_up("webster")
+    clock.advance(600)
+    await service.process_due()
+    assert fleet.received("webster") == [] and (await service.get("D-2")).status == "expired"
 
 
 async def test_an_agent_cancels_what_it_made(services_on_fleet: ServicesOnFleet, clock: FakeClock) -> None:
