@@ -42,8 +42,8 @@ async def test_delegate_auto_reaches_the_agent_that_has_the_capability(
     # Only readiness fails: queued for the best of them, and said so.
     code, out, err = await run_cli(*base, "delegate", "auto", "Find the CTE", "--needs", "materials-data", env=env)
     assert code == 0, err
-    assert out.startswith("route: queued for webster: no agent with materials-data is ready (down (")
-    assert "sent when webster is back" in out and "D-2 to webster: queued" in out
+    assert out.startswith("route: queued for webster: no agent with materials-data is ready; webster is down (")
+    assert "sent when it is back" in out and "D-2 to webster: queued" in out
     assert fleet.received("webster") == []
 
 

@@ -132,7 +132,7 @@ def test_when_no_capable_agent_is_ready_the_best_is_chosen_and_queued() -> None:
     decision = decide(snapshot(down, facts("b", "cad")), "alice", ["meshing"], everyone)
     assert decision.chosen == "a" and decision.queued
     assert decision.explanation == (
-        "queued for a: no agent with meshing is ready (down since 09:58 (connection refused)); sent when a is back"
+        "queued for a: no agent with meshing is ready; a is down since 09:58 (connection refused); sent when it is back"
     )
 
 

@@ -199,8 +199,8 @@ def _explained(decision: RouteDecision) -> RouteDecision:
         )
     elif decision.queued:
         text = (
-            f"queued for {decision.chosen}: no agent with {needs} is ready "
-            f"({decision.row(decision.chosen).readiness}); sent when {decision.chosen} is back"
+            f"queued for {decision.chosen}: no agent with {needs} is ready; {decision.chosen} is "
+            f"{decision.row(decision.chosen).readiness}; sent when it is back"
         )
     else:
         row = decision.row(decision.chosen)
