@@ -310,8 +310,7 @@ class DelegationService:
         recording = self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step, link)
         delegation = await self._audited(requester, name, parent, recording)
         delegation = await self._send(self._config.require_agent(name), delegation)
-        hook = self._hook(text, deliver, delivery, delegation.display_id, footer=not _is_stop(workflow_step))
-        return DelegationResult(decision, hook.body(), delegation)
+        return DelegationResult(decision, self._delegation_hook(delegation).body(), delegation)
 
     async def _audited(self, requester: Requester, agent: str, parent: int | str | None, work: Awaitable[T]) -> T:
         """`work`, with a chain refusal audited (naming the chain) before it is raised."""
