@@ -32,6 +32,10 @@ class _VoiceNoise(logging.Filter):
 for _name in ("discord.client", "discord.voice_state"):
     logging.getLogger(_name).addFilter(_VoiceNoise())
 
+# APScheduler logs two INFO lines per job run: with the 1-second workflow tick that is 170,000 lines a day in the
+# journal, and a failing test's log is nothing else. Its warnings (a missed run, a job that raised) stay.
+_PER_RUN_LOGGERS = ("apscheduler.executors.default",)
+
 
 class Redactor:
     """Replaces known secret values, and anything that looks like a bearer credential."""
@@ -84,4 +88,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING  # --log-level DEBUG shows every run
+    for name in _PER_RUN_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     return redactor

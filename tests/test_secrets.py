@@ -59,3 +59,23 @@ def test_the_redactor_replaces_the_longest_secret_first() -> None:
     redact = Redactor(["abcd", "abcdefgh"])
     assert redact("x abcdefgh y abcd") == f"x {REDACTED} y {REDACTED}"
     assert Redactor([""])("nothing to hide") == "nothing to hide"
+
+
+@pytest.mark.parametrize(("level", "per_run_shown"), [("INFO", False), ("DEBUG", True)])
+def test_the_schedulers_two_lines_per_job_run_are_shown_only_at_debug(
+    capsys: pytest.CaptureFixture[str], restore_logging: None, level: str, per_run_shown: bool
+) -> None:
+    """The workflow tick runs every second: at INFO its "Running job"/"executed successfully" pair buried every
+    other line of the journal (and of a failed test's log). A job that fails is still shown."""
+    executors = logging.getLogger("apscheduler.executors.default")
+    before = executors.level
+    try:
+        configure_logging(level)
+        executors.info('Running job "workflow tick" (scheduled at …)')
+        executors.error('Job "workflow tick" raised an exception')
+        logging.getLogger("bot.workflows.engine").info("workflow run W-1 succeeded")
+    finally:
+        executors.setLevel(before)
+    err = capsys.readouterr().err
+    assert ("Running job" in err) is per_run_shown
+    assert 'Job "workflow tick" raised an exception' in err and "workflow run W-1 succeeded" in err

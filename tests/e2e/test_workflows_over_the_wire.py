@@ -86,7 +86,18 @@ def flow(flow_running: Flow, request: pytest.FixtureRequest) -> Iterator[Flow]:
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:  # the bot's own account of what it did during the failed test
         print("\n".join(flow_running.bot.log().splitlines()[start:]))
+        print(what_the_agents_received(flow_running.fleet))
     assert_clean(flow_running.server)
+
+
+def what_the_agents_received(fleet: SimulatedFleet) -> str:
+    """Every hook the simulated gateways accepted, a line each: the other half of a failed test's story."""
+    lines = [
+        f"{hook.at:.3f} {hook.agent} {hook.path} to={hook.body.get('to')} "
+        f"{str(hook.body.get('message') or hook.body.get('text') or '').splitlines()[:1]}"
+        for hook in fleet.received()
+    ]
+    return "the agents received:\n" + "\n".join(lines or ["(nothing)"])
 
 
 def card_in(flow: Flow, thread_id: str) -> StoredMessage | None:
@@ -123,7 +134,9 @@ async def test_m2_runs_end_to_end_from_discord(flow: Flow) -> None:
     # nx-expert and webster answer in the thread, in parallel; the optimizer gets both answers.
     [thermal] = await server.wait_for(lambda: fleet.received("optimizer"), RUN_DEADLINE_S, "the thermal step")
     for agent in ("nx-expert", "webster"):
-        [hook] = fleet.received(agent)
+        hooks = fleet.received(agent)
+        assert len(hooks) == 1, what_the_agents_received(fleet)
+        [hook] = hooks
         assert (hook.body["channel"], hook.body["to"]) == ("discord", f"channel:{thread}")
     assert "Mesh: 120k elements; mesh in\n/shared/m2.prt; CTETRA10" in thermal.body["message"]
     assert "Material: webster: done: Find the thermal properties of Zerodur Class 0" in thermal.body["message"]
