@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import ROOT, SHIPPED_CONFIG, Bench, Result, bench_env, fleet_config, fleet_process, new_token
-from bot.config import ClusterConfig, load_cluster_config
+from bot.config import ClusterConfig, with_ports
 from bot.simulator import RELEASE_LEGACY, free_ports
 
 KILLS = 20
@@ -66,10 +66,8 @@ WAITS_FOR_A_PERSON = ("unconfirmed", "timed_out")
 
 def write_config(workdir: Path, config: ClusterConfig) -> Path:
     """The shipped cluster file, text-edited: agents and the API on the bench's ports, the bench's workflows."""
-    text = SHIPPED_CONFIG.read_text(encoding="utf-8")
-    for shipped, moved in zip(load_cluster_config(SHIPPED_CONFIG).agents, config.agents, strict=True):
-        text = text.replace(f"port = {shipped.port}\n", f"port = {moved.port}\n", 1)
-    text = text.replace("port = 18790\n", f"port = {config.api.port}\n", 1)
+    ports = {agent.name: agent.port for agent in config.agents}
+    text = with_ports(SHIPPED_CONFIG.read_text(encoding="utf-8"), ports, config.api.port)
     (workdir / "workflows").mkdir()
     (workdir / "workflows" / "crash.yaml").write_text(WORKFLOW, encoding="utf-8")
     text = text.replace('dir = "workflows"', f'dir = "{workdir / "workflows"}"', 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -598,3 +598,45 @@ def _explain(error: Any, loc: list[Any]) -> str:
         what, fix = _EXPLANATIONS[kind]
         return f"{value!r} is not {what}; {fix}"
     return error["msg"]
+
+
+# --- the cluster file as text ----------------------------------------------------------------------
+
+_TABLE_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.-]+)\s*\]")
+_PORT_RE = re.compile(r"^(\s*port\s*=\s*)\d+")
+
+
+def with_ports(text: str, agent_ports: Mapping[str, int], api_port: int | None = None) -> str:
+    """The cluster file `text` with each agent's port (by name) and the API's set, edited as text so the rest
+    (comments, order) stays the real file: the demo's and tests' copies of the shipped file.
+
+    Table by table, in one pass. Replacing the old values one after another moved a port twice whenever a new
+    port equalled a later agent's old one (a random test base of 18824 put the bot's nx-expert on the fleet's
+    manager); the result is read back and checked."""
+    names = [str(agent.get("name")) for agent in tomllib.loads(text).get("agents", [])]
+    lines, table, index = [], "", -1
+    for line in text.splitlines(keepends=True):
+        header = _TABLE_RE.match(line)
+        if header is not None:
+            table = header.group(2)
+            index += header.group(1) == "[[" and table == "agents"
+        port = None
+        if table == "agents" and names[index] in agent_ports:
+            port = agent_ports[names[index]]
+        elif table == "api":
+            port = api_port
+        found = _PORT_RE.match(line) if port is not None else None
+        if found is not None:
+            line = f"{found.group(1)}{port}{line[found.end() :]}"
+        lines.append(line)
+    edited = "".join(lines)
+    parsed = tomllib.loads(edited)
+    got = {str(agent.get("name")): agent.get("port") for agent in parsed.get("agents", [])}
+    unknown = sorted(set(agent_ports) - set(got))
+    if unknown:
+        raise ValueError(f"no agent {', '.join(unknown)} in the cluster file; its agents: {', '.join(got)}")
+    if any(got[name] != port for name, port in agent_ports.items()) or (
+        api_port is not None and parsed.get("api", {}).get("port") != api_port
+    ):
+        raise ValueError("the cluster file's ports could not be set (no `port = N` line where expected)")
+    return edited

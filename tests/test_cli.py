@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bot.config import load_cluster_config
+from bot.config import load_cluster_config, with_ports
 from bot.simulator import free_ports
 from tests.conftest import HOOKS_TOKEN, SHIPPED_CONFIG, FleetStarter
 from tests.e2e.conftest import launch_bot
@@ -23,10 +23,7 @@ from tests.e2e.conftest import launch_bot
 
 def relocated_config(tmp_path: Path, ports: dict[str, int]) -> Path:
     """The shipped cluster file with the agents moved to test ports (text edit: it stays the real file)."""
-
-    text = SHIPPED_CONFIG.read_text(encoding="utf-8")
-    for agent in load_cluster_config(SHIPPED_CONFIG).agents:
-        text = text.replace(f"port = {agent.port}\n", f"port = {ports[agent.name]}\n", 1)
+    text = with_ports(SHIPPED_CONFIG.read_text(encoding="utf-8"), ports)
     path = tmp_path / "cluster.toml"
     path.write_text(text, encoding="utf-8")
     return path

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.config import ClusterConfig, load_cluster_config
+from bot.config import ClusterConfig, load_cluster_config, with_ports
 from bot.errors import ConfigError, UnknownAgent
 from tests.conftest import SHIPPED_CONFIG
 
@@ -340,3 +340,24 @@ def test_check_config_reads_the_workflow_files_too(tmp_path: Path, capsys: pytes
     assert code == 2 and out == ""
     line = next(line for line in err.splitlines() if "webstr" in line)
     assert line.startswith(f"{flows / 'm2.yaml'}:") and "no agent called 'webstr'. Did you mean 'webster'?" in line
+
+
+@pytest.mark.parametrize("base", [18824, 18800, 18772, 24000])
+def test_the_shipped_file_moved_to_any_ports_puts_every_agent_where_asked(tmp_path: Path, base: int) -> None:
+    """The tests' and the demo's copy of the real file. Moved to 18824, old value by old value, the bot's nx-expert
+    landed on the fleet's manager (18824 was nx-expert's shipped port): its answers came from the wrong agent."""
+    moved = load_cluster_config(SHIPPED_CONFIG).relocated(base, 4)
+    path = tmp_path / "cluster.toml"
+    path.write_text(with_ports(SHIPPED_TEXT, {a.name: a.port for a in moved.agents}, moved.api.port), "utf-8")
+    loaded = load_cluster_config(path)
+    assert [(a.name, a.port) for a in loaded.agents] == [(a.name, a.port) for a in moved.agents]
+    assert loaded.api.port == moved.api.port
+    changed = [
+        old for old, new in zip(SHIPPED_TEXT.splitlines(), path.read_text().splitlines(), strict=True) if old != new
+    ]
+    assert all(line.startswith("port = ") for line in changed)  # comments and everything else stay the real file
+
+
+def test_moving_an_agent_the_file_does_not_have_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no agent nx-exprt in the cluster file"):
+        with_ports(SHIPPED_TEXT, {"nx-exprt": 20000})

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from bot.config import ClusterConfig, load_cluster_config
+from bot.config import ClusterConfig, load_cluster_config, with_ports
 from bot.simulator import SimAgentSpec, SimulatedFleet, free_ports
 from tests.conftest import API_TOKENS, HOOKS_TOKEN, SHIPPED_CONFIG
 from tests.loopback_discord import GuildState, LoopbackDiscord, User
@@ -53,11 +53,7 @@ def agent_user(config: ClusterConfig, name: str) -> User:
 
 def cluster_file(tmp_path: Path, config: ClusterConfig, api_port: int) -> Path:
     """The shipped cluster file (text-edited, so it stays the real file) with test ports for agents and API."""
-    text = SHIPPED_CONFIG.read_text(encoding="utf-8")
-    ports = {a.name: a.port for a in config.agents}
-    for agent in load_cluster_config(SHIPPED_CONFIG).agents:
-        text = text.replace(f"port = {agent.port}\n", f"port = {ports[agent.name]}\n", 1)
-    text = text.replace("port = 18790\n", f"port = {api_port}\n", 1)
+    text = with_ports(SHIPPED_CONFIG.read_text(encoding="utf-8"), {a.name: a.port for a in config.agents}, api_port)
     # The process runs with cwd=tmp_path: the shipped workflows are found by their absolute path.
     text = text.replace('dir = "workflows"', f'dir = "{REPO / "workflows"}"', 1)
     path = tmp_path / "cluster.toml"
