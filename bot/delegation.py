@@ -50,8 +50,10 @@ _INVISIBLE = re.compile(r"[\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")  # w
 
 
 def parse_id(text: str | int) -> int:
-    """`D-42`, `d42` or `42` -> 42."""
-    raw = str(text).strip().upper().removeprefix("D").removeprefix("-")
+    """`D-42`, `d42` or `42` -> 42 (`-42` is a slip, not D-42)."""
+    raw = str(text).strip().upper()
+    if raw.startswith("D"):
+        raw = raw[1:].removeprefix("-")
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²" is a digit to isdigit; SQLite stops at 2**63
         raise InvalidInput(f"{text!r} is not a delegation id; write it as D-42 (or 42)")
     return int(raw)

@@ -115,6 +115,8 @@ async def test_the_parent_must_be_a_delegation_to_the_requester(
         await made(service, agent("tech-lead"), "optimizer", parent="D-9")
     with pytest.raises(InvalidInput, match="'next' is not a delegation id"):
         await made(service, agent("tech-lead"), "optimizer", parent="next")
+    with pytest.raises(InvalidInput, match="'-1' is not a delegation id; write it as D-42"):
+        await made(service, agent("tech-lead"), "optimizer", parent="-1")  # a slip, never read as D-1
     with pytest.raises(
         InvalidInput, match=r"the parent is empty; give the delegation you are working on \(e.g. D-12\)"
     ):
@@ -356,6 +358,7 @@ async def test_the_chain_from_the_command_line_recorded_drawn_capped_and_cancell
     for args, says in [
         (("delegate", "--as", "optimizer", "nx-expert", "x", "--parent", " "), "--parent is empty; write the"),
         (("delegate", "--as", "optimizer", "nx-expert", "x", "--parent", "D-x"), "'D-x' is not a delegation id"),
+        (("delegate", "--as", "optimizer", "nx-expert", "x", "--parent=-4"), "'-4' is not a delegation id"),
         (("delegations", "cancel"), "delegations cancel needs an id"),
         (("delegations", "cancel", "D-99"), "no delegation D-99"),
     ]:
