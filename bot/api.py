@@ -1042,6 +1042,7 @@ class LoopbackApi:
         )
 
     async def create_delegation(self, request: web.Request, requester: Requester, body: DelegationIn) -> web.Response:
+        self.services.delegation.validate_request(body.message, target=body.target, deliver=body.deliver)
         try:
             agent, decided = await self.services.routing.resolve(
                 requester,

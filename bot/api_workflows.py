@@ -304,6 +304,7 @@ def add_workflow_routes(api: LoopbackApi) -> None:
         from bot.workflows.cli_runs import one_step
         from bot.workflows.store import FINAL
 
+        api.services.delegation.validate_request(data.message, target=data.target, deliver=data.deliver)
         agent, _ = await api.services.routing.resolve(requester, data.to, data.needs)
         definition = one_step(agent, wait_s=data.wait_s, deliver_to="thread" if data.deliver else "none")
         run = await engine.start(requester, definition, {"message": data.message}, origin=data.target)

@@ -114,6 +114,7 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
             raise InvalidInput("--parent does not go with --wait-result (a workflow run's step starts a chain)")
         return await _delegate_wait_result(args, settings, config, requester)
     async with open_services(settings, config) as services:
+        services.delegation.validate_request(args.message, target=args.to, deliver=not args.no_deliver)
         agent, route = await services.routing.resolve(
             requester, args.agent, args.needs, dry_run=args.dry_run, parent=args.parent
         )
@@ -176,6 +177,7 @@ async def _delegate_wait_result(
     if args.dry_run or args.wait:
         raise InvalidInput("--wait-result does not go with --dry-run or --wait")
     async with open_services(settings, config) as services:
+        services.delegation.validate_request(args.message, target=args.to, deliver=not args.no_deliver)
         agent, route = await services.routing.resolve(requester, args.agent, args.needs)
         if route is not None:
             print(f"route: {route.explanation}", file=sys.stderr)

@@ -436,6 +436,24 @@ class DelegationService:
     ) -> tuple[str, str, str | None, AgentHook]:
         """The agent's name, the instruction, the normalized target and the hook, or a typed error."""
         name = self._config.require_agent(agent).name
+        return name, *self._request(message, target, deliver, origin, directory)
+
+    def validate_request(
+        self,
+        message: str,
+        *,
+        target: str | None = None,
+        deliver: bool = True,
+        origin: str | None = None,
+        directory: GuildDirectory | None = None,
+    ) -> None:
+        """The request's own checks (instruction, target, size), before any agent is named: `auto` routes, and
+        audits its choice, only for a request that could then be sent."""
+        self._request(message, target, deliver, origin, directory)
+
+    def _request(
+        self, message: str, target: str | None, deliver: bool, origin: str | None, directory: GuildDirectory | None
+    ) -> tuple[str, str | None, AgentHook]:
         text = message.strip()
         if not _INVISIBLE.sub("", text).strip():  # zero-width characters alone say nothing either
             raise InvalidInput("the instruction is empty; write what the agent should do")
@@ -447,7 +465,7 @@ class DelegationService:
                 f"the instruction is too long for the gateway: the request would be {size:,} bytes, the limit is "
                 f"{HOOK_BODY_LIMIT:,}; shorten it by at least {size - HOOK_BODY_LIMIT:,} bytes"
             )
-        return name, text, delivery, hook
+        return text, delivery, hook
 
     async def _task_ref(self, task: str | None) -> str | None:
         if task is None or not task.strip():

@@ -316,6 +316,7 @@ class Delegations(commands.Cog):
         checks = {k: v for k, v in options.items() if k != "task"}
         # agent:auto is routed here (audited; nobody eligible is a private refusal with the table); it probes only
         # agents the monitor has not seen lately.
+        self.service.validate_request(instruction or BRIEF_PLACEHOLDER, **checks)
         try:
             agent, route = await self.bot.services.routing.resolve(requester, agent, needs)
         except NobodyEligible as nobody:  # the table in a code block, so its columns line up

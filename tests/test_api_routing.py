@@ -80,3 +80,11 @@ async def test_a_synchronous_delegation_can_be_routed_too(hq: Hq) -> None:  # no
     answer = await waiting
     assert answer.status_code == 200, answer.text
     assert answer.json()["output"] == "12 MPa"
+
+
+async def test_a_request_that_cannot_be_sent_is_refused_before_routing(hq: Hq) -> None:  # noqa: F811
+    detail = assert_error(await hq.delegate("manager", "auto", needs=["meshing"], target=" "), 400, "invalid_target")
+    assert "the delivery target is empty" in detail
+    assert_error(await hq.delegate("manager", "auto", "\u200b", needs=["meshing"]), 400, "invalid_input")
+    assert await hq.services.store.fetchall("SELECT 1 FROM audit_log WHERE action = 'route'") == []
+    assert hq.fleet.received() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from bot.delegation import chain_footer
@@ -72,4 +73,23 @@ async def test_routing_refusals_on_the_command_line(start_fleet: FleetStarter, t
     code, out, err = await run_cli(*base, "delegate", "auto", "Mesh", "--needs", "meshing", "--dry-run", env=env)
     assert code == 0, err
     assert out.startswith("route: nx-expert: has meshing") and "dry run: would be allowed" in out
+    assert fleet.received() == []
+
+
+async def test_a_request_that_cannot_be_sent_is_refused_before_anyone_is_chosen(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    """Bad input is the request's fault, whoever would take it: no routing decision in the trail for it."""
+    config, fleet = await start_fleet()
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    for args, says in [
+        (("auto", "Mesh", "--needs", "meshing", "--to", "#no-such-channel"), "#no-such-channel"),
+        (("auto", "   ", "--needs", "meshing"), "the instruction is empty"),
+        (("auto", "Mesh", "--needs", "meshing", "--wait-result", "--to", " "), "the delivery target is empty"),
+    ]:
+        code, out, err = await run_cli(*base, "delegate", *args, env=env)
+        assert (code, out) == (2, "") and says in err and "Traceback" not in err, (args, err)
+    with sqlite3.connect(tmp_path / "atomizer.db") as db:
+        assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'route'").fetchone() == (0,)
     assert fleet.received() == []
