@@ -270,6 +270,29 @@ async def test_a_child_caught_sending_by_the_cancel_is_not_retried_when_its_send
     assert fleet.received("webster") == [] and (await service.get("D-2")).status == "expired"
 
 
+async def test_a_child_being_recorded_when_its_chain_is_cancelled_is_refused_not_recorded(
+    services_on_fleet: ServicesOnFleet, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands after the child's checks saw a live parent and before its row is written: the recording
+    transaction looks again, so nothing hangs under a cancelled chain and nothing is sent."""
+    services, fleet = await services_on_fleet()
+    service = service_for(services, clock)
+    await made(service, ANTOINE, "tech-lead")  # D-1
+    checked = service._task_ref  # the last step between the chain's checks and the recording
+
+    async def cancel_then_go_on(task: str | None) -> str | None:
+        await service.cancel(ANTOINE, "D-1")
+        return await checked(task)
+
+    monkeypatch.setattr(service, "_task_ref", cancel_then_go_on)
+    with pytest.raises(ChainRefused, match="chain D-1 was cancelled .* nothing new hangs under it"):
+        await made(service, agent("tech-lead"), "webster", parent="D-1")
+    monkeypatch.undo()
+    assert [d.display_id for d in await service.tree("D-1")] == ["D-1"]
+    assert fleet.received("webster") == []
+    assert (await refusals(services))[-1]["chain"] == "D-1"
+
+
 async def test_an_agent_cancels_what_it_made(services_on_fleet: ServicesOnFleet, clock: FakeClock) -> None:
     services, _ = await services_on_fleet(specs={"auditor": {"down": True}})
     service = service_for(services, clock)
