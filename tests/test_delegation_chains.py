@@ -285,7 +285,7 @@ async def test_a_child_being_recorded_when_its_chain_is_cancelled_is_refused_not
         return await checked(task)
 
     monkeypatch.setattr(service, "_task_ref", cancel_then_go_on)
-    with pytest.raises(ChainRefused, match="chain D-1 was cancelled .* nothing new hangs under it"):
+    with pytest.raises(ChainRefused, match=r"chain D-1 was cancelled .* nothing new hangs under it"):
         await made(service, agent("tech-lead"), "webster", parent="D-1")
     monkeypatch.undo()
     assert [d.display_id for d in await service.tree("D-1")] == ["D-1"]
