@@ -25,7 +25,7 @@ from bot.boards import render_text
 from bot.chain_view import draw_tree
 from bot.clock import utcnow
 from bot.config import ClusterConfig, load_cluster_config
-from bot.delegation import Delegation
+from bot.delegation import Delegation, DelegationService
 from bot.errors import AtomizerError, NotAllowed
 from bot.routing.table import table_lines
 from bot.services import Services, open_services
@@ -337,27 +337,39 @@ async def tour_routing_and_chains(settings: Settings, config: ClusterConfig, fle
         say(f"  → {outcome(result.delegation)}")
 
         say("\n--- a chain: each agent hands part of its work on, under the delegation it received ---")
-        step = await services.delegation.delegate(ANTOINE, "manager", "Plan the M1 rib study")
-        assert step.delegation is not None
-        say(f'/delegate agent:manager instruction:"Plan the M1 rib study"   (Antoine) → {step.delegation.display_id}')
-        for requester, to, text in (
-            ("manager", "tech-lead", "Review the M1 rib design"),
+        hops = (
+            ("manager", "tech-lead", "Run the M1 rib study"),
             ("tech-lead", "optimizer", "Optimize the M1 rib layout"),
-        ):
-            parent = step.delegation.display_id
-            step = await services.delegation.delegate(agent(requester), to, text, parent=parent)
-            assert step.delegation is not None
-            say(f'$ delegate.sh {to} "{text}" --parent {parent}   # {requester} → {step.delegation.display_id}')
-        leaf = step.delegation
-        say(f'$ delegate.sh nx-expert "Re-mesh M1 with the new ribs" --parent {leaf.display_id}   # optimizer')
-        try:
-            await services.delegation.delegate(agent("optimizer"), "nx-expert", "Re-mesh M1 with the new ribs",
-                                               parent=leaf.display_id)  # fmt: skip
-        except AtomizerError as refused:
-            say(f"  → refused: {refused}")
+            ("optimizer", "nx-expert", "Re-mesh M1 with the new ribs"),
+        )
+        leaf = await hand_down(services.delegation, None, hops)
         say(f"\n$ atomizer-hq delegations show {leaf.display_id}")
         for line in draw_tree(await services.delegation.tree(leaf.id), utcnow()):
             say(f"  {line}")
+
+        say("\n--- the depth cap: the same chain under a person's request is one level too deep ---")
+        start = await services.delegation.delegate(ANTOINE, "manager", "Plan the M1 rib study")
+        assert start.delegation is not None
+        say(f'/delegate agent:manager instruction:"Plan the M1 rib study"   (Antoine) → {start.delegation.display_id}')
+        try:
+            await hand_down(services.delegation, start.delegation, hops)
+        except AtomizerError as refused:
+            say(f"  → refused: {refused}")
+
+
+async def hand_down(
+    delegation: DelegationService, parent: Delegation | None, hops: tuple[tuple[str, str, str], ...]
+) -> Delegation:
+    """Each hop as its agent makes it with delegate.sh, under the one before; the last delegation made."""
+    for requester, to, text in hops:
+        under = f" --parent {parent.display_id}" if parent is not None else ""
+        say(f'$ delegate.sh {to} "{text}"{under}   # {requester}')
+        made = await delegation.delegate(agent(requester), to, text, parent=parent.display_id if parent else None)
+        assert made.delegation is not None
+        parent = made.delegation
+        say(f"  → {parent.display_id} to {to}" + ("" if parent.parent_id else " (the chain's root)"))
+    assert parent is not None
+    return parent
 
 
 def show(detail: RunDetail) -> None:

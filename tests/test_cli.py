@@ -290,17 +290,21 @@ async def test_the_demo_routes_by_capability_and_draws_a_capped_chain(tmp_path: 
     root = SHIPPED_CONFIG.parent.parent
     code, out, err = await run_cli("demo", env=cli_env(tmp_path), cwd=root)
     assert code == 0, err
-    routing, chain = out.split("--- routing")[1].split("--- a chain")
+    routing, rest = out.split("--- routing")[1].split("--- a chain")
+    chain, capped = rest.split("--- the depth cap")
     # auditor alone has review, and it is down: chosen and queued, said so; never someone without review.
     assert "queued for auditor: no agent with review is ready" in routing
     assert re.search(r"auditor +yes +yes +no .*chosen \(queued until it is ready\)", routing)
     assert re.search(r"route: nx-expert: has meshing; ready; \d+ in flight", routing)
     assert re.search(r"→ accepted by nx-expert: D-\d+", routing)
+    # manager → tech-lead → optimizer → nx-expert: three delegations, one chain, drawn
     assert "chain of 3, 3 deep" in chain
-    assert re.search(r"└─ D-\d+ tech-lead: accepted.*by manager", chain)
-    assert re.search(r"   └─ D-\d+ optimizer: accepted.*by tech-lead", chain)
-    assert "may not go deeper" in chain and "the limit is 3" in chain
-    assert "nx-expert: accepted" not in chain  # the fourth level was refused, not recorded
+    assert re.search(r"\n  D-\d+ tech-lead: accepted.*by manager", chain)
+    assert re.search(r"  └─ D-\d+ optimizer: accepted.*by tech-lead", chain)
+    assert re.search(r"     └─ D-\d+ nx-expert: accepted.*by optimizer", chain)
+    # under a person's request the same hops go one level deeper: the fourth is refused, not recorded
+    assert "may not go deeper" in capped and "the limit is 3" in capped
+    assert "→ refused" in capped.splitlines()[-1] and capped.count("\n  → D-") == 2
 
 
 async def test_delegate_from_the_host(start_fleet: FleetStarter, tmp_path: Path) -> None:
