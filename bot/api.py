@@ -196,6 +196,11 @@ class DelegationRecord(BaseModel):
     root: str = Field(description="The first delegation of its chain; itself when it hangs under none.")
     depth: int = Field(description="1 for a root, 2 for its child, …")
     cancelled_at: str | None = Field(default=None, description="When its chain was cancelled from here.")
+    needs: list[str] | None = Field(
+        default=None,
+        description="A routed delegation's capabilities (to: auto): if its agent does not admit it, another that has "
+        "them and is ready takes it. Null when the agent was named.",
+    )
 
     @classmethod
     def of(cls, delegation: Delegation) -> DelegationRecord:
@@ -1065,6 +1070,7 @@ class LoopbackApi:
             task=body.task,
             dry_run=body.dry_run,
             parent=body.parent,
+            needs=decided.needs if decided is not None else (),
         )
         decision = DecisionOut(allowed=result.decision.allowed, reason=result.decision.reason)
         if result.delegation is None:

@@ -122,7 +122,7 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
             print(f"route: {route.explanation}")
         result = await services.delegation.delegate(
             requester, agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run,
-            parent=_parent_of(args.parent),
+            parent=_parent_of(args.parent), needs=route.needs if route is not None else (),
         )  # fmt: skip
         delegation = result.delegation
         if delegation is not None and args.wait and not delegation.is_final:
@@ -143,6 +143,8 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
         print(f"dry run: {verdict}: {result.decision.reason}")
         print(json.dumps(result.payload, indent=2, ensure_ascii=False))
     else:
+        if route is not None and route.chosen != delegation.agent:
+            print(f"route: {route.chosen} did not admit it; routed again to {delegation.agent}")
         print(describe_delegation(delegation))
     if delegation is None:
         return 0 if result.decision.allowed else 1

@@ -90,6 +90,11 @@ class Delegation:
     root_id: int | None = None  # the first delegation of its chain; itself for a root
     depth: int = 1  # 1 for a root, 2 for its child, …
     cancelled_at: str | None = None  # `delegations cancel` stopped the chain from here (nothing new hangs under it)
+    needs: str | None = None  # a routed one (`auto`): the capabilities it needs, comma-separated; None when named
+
+    @property
+    def needed(self) -> tuple[str, ...]:
+        return tuple(self.needs.split(",")) if self.needs else ()
 
     @property
     def display_id(self) -> str:
@@ -129,6 +134,7 @@ class Delegation:
             "root": f"D-{self.root}",
             "depth": self.depth,
             "cancelled_at": self.cancelled_at,
+            "needs": list(self.needed) or None,
         }
 
 
@@ -136,8 +142,8 @@ _COLUMNS = ", ".join(f.name for f in Delegation.__dataclass_fields__.values())  
 _INSERT_DELEGATION = (
     "INSERT INTO delegations (idem_key, created_at, updated_at, requester_kind, requester, requester_user_id, via, "
     "front_end, agent, message, deliver, target, task, status, attempts, next_attempt_at, expires_at, workflow_step, "
-    "parent_id, root_id, depth) "
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}"
+    "parent_id, root_id, depth, needs) "
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'sending', 1, NULL, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}"
 )
 _WIDEST_ID = f"D-{2**63 - 1}"  # the size check counts the footer with the longest id SQLite can give
 
@@ -261,6 +267,9 @@ class DelegationService:
         self._unrecorded: dict[int, tuple[Delegation, str, float]] = {}
         # Told the agent's name when its gateway did not admit a hook in time (routing learns its cap from it).
         self.on_admission_timeout: Callable[[str], Awaitable[None]] | None = None
+        # A routed delegation its agent did not admit: another agent for it (RoutingService.reroute, wired by
+        # bot.services), told the delegation, why, and every agent tried; None to wait for the one it has.
+        self.rerouter: Callable[[Delegation, str, frozenset[str]], Awaitable[str | None]] | None = None
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -284,6 +293,7 @@ class DelegationService:
         directory: GuildDirectory | None = None,
         workflow_step: str | None = None,
         parent: int | str | None = None,
+        needs: tuple[str, ...] = (),
     ) -> DelegationResult:
         """Validate, authorize, record, then try to send once; the outbox retries what must be retried.
 
@@ -291,6 +301,8 @@ class DelegationService:
         command was typed in); it is the default target. `workflow_step` (`W-3/mesh#1`) is unique: a
         second delegation for the same attempt raises DuplicateWorkflowStep, and nothing is sent.
         `parent` (`D-12`) hangs it under a delegation the requesting agent received (a chain): see `_chain_link`.
+        `needs`: routing chose `agent` for these capabilities (`auto`); if it does not admit the work, another agent
+        that has them may take it (`_rerouted`).
         """
         if dry_run:
             name, text, delivery, hook = self._validated(agent, message, target, deliver, origin, directory)
@@ -309,7 +321,8 @@ class DelegationService:
         task_ref = await self._task_ref(task)
         # Recorded already claimed for its first attempt (`sending`, one trip to the database): from
         # here on, a crash leaves it to `recover`, which knows the request may have arrived.
-        recording = self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step, link)
+        recording = self._record(requester, name, text, deliver, delivery, task_ref, decision, workflow_step, link,
+                                 needs)  # fmt: skip
         delegation = await self._audited(requester, name, parent, recording)
         delegation = await self._send(self._config.require_agent(name), delegation)
         return DelegationResult(decision, self._delegation_hook(delegation).body(), delegation)
@@ -519,13 +532,14 @@ class DelegationService:
         decision: Decision,
         workflow_step: str | None = None,
         link: ChainLink | None = None,
+        needs: tuple[str, ...] = (),
     ) -> Delegation:
         now = self._clock()
         values = (
             uuid.uuid4().hex, iso(now), iso(now), requester.kind, requester.name, requester.user_id,
             requester.via, requester.front_end, agent, message, int(deliver), target, task,
             iso(now + self.retry_window), workflow_step,
-            *((link.parent_id, link.root_id, link.depth) if link else (None, None, 1)),
+            *((link.parent_id, link.root_id, link.depth) if link else (None, None, 1)), ",".join(needs) or None,
         )  # fmt: skip
         audited: dict[str, Any] = {}
         if link is not None:
@@ -819,8 +833,11 @@ class DelegationService:
             return await self.get(delegation.id)
         return await self._send(agent, replace(delegation, status="sending", attempts=delegation.attempts + 1))
 
-    async def _send(self, agent: AgentConfig, delegation: Delegation) -> Delegation:
-        """One attempt of a claimed delegation (`sending`; `attempts` counts this one), and its outcome."""
+    async def _send(
+        self, agent: AgentConfig, delegation: Delegation, tried: frozenset[str] = frozenset()
+    ) -> Delegation:
+        """One attempt of a claimed delegation (`sending`; `attempts` counts this one), and its outcome. `tried`: the
+        agents that did not admit it in this attempt (a routed delegation goes to another, never back)."""
         hook = self._delegation_hook(delegation)
         try:
             accepted = await self._gateway.send_agent_hook(agent, hook, idempotency_key=delegation.idem_key)
@@ -829,6 +846,12 @@ class DelegationService:
         except AgentUnavailable as exc:
             if isinstance(exc, AdmissionTimeout) and self.on_admission_timeout is not None:
                 await self.on_admission_timeout(agent.name)
+            # Not admitted: nothing started (a 503 admission timeout cancels the queued run: orchestration.md), so
+            # a routed delegation may go to another agent now.
+            if not exc.sent or isinstance(exc, AdmissionTimeout):
+                moved = await self._rerouted(delegation, exc.reason, tried | {agent.name})
+                if moved is not None:
+                    return await self._send(self._config.require_agent(moved.agent), moved, tried | {agent.name})
             if not exc.sent:
                 return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts))
             return await self._maybe_sent(delegation, exc.reason)
@@ -850,6 +873,30 @@ class DelegationService:
                 f"database could not record it ({str(exc).split(';')[0]}); do not send it again: it is recorded "
                 "as soon as the database answers"
             ) from None
+
+    async def _rerouted(self, delegation: Delegation, reason: str, tried: frozenset[str]) -> Delegation | None:
+        """A routed delegation its agent surely did not admit (503, connection refused), moved to the agent routing
+        chooses now among those not tried; None (it waits for its agent, as a named one does) when nobody else is
+        ready, it was named, a workflow step sent it (the run chose its agent), or its chain was cancelled."""
+        if self.rerouter is None or not delegation.needs or delegation.workflow_step is not None:
+            return None
+        try:
+            agent = await self.rerouter(delegation, reason, tried)
+        except AtomizerError as exc:  # the database, a probe: it waits for its agent, as before
+            log.warning("%s not routed again: %s", delegation.display_id, exc)
+            return None
+        if agent is None or agent in tried:
+            return None
+        rows = await self._store.returning(
+            f"UPDATE delegations SET agent = ?, updated_at = ? WHERE id = ? AND status = 'sending' "
+            f"AND cancelled_at IS NULL RETURNING {_COLUMNS}",
+            (agent, iso(self._clock()), delegation.id),
+        )
+        if not rows:
+            return None
+        log.info("%s: %s did not admit it (%s); routed again to %s", delegation.display_id, delegation.agent, reason,
+                 agent)  # fmt: skip
+        return _row_to_delegation(rows[0])
 
     async def _maybe_sent(self, delegation: Delegation, reason: str) -> Delegation:
         """The request may have arrived: retry only where a repeat replays the same run."""

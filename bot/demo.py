@@ -332,7 +332,7 @@ async def tour_routing_and_chains(settings: Settings, config: ClusterConfig, fle
         chosen, decision = await routing.resolve(ANTOINE, "auto", "meshing")
         assert decision is not None
         say(f"  route: {decision.explanation}")
-        result = await services.delegation.delegate(ANTOINE, chosen, "Mesh the M1 mirror")
+        result = await services.delegation.delegate(ANTOINE, chosen, "Mesh the M1 mirror", needs=decision.needs)
         assert result.delegation is not None
         say(f"  → {outcome(result.delegation)}")
 

@@ -72,6 +72,7 @@ async def open_services(
             routing = RoutingService(config, store, cluster)
             delegation.on_admission_timeout = routing.admission_timed_out  # the cap routing learns
             routing.chain_members = delegation.chain_members  # a routed sub-delegation skips its chain's agents
+            delegation.rerouter = routing.reroute  # a routed delegation its agent does not admit goes to another
             services = Services(
                 settings=settings,
                 config=config,

@@ -329,10 +329,12 @@ class Delegations(commands.Cog):
         message = instruction or ""
         if brief is not None:
             message = "\n\n".join(part for part in (message.strip(), await read_brief(brief)) if part)
-        result = await self.service.delegate(requester, agent, message, **options)
+        result = await self.service.delegate(requester, agent, message, needs=route.needs if route else (), **options)
         if result.delegation is None:  # only a dry run has none
             raise RuntimeError("the delegation service returned no delegation")
         said = f"route: {safe(route.explanation, 500, self.bot)}" if route is not None else None
+        if route is not None and route.chosen != result.delegation.agent:
+            said = f"{said}\n{route.chosen} did not admit it; routed again to {result.delegation.agent}"
         await self.send_outcome(interaction, result.delegation, content=said)
 
     async def send_outcome(

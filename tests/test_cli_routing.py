@@ -93,3 +93,20 @@ async def test_a_request_that_cannot_be_sent_is_refused_before_anyone_is_chosen(
     with sqlite3.connect(tmp_path / "atomizer.db") as db:
         assert db.execute("SELECT count(*) FROM audit_log WHERE action = 'route'").fetchone() == (0,)
     assert fleet.received() == []
+
+
+async def test_delegate_auto_says_when_the_chosen_agent_did_not_admit_it_and_who_took_it(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    config, fleet = await start_fleet(specs={"study-builder": {"busy": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('capabilities = ["study-setup"]', 'capabilities = ["study-setup", "meshing"]', 1))
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    code, out, err = await run_cli(*base, "delegate", "auto", "Mesh the M2 mirror", "--needs", "meshing", env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("route: study-builder: has meshing; ready")
+    assert lines[1] == "route: study-builder did not admit it; routed again to nx-expert"
+    assert lines[2].startswith("D-1 to nx-expert: accepted")
+    assert [hook.agent for hook in fleet.received()] == ["nx-expert"]

@@ -320,3 +320,61 @@ async def test_a_routed_sub_delegation_never_goes_back_up_its_chain(
     assert decision.chosen == "study-builder"
     assert decision.row("optimizer").refusals["authority"] == "optimizer is in chain D-1 already (no loops)"
     assert (await routing.resolve(webster, "auto", ["optimization"], parent="D-2"))[0] == "study-builder"
+
+
+# --- routed again when the chosen agent does not take it ----------------------------------------------
+
+
+def routing_where(services: Services, **capabilities: tuple[str, ...]) -> RoutingService:
+    """The services' routing, on a fleet where the named agents declare these capabilities; wired as bot.services
+    wires the real one (the delegation service asks it again when an agent does not admit a routed delegation)."""
+    agents = [a.model_copy(update={"capabilities": capabilities.get(a.name, a.capabilities)})
+              for a in services.config.agents]  # fmt: skip
+    routing = RoutingService(services.config.model_copy(update={"agents": agents}), services.store, services.cluster)
+    routing.chain_members = services.delegation.chain_members
+    services.delegation.on_admission_timeout = routing.admission_timed_out
+    services.delegation.rerouter = routing.reroute
+    return routing
+
+
+async def test_a_routed_delegation_its_agent_does_not_admit_goes_to_another_that_can(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    """study-builder (first in the config, so chosen) answers 503: not admitted, so nothing was started there; the
+    delegation goes to nx-expert, the other agent with meshing, instead of waiting. Both decisions are audited."""
+    services, fleet = await services_on_fleet(specs={"study-builder": {"busy": True}})
+    routing = routing_where(services, **{"study-builder": ("study-setup", "meshing")})
+    agent, decision = await routing.resolve(ALICE, "auto", ["meshing"])
+    assert agent == "study-builder" and decision is not None
+    result = await services.delegation.delegate(ALICE, agent, "Mesh the bracket", deliver=False, needs=decision.needs)
+    delegation = result.delegation
+    assert delegation is not None and (delegation.agent, delegation.status) == ("nx-expert", "accepted")
+    assert delegation.to_dict()["needs"] == ["meshing"] and delegation.attempts == 1
+    assert [hook.agent for hook in fleet.received()] == ["nx-expert"]
+    rows = await services.store.fetchall("SELECT subject, detail FROM audit_log WHERE action = 'route' ORDER BY id")
+    assert [row["subject"] for row in rows] == ["study-builder", "nx-expert"]
+    again = json.loads(rows[1]["detail"])
+    assert again["delegation"] == "D-1" and again["rerouted_from"] == "study-builder" and "503" in again["why"]
+    refusals = next(row for row in again["table"] if row["agent"] == "study-builder")["refusals"]
+    assert refusals["authority"].startswith("did not admit D-1: ")
+
+
+async def test_with_nobody_else_ready_it_waits_for_its_agent_and_a_named_one_always_does(
+    services_on_fleet: ServicesOnFleet,
+) -> None:
+    services, fleet = await services_on_fleet(specs={"nx-expert": {"busy": True}, "study-builder": {"down": True}})
+    routing = routing_where(services, **{"study-builder": ("study-setup", "meshing")})
+    agent, decision = await routing.resolve(ALICE, "auto", ["meshing"])
+    assert agent == "nx-expert" and decision is not None  # study-builder is down: not ready
+    routed = await services.delegation.delegate(ALICE, agent, "Mesh it", deliver=False, needs=decision.needs)
+    assert routed.delegation is not None and (routed.delegation.agent, routed.delegation.status) == (
+        "nx-expert", "queued"
+    )  # fmt: skip
+    await fleet.bring_up("study-builder")
+    named = await services.delegation.delegate(ALICE, "nx-expert", "Mesh that", deliver=False)  # named: no needs
+    assert named.delegation is not None and (named.delegation.agent, named.delegation.status) == (
+        "nx-expert", "queued"
+    )  # fmt: skip
+    assert fleet.received() == []
+    rows = await services.store.fetchall("SELECT subject FROM audit_log WHERE action = 'route'")
+    assert [row["subject"] for row in rows] == ["nx-expert"]  # the one decision; no second for either

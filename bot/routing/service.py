@@ -11,10 +11,10 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.audit import audit_row
-from bot.authz import Requester
+from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, parse_iso, short_time, utcnow
 from bot.cluster import AgentStatus, ClusterService
 from bot.config import ClusterConfig
@@ -25,6 +25,9 @@ from bot.routing.router import RouteDecision, authority_of, decide
 from bot.routing.snapshot import ACCEPTED_COUNTS_FOR_S, RECENT, AgentFacts, Snapshot
 from bot.routing.table import table_lines
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.delegation import Delegation
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
@@ -93,10 +96,12 @@ class RoutingService:
         affinity_agent: str | None = None,
         *,
         parent: str | None = None,
+        excluded: dict[str, str] | None = None,
     ) -> RouteDecision:
         """The decision as it would be made now, not audited (`atomizer-hq route`, /route, `workflow plan`).
-        `parent`: the work hangs under that delegation, so the agents already in its chain are left out."""
-        excluded = await self._chain_excluded(parent) if parent else None
+        `parent`: the work hangs under that delegation, so the agents already in its chain are left out; so are
+        `excluded` ones (agent -> why)."""
+        excluded = {**(await self._chain_excluded(parent) if parent else {}), **(excluded or {})}
         snapshot = await self.snapshot()
         return decide(snapshot, requester.name, tuple(needs), authority_of(self._config, requester),
                       affinity_agent=affinity_agent, excluded=excluded)  # fmt: skip
@@ -125,6 +130,29 @@ class RoutingService:
         if decision.chosen is None:
             raise NobodyEligible(decision)
         return decision
+
+    async def reroute(self, delegation: Delegation, why: str, tried: frozenset[str]) -> str | None:
+        """Another agent for a routed delegation that `tried` did not admit (a 503, a refused connection): the best
+        eligible one that is ready now, audited like any decision; None (it waits for its agent) when there is none.
+        """
+        person = AccessLevel.OPERATOR  # it was allowed to delegate when recorded; a person's authority is a level
+        requester = Requester(kind=delegation.requester_kind, name=delegation.requester,  # type: ignore[arg-type]
+                              front_end=delegation.front_end,  # type: ignore[arg-type]
+                              level=AccessLevel.NONE if delegation.requester_kind == "agent" else person,
+                              user_id=delegation.requester_user_id, via=delegation.via)  # fmt: skip
+        excluded = {agent: f"did not admit {delegation.display_id}" for agent in tried}
+        excluded[delegation.agent] = f"did not admit {delegation.display_id}: {why}"
+        parent = f"D-{delegation.parent_id}" if delegation.parent_id is not None else None
+        decision = await self.preview(requester, delegation.needed, parent=parent, excluded=excluded)
+        if decision.chosen is None or decision.queued:
+            log.info("%s waits for %s: no other agent with %s is ready", delegation.display_id, delegation.agent,
+                     ", ".join(decision.needs))  # fmt: skip
+            return None
+        detail = {"delegation": delegation.display_id, "rerouted_from": delegation.agent, "why": why,
+                  **decision.to_dict()}  # fmt: skip
+        row = audit_row(requester, "route", decision.chosen, "allowed", detail, self._clock())
+        await self._store.atomically(lambda conn: conn.execute(*row))
+        return decision.chosen
 
     async def resolve(
         self,
