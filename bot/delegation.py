@@ -267,9 +267,12 @@ class DelegationService:
         self._unrecorded: dict[int, tuple[Delegation, str, float]] = {}
         # Told the agent's name when its gateway did not admit a hook in time (routing learns its cap from it).
         self.on_admission_timeout: Callable[[str], Awaitable[None]] | None = None
-        # A routed delegation its agent did not admit: another agent for it (RoutingService.reroute, wired by
-        # bot.services), told the delegation, why, and every agent tried; None to wait for the one it has.
-        self.rerouter: Callable[[Delegation, str, frozenset[str]], Awaitable[str | None]] | None = None
+        # A routed delegation its agent did not admit: another agent for it and why (RoutingService.reroute, wired
+        # by bot.services), told the delegation, why, and every agent tried; None to wait for the one it has.
+        self.rerouter: Callable[[Delegation, str, frozenset[str]], Awaitable[tuple[str, str] | None]] | None = None
+        # Run inside the transaction that moves it (the workflow engine's step follows its delegation's agent):
+        # given the connection, the delegation as moved, and why in words.
+        self.on_rerouted: Callable[[sqlite3.Connection, Delegation, str], None] | None = None
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -877,26 +880,36 @@ class DelegationService:
     async def _rerouted(self, delegation: Delegation, reason: str, tried: frozenset[str]) -> Delegation | None:
         """A routed delegation its agent surely did not admit (503, connection refused), moved to the agent routing
         chooses now among those not tried; None (it waits for its agent, as a named one does) when nobody else is
-        ready, it was named, a workflow step sent it (the run chose its agent), or its chain was cancelled."""
-        if self.rerouter is None or not delegation.needs or delegation.workflow_step is not None:
+        ready, it was named, or its chain was cancelled. A workflow step's moves with it (`on_rerouted`)."""
+        if self.rerouter is None or not delegation.needs:
             return None
         try:
-            agent = await self.rerouter(delegation, reason, tried)
+            chosen = await self.rerouter(delegation, reason, tried)
         except AtomizerError as exc:  # the database, a probe: it waits for its agent, as before
             log.warning("%s not routed again: %s", delegation.display_id, exc)
             return None
-        if agent is None or agent in tried:
+        if chosen is None or chosen[0] in tried:
             return None
-        rows = await self._store.returning(
-            f"UPDATE delegations SET agent = ?, updated_at = ? WHERE id = ? AND status = 'sending' "
-            f"AND cancelled_at IS NULL RETURNING {_COLUMNS}",
-            (agent, iso(self._clock()), delegation.id),
-        )
-        if not rows:
-            return None
-        log.info("%s: %s did not admit it (%s); routed again to %s", delegation.display_id, delegation.agent, reason,
-                 agent)  # fmt: skip
-        return _row_to_delegation(rows[0])
+        agent, explanation = chosen
+        why = f"{delegation.agent} did not admit it ({reason}); {explanation}"
+
+        def move(conn: sqlite3.Connection) -> Delegation | None:
+            rows = conn.execute(
+                f"UPDATE delegations SET agent = ?, updated_at = ? WHERE id = ? AND status = 'sending' "
+                f"AND cancelled_at IS NULL RETURNING {_COLUMNS}",
+                (agent, iso(self._clock()), delegation.id),
+            ).fetchall()
+            if not rows:
+                return None
+            moved = _row_to_delegation(rows[0])
+            if self.on_rerouted is not None:
+                self.on_rerouted(conn, moved, why)
+            return moved
+
+        moved = await self._store.atomically(move)
+        if moved is not None:
+            log.info("%s routed again: %s", delegation.display_id, why)
+        return moved
 
     async def _maybe_sent(self, delegation: Delegation, reason: str) -> Delegation:
         """The request may have arrived: retry only where a repeat replays the same run."""

@@ -112,6 +112,33 @@ async def test_affinity_prefers_the_agent_of_the_named_earlier_step(fleet_with: 
     )
 
 
+async def test_a_routed_step_its_agent_does_not_admit_goes_to_another_and_the_step_follows(
+    fleet_with: Opener, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """study-builder (first in the config with fea here) answers 503: the step's delegation goes to nx-expert, and the
+    step's agent with it (in the same transaction): nx-expert's result is the step's, and workflow show says why."""
+    services, fleet = await fleet_with(extra={"study-builder": ["fea"]}, specs={"study-builder": {"busy": True}})
+    engine = services.workflows
+    run = await engine.start(ANTOINE, study(), {})
+    await engine.report_result(Requester(kind="agent", name="webster", front_end="api"), run.display_id, "material",
+                               ok=True, output="CTE", source="api")  # fmt: skip
+    detail = await engine.get(run.display_id)
+    fea = detail.step("fea")
+    assert (fea.status, fea.agent) == ("running", "nx-expert")
+    assert [h.agent for h in fleet.received() if h.body.get("message", "").startswith("FEA")] == ["nx-expert"]
+    why = detail.routed(fea) or ""
+    assert why.startswith("study-builder did not admit it (the gateway answered HTTP 503")
+    assert why.endswith("; nx-expert: has fea; ready; 0 in flight; no delegations yet")
+    print_detail(detail, as_json=False)
+    assert f"    routed: {why}" in capsys.readouterr().out
+    with pytest.raises(NotAllowed):  # the agent it left has no say in the step any more
+        await engine.report_result(Requester(kind="agent", name="study-builder", front_end="api"), run.display_id,
+                                   "fea", ok=True, output="mine", source="api")  # fmt: skip
+    await engine.report_result(Requester(kind="agent", name="nx-expert", front_end="api"), run.display_id, "fea",
+                               ok=True, output="max stress 12 MPa", source="api")  # fmt: skip
+    assert (await engine.get(run.display_id)).run.status == "succeeded"
+
+
 async def test_a_routed_step_nobody_can_take_fails_saying_why(fleet_with: Opener) -> None:
     services, _ = await fleet_with()
     await services.monitor.silence(ROOT, "nx-expert", 3600)

@@ -131,10 +131,10 @@ class RoutingService:
             raise NobodyEligible(decision)
         return decision
 
-    async def reroute(self, delegation: Delegation, why: str, tried: frozenset[str]) -> str | None:
+    async def reroute(self, delegation: Delegation, why: str, tried: frozenset[str]) -> tuple[str, str] | None:
         """Another agent for a routed delegation that `tried` did not admit (a 503, a refused connection): the best
-        eligible one that is ready now, audited like any decision; None (it waits for its agent) when there is none.
-        """
+        eligible one that is ready now, audited like any decision, with its explanation; None (it waits for its agent)
+        when there is none."""
         person = AccessLevel.OPERATOR  # it was allowed to delegate when recorded; a person's authority is a level
         requester = Requester(kind=delegation.requester_kind, name=delegation.requester,  # type: ignore[arg-type]
                               front_end=delegation.front_end,  # type: ignore[arg-type]
@@ -152,7 +152,7 @@ class RoutingService:
                   **decision.to_dict()}  # fmt: skip
         row = audit_row(requester, "route", decision.chosen, "allowed", detail, self._clock())
         await self._store.atomically(lambda conn: conn.execute(*row))
-        return decision.chosen
+        return decision.chosen, decision.explanation
 
     async def resolve(
         self,

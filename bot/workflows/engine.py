@@ -57,6 +57,7 @@ from bot.workflows.store import (
     event_statement,
     move_statement,
     parse_run_id,
+    parse_step_key,
     step_key,
 )
 from bot.workflows.templating import references, render
@@ -221,6 +222,7 @@ class WorkflowEngine:
         self._config = config
         self.tables = WorkflowStore(store)
         self._delegation = delegation
+        delegation.on_rerouted = self._step_follows  # a routed step keeps its agent with its delegation
         self._gateway = gateway
         self._clock = clock
         self.catalog = catalog
@@ -553,7 +555,7 @@ class WorkflowEngine:
                 agent = spec.agent or await self._route(run, spec, key)
                 result = await self._delegation.delegate(
                     self._starter(run), agent, message, target=target, deliver=deliver, origin=run.origin,
-                    workflow_step=key, task=spec.task,
+                    workflow_step=key, task=spec.task, needs=tuple(spec.route.needs) if spec.route else (),
                 )  # fmt: skip
                 delegation = result.delegation
             except DuplicateWorkflowStep:
@@ -583,6 +585,20 @@ class WorkflowEngine:
         step = await self.tables.step(run.id, spec.id)
         if step is not None and step.status == "running":
             await self._sync(run, step, delegation)
+
+    def _step_follows(self, conn: sqlite3.Connection, delegation: Delegation, why: str) -> None:
+        """A routed step's delegation went to another agent (the one chosen did not admit it): in the same
+        transaction the step's agent follows, with a `routed` event saying why (`workflow show`'s routed: line)."""
+        parsed = parse_step_key(delegation.workflow_step) if delegation.workflow_step else None
+        if parsed is None:
+            return
+        run_id, step_id, attempt = parsed
+        conn.execute(
+            "UPDATE workflow_steps SET agent = ? WHERE run_id = ? AND step_id = ? AND attempt = ?",
+            (delegation.agent, run_id, step_id, attempt),
+        )
+        detail = {"agent": delegation.agent, "why": why}
+        conn.execute(*event_statement(run_id, step_id, self._clock(), "atomizer-hq", "routed", detail))
 
     async def _route(self, run: RunRow, spec: AgentStep, key: str) -> str:
         """A `route:` step's agent, chosen now (audited, with the table) and recorded on the step; NobodyEligible

@@ -67,6 +67,16 @@ def step_key(run_id: int, step_id: str, attempt: int) -> str:
     return f"W-{run_id}/{step_id}#{attempt}"
 
 
+def parse_step_key(key: str) -> tuple[int, str, int] | None:
+    """`W-3/mesh#1` -> (3, "mesh", 1); None for anything else (a follow-up's `W-3/mesh#1/stop`)."""
+    run, slash, rest = key.partition("/")
+    step_id, mark, attempt = rest.partition("#")
+    number = run.removeprefix("W-")
+    if not (slash and mark and number.isdigit() and attempt.isdigit()):
+        return None
+    return int(number), step_id, int(attempt)
+
+
 @dataclass(frozen=True)
 class RunRow:
     id: int
