@@ -62,7 +62,9 @@ def settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def services(settings: Settings, shipped_config: ClusterConfig) -> AsyncIterator[Services]:
-    async with open_services(settings, shipped_config) as opened:
+    """Real services on a fleet that is down: ports nothing listens on, never the shipped ones (where the real fleet
+    may run on the machine the tests run on)."""
+    async with open_services(settings, shipped_config.relocated(free_ports(8), 4)) as opened:
         yield opened
 
 
