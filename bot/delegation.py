@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
-from bot.audit import audit_row
+from bot.audit import Statement, audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, utcnow
 from bot.config import HOOK_BODY_LIMIT, AgentConfig, ClusterConfig
@@ -91,6 +91,7 @@ class Delegation:
     depth: int = 1  # 1 for a root, 2 for its child, …
     cancelled_at: str | None = None  # `delegations cancel` stopped the chain from here (nothing new hangs under it)
     needs: str | None = None  # a routed one (`auto`): the capabilities it needs, comma-separated; None when named
+    pinned: bool = False  # a request may have reached its agent: it never moves to another (`_rerouted`)
 
     @property
     def needed(self) -> tuple[str, ...]:
@@ -180,7 +181,18 @@ def _is_stop(workflow_step: str | None) -> bool:
 def _row_to_delegation(row: Any) -> Delegation:
     values = dict(row)
     values["deliver"] = bool(values["deliver"])
+    values["pinned"] = bool(values["pinned"])
     return Delegation(**values)
+
+
+@dataclass(frozen=True)
+class Reroute:
+    """Routing's answer for a routed delegation its agent did not admit: the agent, why, and the decision's audit
+    row (written in the transaction that moves the delegation, so the trail never names a move that did not happen)."""
+
+    agent: str
+    explanation: str
+    audit: Statement
 
 
 @dataclass(frozen=True)
@@ -267,12 +279,13 @@ class DelegationService:
         self._unrecorded: dict[int, tuple[Delegation, str, float]] = {}
         # Told the agent's name when its gateway did not admit a hook in time (routing learns its cap from it).
         self.on_admission_timeout: Callable[[str], Awaitable[None]] | None = None
-        # A routed delegation its agent did not admit: another agent for it and why (RoutingService.reroute, wired
-        # by bot.services), told the delegation, why, and every agent tried; None to wait for the one it has.
-        self.rerouter: Callable[[Delegation, str, frozenset[str]], Awaitable[tuple[str, str] | None]] | None = None
-        # Run inside the transaction that moves it (the workflow engine's step follows its delegation's agent):
-        # given the connection, the delegation as moved, and why in words.
+        # A routed delegation its agent did not admit: another agent for it (RoutingService.reroute, wired by
+        # bot.services), told the delegation, why, and every agent tried; None to wait for the one it has.
+        self.rerouter: Callable[[Delegation, str, frozenset[str]], Awaitable[Reroute | None]] | None = None
+        # The workflow engine's step follows its delegation's agent: `on_rerouted` runs inside the transaction that
+        # moves it (the connection, the delegation as moved, why in words), `after_rerouted` once it is committed.
         self.on_rerouted: Callable[[sqlite3.Connection, Delegation, str], None] | None = None
+        self.after_rerouted: Callable[[Delegation], Awaitable[None]] | None = None
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -849,13 +862,14 @@ class DelegationService:
         except AgentUnavailable as exc:
             if isinstance(exc, AdmissionTimeout) and self.on_admission_timeout is not None:
                 await self.on_admission_timeout(agent.name)
-            # Not admitted: nothing started (a 503 admission timeout cancels the queued run: orchestration.md), so
-            # a routed delegation may go to another agent now.
-            if not exc.sent or isinstance(exc, AdmissionTimeout):
-                moved = await self._rerouted(delegation, exc.reason, tried | {agent.name})
+            # Not admitted, so nothing started: a refused connection, or 2026.9.6's 503 after its 15 s admission
+            # wait (the gateway cancels the queued run: orchestration.md). A routed delegation may go elsewhere now.
+            admission = isinstance(exc, AdmissionTimeout) and self._gateway.honours_idempotency(agent.name) is True
+            if not exc.sent or admission:
+                tried = tried | {agent.name}
+                moved = await self._rerouted(delegation, exc.reason, tried)
                 if moved is not None:
-                    return await self._send(self._config.require_agent(moved.agent), moved, tried | {agent.name})
-            if not exc.sent:
+                    return await self._send(self._config.require_agent(moved.agent), moved, tried)
                 return await self._requeue(delegation, exc.reason, self._backoff(delegation.attempts))
             return await self._maybe_sent(delegation, exc.reason)
         except GatewayProtocolError as exc:
@@ -880,39 +894,47 @@ class DelegationService:
     async def _rerouted(self, delegation: Delegation, reason: str, tried: frozenset[str]) -> Delegation | None:
         """A routed delegation its agent surely did not admit (503, connection refused), moved to the agent routing
         chooses now among those not tried; None (it waits for its agent, as a named one does) when nobody else is
-        ready, it was named, or its chain was cancelled. A workflow step's moves with it (`on_rerouted`)."""
-        if self.rerouter is None or not delegation.needs:
+        ready, it was named, it may have reached an agent before (pinned), its chain was cancelled, or its workflow
+        step ended meanwhile. A workflow step's agent moves with it (`on_rerouted`)."""
+        if self.rerouter is None or not delegation.needs or delegation.pinned:
             return None
         try:
             chosen = await self.rerouter(delegation, reason, tried)
         except AtomizerError as exc:  # the database, a probe: it waits for its agent, as before
             log.warning("%s not routed again: %s", delegation.display_id, exc)
             return None
-        if chosen is None or chosen[0] in tried:
+        if chosen is None:
             return None
-        agent, explanation = chosen
-        why = f"{delegation.agent} did not admit it ({reason}); {explanation}"
+        why = f"{delegation.agent} did not admit it ({reason}); {chosen.explanation}"
 
         def move(conn: sqlite3.Connection) -> Delegation | None:
             rows = conn.execute(
-                f"UPDATE delegations SET agent = ?, updated_at = ? WHERE id = ? AND status = 'sending' "
-                f"AND cancelled_at IS NULL RETURNING {_COLUMNS}",
-                (agent, iso(self._clock()), delegation.id),
+                f"UPDATE delegations SET agent = ?, updated_at = ? WHERE id = ? AND status = 'sending' AND pinned = 0 "
+                f"AND cancelled_at IS NULL AND {_STEP_UNDER_WAY} RETURNING {_COLUMNS}",
+                (chosen.agent, iso(self._clock()), delegation.id),
             ).fetchall()
             if not rows:
                 return None
             moved = _row_to_delegation(rows[0])
+            conn.execute(*chosen.audit)
             if self.on_rerouted is not None:
                 self.on_rerouted(conn, moved, why)
             return moved
 
         moved = await self._store.atomically(move)
-        if moved is not None:
-            log.info("%s routed again: %s", delegation.display_id, why)
+        if moved is None:
+            return None
+        log.info("%s routed again: %s", delegation.display_id, why)
+        if self.after_rerouted is not None:
+            await self.after_rerouted(moved)
         return moved
 
     async def _maybe_sent(self, delegation: Delegation, reason: str) -> Delegation:
-        """The request may have arrived: retry only where a repeat replays the same run."""
+        """The request may have arrived: retry only where a repeat replays the same run. From now on it stays with
+        this agent (pinned): a later try that is refused must not hand work the agent may have to another."""
+        if delegation.needs and not delegation.pinned:
+            await self._store.update("UPDATE delegations SET pinned = 1 WHERE id = ?", (delegation.id,))
+            delegation = replace(delegation, pinned=True)
         if self._gateway.honours_idempotency(delegation.agent) is None:
             await self._gateway.readiness(self._config.require_agent(delegation.agent))
         if self._gateway.honours_idempotency(delegation.agent):

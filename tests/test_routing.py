@@ -11,14 +11,18 @@ from typing import Any
 import pytest
 
 from bot.authz import AccessLevel, Requester
-from bot.config import ClusterConfig, parse_cluster_config
+from bot.config import ClusterConfig, GatewayConfig, parse_cluster_config
+from bot.delegation import DelegationService
 from bot.errors import ConfigError, InvalidInput
+from bot.gateway import GatewayClient
 from bot.routing.capabilities import normalize, parse_needs
 from bot.routing.router import authority_of, decide
 from bot.routing.service import NobodyEligible, RoutingService, UnknownCapability
 from bot.routing.snapshot import AgentFacts, Snapshot
 from bot.routing.table import table_lines
 from bot.services import Services
+from bot.simulator import RELEASE_LEGACY
+from tests.clocks import FakeClock
 from tests.conftest import ServicesOnFleet
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -359,22 +363,67 @@ async def test_a_routed_delegation_its_agent_does_not_admit_goes_to_another_that
     assert refusals["authority"].startswith("did not admit D-1: ")
 
 
-async def test_with_nobody_else_ready_it_waits_for_its_agent_and_a_named_one_always_does(
+async def test_with_nobody_else_ready_it_waits_then_moves_when_one_is_and_a_named_one_never_does(
     services_on_fleet: ServicesOnFleet,
 ) -> None:
     services, fleet = await services_on_fleet(specs={"nx-expert": {"busy": True}, "study-builder": {"down": True}})
     routing = routing_where(services, **{"study-builder": ("study-setup", "meshing")})
+    clock = FakeClock()
+    service = DelegationService(services.config, services.store, services.gateway, clock=clock)
+    service.rerouter = routing.reroute
     agent, decision = await routing.resolve(ALICE, "auto", ["meshing"])
     assert agent == "nx-expert" and decision is not None  # study-builder is down: not ready
-    routed = await services.delegation.delegate(ALICE, agent, "Mesh it", deliver=False, needs=decision.needs)
-    assert routed.delegation is not None and (routed.delegation.agent, routed.delegation.status) == (
-        "nx-expert", "queued"
-    )  # fmt: skip
-    await fleet.bring_up("study-builder")
-    named = await services.delegation.delegate(ALICE, "nx-expert", "Mesh that", deliver=False)  # named: no needs
-    assert named.delegation is not None and (named.delegation.agent, named.delegation.status) == (
-        "nx-expert", "queued"
-    )  # fmt: skip
+    routed = await service.delegate(ALICE, agent, "Mesh it", deliver=False, needs=decision.needs)
+    named = await service.delegate(ALICE, "nx-expert", "Mesh that", deliver=False)  # named: no needs
+    for result in (routed, named):
+        assert result.delegation is not None
+        assert (result.delegation.agent, result.delegation.status) == ("nx-expert", "queued")
     assert fleet.received() == []
-    rows = await services.store.fetchall("SELECT subject FROM audit_log WHERE action = 'route'")
-    assert [row["subject"] for row in rows] == ["nx-expert"]  # the one decision; no second for either
+
+    # study-builder is back; nx-expert still cannot admit: the routed one moves on its next try, the named one waits.
+    await fleet.bring_up("study-builder")
+    clock.advance(30)
+    await service.process_due()
+    assert routed.delegation is not None and named.delegation is not None
+    moved, stayed = await service.get(routed.delegation.id), await service.get(named.delegation.id)
+    assert (moved.agent, moved.status) == ("study-builder", "accepted")
+    assert (stayed.agent, stayed.status) == ("nx-expert", "queued")
+    assert [hook.agent for hook in fleet.received()] == ["study-builder"]
+
+
+async def test_a_delegation_that_may_have_reached_its_agent_never_moves(services_on_fleet: ServicesOnFleet) -> None:
+    """study-builder's first answer comes too late (the request went out: it may be working on it); its gateway is
+    then down. The retry is refused, but the work stays with study-builder: never a second agent on it."""
+    services, fleet = await services_on_fleet(specs={"study-builder": {"reply_delay_ms": 3000}})
+    routing = routing_where(services, **{"study-builder": ("study-setup", "meshing")})
+    clock = FakeClock()
+    gateway = GatewayClient(services.http, services.settings.hooks_token_for, GatewayConfig(read_timeout=0.3))
+    service = DelegationService(services.config, services.store, gateway, clock=clock)
+    service.rerouter = routing.reroute
+    agent, decision = await routing.resolve(ALICE, "auto", ["meshing"])
+    assert agent == "study-builder" and decision is not None
+    result = await service.delegate(ALICE, agent, "Mesh it", deliver=False, needs=decision.needs)
+    assert result.delegation is not None and result.delegation.status == "queued"
+    await fleet.take_down("study-builder")
+    clock.advance(30)
+    await service.process_due()  # connection refused now; the first request may still have arrived
+    delegation = await service.get(result.delegation.id)
+    assert (delegation.agent, delegation.status, delegation.pinned) == ("study-builder", "queued", True)
+    assert [hook.agent for hook in fleet.received()] == ["study-builder"]
+    assert [row["subject"] for row in await services.store.fetchall(
+        "SELECT subject FROM audit_log WHERE action = 'route'")] == ["study-builder"]  # fmt: skip
+
+
+async def test_a_503_from_a_gateway_without_idempotency_keys_moves_nothing(services_on_fleet: ServicesOnFleet) -> None:
+    """Only 2026.9.6's 503 after its admission wait is known to cancel the queued run; any other 503 may have started
+    it, so the delegation stays (unconfirmed on a gateway that cannot replay it)."""
+    services, fleet = await services_on_fleet(
+        release={"study-builder": RELEASE_LEGACY}, specs={"study-builder": {"busy": True}}
+    )
+    routing = routing_where(services, **{"study-builder": ("study-setup", "meshing")})
+    agent, decision = await routing.resolve(ALICE, "auto", ["meshing"])
+    assert agent == "study-builder" and decision is not None
+    result = await services.delegation.delegate(ALICE, agent, "Mesh it", deliver=False, needs=decision.needs)
+    assert result.delegation is not None
+    assert (result.delegation.agent, result.delegation.status) == ("study-builder", "unconfirmed")
+    assert fleet.received() == []

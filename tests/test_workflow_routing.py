@@ -139,6 +139,29 @@ async def test_a_routed_step_its_agent_does_not_admit_goes_to_another_and_the_st
     assert (await engine.get(run.display_id)).run.status == "succeeded"
 
 
+async def test_a_routed_step_that_ended_while_its_agent_answered_503_moves_nowhere(
+    fleet_with: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 comes after the gateway's 15 s admission wait; the step may have ended meanwhile (its deadline, a
+    cancel). Its work then goes to nobody else: the step is over."""
+    services, fleet = await fleet_with(extra={"study-builder": ["fea"]}, specs={"study-builder": {"busy": True}})
+    engine = services.workflows
+    send = services.gateway.send_agent_hook
+
+    async def step_ends_during_the_wait(agent: Any, hook: Any, **kwargs: Any) -> Any:
+        if agent.name == "study-builder":
+            await services.store.execute("UPDATE workflow_steps SET status = 'timed_out' WHERE step_id = 'fea'")
+        return await send(agent, hook, **kwargs)
+
+    monkeypatch.setattr(services.gateway, "send_agent_hook", step_ends_during_the_wait)
+    run = await engine.start(ANTOINE, study(), {})
+    await engine.report_result(Requester(kind="agent", name="webster", front_end="api"), run.display_id, "material",
+                               ok=True, output="CTE", source="api")  # fmt: skip
+    assert [h.agent for h in fleet.received() if h.body.get("message", "").startswith("FEA")] == []
+    [delegation] = [d for d in await services.delegation.recent(limit=10) if d.workflow_step == "W-1/fea#1"]
+    assert delegation.agent == "study-builder"
+
+
 async def test_a_routed_step_nobody_can_take_fails_saying_why(fleet_with: Opener) -> None:
     services, _ = await fleet_with()
     await services.monitor.silence(ROOT, "nx-expert", 3600)

@@ -11,13 +11,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.audit import audit_row
 from bot.authz import AccessLevel, Requester
 from bot.clock import Clock, iso, parse_iso, short_time, utcnow
 from bot.cluster import AgentStatus, ClusterService
 from bot.config import ClusterConfig
+from bot.delegation import Delegation, Reroute
 from bot.errors import InvalidInput, StoreError
 from bot.monitor import BAD_STATES
 from bot.routing.capabilities import closest, parse_needs
@@ -25,9 +26,6 @@ from bot.routing.router import RouteDecision, authority_of, decide
 from bot.routing.snapshot import ACCEPTED_COUNTS_FOR_S, RECENT, AgentFacts, Snapshot
 from bot.routing.table import table_lines
 from bot.store import Store
-
-if TYPE_CHECKING:
-    from bot.delegation import Delegation
 
 log = logging.getLogger(__name__)
 AUTO = "auto"
@@ -131,10 +129,10 @@ class RoutingService:
             raise NobodyEligible(decision)
         return decision
 
-    async def reroute(self, delegation: Delegation, why: str, tried: frozenset[str]) -> tuple[str, str] | None:
+    async def reroute(self, delegation: Delegation, why: str, tried: frozenset[str]) -> Reroute | None:
         """Another agent for a routed delegation that `tried` did not admit (a 503, a refused connection): the best
-        eligible one that is ready now, audited like any decision, with its explanation; None (it waits for its agent)
-        when there is none."""
+        eligible one that is ready now, with its explanation and its audit row (written with the move); None (it
+        waits for its agent) when there is none."""
         person = AccessLevel.OPERATOR  # it was allowed to delegate when recorded; a person's authority is a level
         requester = Requester(kind=delegation.requester_kind, name=delegation.requester,  # type: ignore[arg-type]
                               front_end=delegation.front_end,  # type: ignore[arg-type]
@@ -151,8 +149,7 @@ class RoutingService:
         detail = {"delegation": delegation.display_id, "rerouted_from": delegation.agent, "why": why,
                   **decision.to_dict()}  # fmt: skip
         row = audit_row(requester, "route", decision.chosen, "allowed", detail, self._clock())
-        await self._store.atomically(lambda conn: conn.execute(*row))
-        return decision.chosen, decision.explanation
+        return Reroute(decision.chosen, decision.explanation, row)
 
     async def resolve(
         self,

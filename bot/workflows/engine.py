@@ -223,6 +223,7 @@ class WorkflowEngine:
         self.tables = WorkflowStore(store)
         self._delegation = delegation
         delegation.on_rerouted = self._step_follows  # a routed step keeps its agent with its delegation
+        delegation.after_rerouted = self._step_followed
         self._gateway = gateway
         self._clock = clock
         self.catalog = catalog
@@ -599,6 +600,12 @@ class WorkflowEngine:
         )
         detail = {"agent": delegation.agent, "why": why}
         conn.execute(*event_statement(run_id, step_id, self._clock(), "atomizer-hq", "routed", detail))
+
+    async def _step_followed(self, delegation: Delegation) -> None:
+        """The card shows the step's new agent (a move made by the outbox notifies nothing else)."""
+        parsed = parse_step_key(delegation.workflow_step) if delegation.workflow_step else None
+        if parsed is not None:
+            await self._notify(parsed[0])
 
     async def _route(self, run: RunRow, spec: AgentStep, key: str) -> str:
         """A `route:` step's agent, chosen now (audited, with the table) and recorded on the step; NobodyEligible
