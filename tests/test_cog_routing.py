@@ -7,6 +7,7 @@ import json
 from bot.authz import AccessLevel, Requester
 from bot.delegation import chain_footer
 from tests.test_cog_delegation import Launcher, delegation_count, fields_of, launch, shape  # noqa: F401
+from tests.test_routing import routing_where
 
 
 async def test_delegate_auto_reaches_the_agent_with_the_capability_and_says_why(launch: Launcher) -> None:  # noqa: F811
@@ -78,3 +79,16 @@ async def test_route_shows_the_whole_table(launch: Launcher) -> None:  # noqa: F
     assert [c["value"] for c in suggested.choices] == ["meshing, fea"]
     calls = await rig.driver.invoke("route", user=viewer, options={"needs": "mesh ng"})
     assert calls[0].ephemeral and "Did you mean 'meshing'?" in calls[0].content
+
+
+async def test_delegate_auto_says_when_the_chosen_agent_did_not_admit_it(launch: Launcher) -> None:  # noqa: F811
+    rig = await launch(specs={"study-builder": {"busy": True}})
+    rig.services.routing = routing_where(rig.services, **{"study-builder": ("study-setup", "meshing")})
+    operator = rig.member(AccessLevel.OPERATOR, "Antoine")
+    calls = await rig.delegate(operator, agent="auto", instruction="Mesh the M2 mirror", needs="meshing")
+    assert shape(calls) == [("callback", 5), ("followup", None)]
+    said = (calls[1].content or "").splitlines()
+    assert said[0].startswith("route: study-builder: has meshing; ready")
+    assert said[1] == "study-builder did not admit it; routed again to nx-expert"
+    assert fields_of(calls[1])["Agent"] == "nx-expert" and fields_of(calls[1])["Outcome"] == "accepted"
+    assert [hook.agent for hook in rig.fleet.received()] == ["nx-expert"]
