@@ -100,6 +100,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_delegate(args: argparse.Namespace) -> int:
     from bot.authz import host_operator
     from bot.outbox import OutboxWorker
+    from bot.routing.table import table_lines
     from bot.services import open_services
 
     settings, config = load_context(args)
@@ -120,6 +121,8 @@ async def cmd_delegate(args: argparse.Namespace) -> int:
         )
         if route is not None and not args.json:
             print(f"route: {route.explanation}")
+            if route.queued:  # not the clean choice: who was considered, and why not
+                print("\n".join(f"  {line}" for line in table_lines(route, width=10_000)[1:]))
         result = await services.delegation.delegate(
             requester, agent, args.message, target=args.to, deliver=not args.no_deliver, dry_run=args.dry_run,
             parent=_parent_of(args.parent), needs=route.needs if route is not None else (),

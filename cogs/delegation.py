@@ -332,9 +332,14 @@ class Delegations(commands.Cog):
         result = await self.service.delegate(requester, agent, message, needs=route.needs if route else (), **options)
         if result.delegation is None:  # only a dry run has none
             raise RuntimeError("the delegation service returned no delegation")
-        said = f"route: {safe(route.explanation, 500, self.bot)}" if route is not None else None
-        if route is not None and route.chosen != result.delegation.agent:
-            said = f"{said}\n{route.chosen} did not admit it; routed again to {result.delegation.agent}"
+        said = None
+        if route is not None:
+            head = f"route: {route.explanation}"
+            if route.chosen != result.delegation.agent:
+                head += f"\n{route.chosen} did not admit it; routed again to {result.delegation.agent}"
+            # Queued: not the clean choice, so who was considered and why not, in one message that fits.
+            table = table_lines(route, TABLE_WIDTH)[1:]
+            said = route_message(head, table) if route.queued else safe(head, 600, self.bot)
         await self.send_outcome(interaction, result.delegation, content=said)
 
     async def send_outcome(

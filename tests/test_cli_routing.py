@@ -110,3 +110,27 @@ async def test_delegate_auto_says_when_the_chosen_agent_did_not_admit_it_and_who
     assert lines[1] == "route: study-builder did not admit it; routed again to nx-expert"
     assert lines[2].startswith("D-1 to nx-expert: accepted")
     assert [hook.agent for hook in fleet.received()] == ["nx-expert"]
+
+
+async def test_when_the_only_agent_that_can_is_busy_the_work_queues_for_it_with_the_table(
+    start_fleet: FleetStarter, tmp_path: Path
+) -> None:
+    """The day's 13:40 (scenarios.md): nx-expert is busy (its gateway answered 503: routing learned its cap) and no
+    other agent can mesh: queued for nx-expert, saying so with the table, never handed to someone who cannot."""
+    config, fleet = await start_fleet(specs={"nx-expert": {"busy": True}})
+    path = relocated_config(tmp_path, {a.name: a.port for a in config.agents})
+    env, base = cli_env(tmp_path), ("--config", str(path))
+    code, out, err = await run_cli(*base, "delegate", "auto", "Mesh the mounts", "--needs", "meshing", env=env)
+    assert code == 0 and "D-1 to nx-expert: queued" in out, (out, err)  # the 503 taught routing its cap
+    code, out, err = await run_cli(*base, "delegate", "auto", "Re-mesh the mounts", "--needs", "meshing", env=env)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("route: queued for nx-expert: no agent with meshing is free; nx-expert is busy: 1 in ")
+    assert lines[0].endswith("from a 503); sent when it has room")
+    assert lines[1].split() == ["agent", "capable", "authority", "ready", "silence", "in", "flight", "accepted",
+                                "verdict"]  # fmt: skip
+    rows = {line.split()[0]: line for line in lines[2:10]}
+    assert set(rows) == set(config.agent_names) and rows["webster"].endswith("lacks meshing")
+    assert rows["nx-expert"].endswith("chosen (queued until it has room)")
+    assert lines[10].startswith("D-2 to nx-expert: queued")
+    assert fleet.received() == []

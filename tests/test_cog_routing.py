@@ -27,6 +27,8 @@ async def test_delegate_auto_reaches_the_agent_with_the_capability_and_says_why(
     # Only readiness fails: queued for webster, and the answer says so.
     calls = await rig.delegate(operator, agent="auto", instruction="Find the CTE", needs="materials data")
     assert (calls[1].content or "").startswith("route: queued for webster: no agent with materials-data is ready")
+    table = (calls[1].content or "").split("```")[1].strip().splitlines()  # not the clean choice: the table too
+    assert len(table) == 1 + 8 and "chosen (queued until it is ready)" in next(r for r in table if "webster" in r)
     assert fields_of(calls[1])["Outcome"] == "queued"
 
 

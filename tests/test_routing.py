@@ -119,12 +119,30 @@ def test_an_agent_at_its_cap_is_not_chosen() -> None:
 
 
 def test_nobody_eligible_names_each_capable_agents_failing_filter() -> None:
-    full = facts("a", "meshing", in_flight=1, cap=1)
+    full = facts("a", "meshing", in_flight=1, cap=1, silenced_until=NOW + timedelta(hours=2), silenced_by="dan")
     silenced = facts("b", "meshing", silenced_until=NOW + timedelta(hours=1), silenced_by="carol")
     decision = decide(snapshot(full, silenced, facts("c", "cad")), "alice", ["meshing"], everyone)
     assert decision.chosen is None and not decision.queued
     assert decision.explanation == (
-        "nobody can take work needing meshing: a: 1 in flight, cap 1; b: silenced by carol until 11:00 UTC"
+        "nobody can take work needing meshing: a: silenced by dan until 12:00 UTC, 1 in flight, cap 1; "
+        "b: silenced by carol until 11:00 UTC"
+    )
+
+
+def test_when_every_capable_agent_is_busy_the_work_queues_for_the_best_never_for_another() -> None:
+    """The day's 13:40 (scenarios.md): nx-expert busy, nobody else meshes: queued for nx-expert, with why."""
+    full = facts("nx-expert", "meshing", in_flight=2, cap=2, cap_note="learned 13:02 UTC from a 503")
+    decision = decide(snapshot(full, facts("webster", "research")), "alice", ["meshing"], everyone)
+    assert decision.chosen == "nx-expert" and decision.queued
+    assert decision.explanation == (
+        "queued for nx-expert: no agent with meshing is free; nx-expert is busy: 2 in flight, cap 2 (learned 13:02 "
+        "UTC from a 503); sent when it has room"
+    )
+    down_too = facts("nx-expert", "meshing", in_flight=2, cap=2, ready=False, readiness="down")
+    decision = decide(snapshot(down_too), "alice", ["meshing"], everyone)
+    assert decision.explanation == (
+        "queued for nx-expert: no agent with meshing is ready and free; nx-expert is down and busy: 2 in flight, "
+        "cap 2; sent when it is back and it has room"
     )
 
 
@@ -247,7 +265,7 @@ async def test_a_503_admission_timeout_caps_the_agent_at_what_it_had_in_flight(
     assert (await services.routing.preview(ALICE, ["meshing"])).chosen == "nx-expert"  # no cap known yet
     await services.routing.admission_timed_out("nx-expert")
     decision = await services.routing.preview(ALICE, ["meshing"])
-    assert decision.chosen is None
+    assert decision.chosen == "nx-expert" and decision.queued  # nobody else meshes: it waits for room
     assert decision.row("nx-expert").refusals["cap"].startswith("1 in flight, cap 1 (learned ")
 
 
@@ -276,7 +294,7 @@ async def test_a_busy_gateway_teaches_routing_its_cap(services_on_fleet: Service
     assert result.delegation is not None and result.delegation.status == "queued"
     assert "503" in (result.delegation.last_error or "")
     decision = await services.routing.preview(ALICE, ["meshing"])
-    assert decision.chosen is None and not decision.queued
+    assert decision.chosen == "nx-expert" and decision.queued
     refusal = decision.row("nx-expert").refusals["cap"]
     assert refusal.startswith("1 in flight, cap 1 (learned ") and refusal.endswith(" UTC from a 503)")
     assert "1/1" in next(line for line in table_lines(decision) if line.startswith("nx-expert"))

@@ -133,6 +133,9 @@ class RouteDecision:
         }  # fmt: skip
 
 
+WAITABLE = frozenset({"ready", "cap"})  # filters that pass again on their own: routing may queue behind them
+
+
 def decide(
     snapshot: Snapshot,
     requester: str,
@@ -151,7 +154,7 @@ def decide(
     at = snapshot.at
     rows: list[RouteRow] = []
     eligible: list[RouteRow] = []
-    only_not_ready: list[RouteRow] = []
+    waiting: list[RouteRow] = []  # would take it, once back or with room: down or at its cap, nothing else
     for facts in snapshot.agents:
         failing: list[str] = []
         if not needed <= facts.capabilities:
@@ -169,12 +172,13 @@ def decide(
         rows.append(row)
         if not failing:
             eligible.append(row)
-        elif failing == ["ready"]:
-            only_not_ready.append(row)
-    # Readiness the only failing filter: the outbox sends it when the agent is back, as for a named agent.
-    queued = not eligible and bool(only_not_ready)
+        elif set(failing) <= WAITABLE:
+            waiting.append(row)
+    # Only readiness or load failing: the outbox sends it when the agent is back or has room, as for a named agent
+    # (the scenario: nx-expert busy, nobody else meshes: queued for nx-expert, never handed to someone who cannot).
+    queued = not eligible and bool(waiting)
     order = {facts.name: index for index, facts in enumerate(snapshot.agents)}
-    ranked = sorted(eligible or only_not_ready, key=lambda row: _score(row, order))
+    ranked = sorted(eligible or waiting, key=lambda row: _score(row, order))
     for position, row in enumerate(ranked, 1):
         row.rank = position
     chosen = ranked[0].agent if ranked else None
@@ -198,10 +202,14 @@ def _explained(decision: RouteDecision) -> RouteDecision:
             f"{row.agent}: {', '.join(row.refusals.values())}" for row in capable
         )
     elif decision.queued:
-        text = (
-            f"queued for {decision.chosen}: no agent with {needs} is ready; {decision.chosen} is "
-            f"{decision.row(decision.chosen).readiness}; sent when it is back"
+        row = decision.row(decision.chosen)
+        down, full = "ready" in row.refusals, "cap" in row.refusals
+        lacking = " and ".join(word for word, failing in (("ready", down), ("free", full)) if failing)
+        state = " and ".join(
+            part for part, failing in ((row.readiness, down), (f"busy: {row.refusals.get('cap')}", full)) if failing
         )
+        when = " and ".join(part for part, failing in (("it is back", down), ("it has room", full)) if failing)
+        text = f"queued for {row.agent}: no agent with {needs} is {lacking}; {row.agent} is {state}; sent when {when}"
     else:
         row = decision.row(decision.chosen)
         parts = [f"has {needs}" if decision.needs else "needs nothing in particular", "ready",

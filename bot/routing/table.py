@@ -36,8 +36,9 @@ def _cells(row: RouteRow) -> tuple[str, ...]:
 
 
 def _verdict(row: RouteRow) -> str:
+    waits = [until for name, until in (("ready", "it is ready"), ("cap", "it has room")) if name in row.refusals]
     if row.rank == 1:
-        return "chosen (queued until it is ready)" if "ready" in row.refusals else "chosen"
+        return f"chosen (queued until {' and '.join(waits)})" if waits else "chosen"
     if row.rank is not None:
-        return f"eligible, #{row.rank}"
+        return f"could wait, #{row.rank}" if waits else f"eligible, #{row.rank}"
     return "; ".join(row.refusals[name] for name in FILTERS if name in row.refusals)
